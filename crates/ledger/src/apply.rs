@@ -1,0 +1,293 @@
+//! The rules: how each command changes the state, or why it is refused.
+//!
+//! Every command checks everything before it changes anything, so a refused command leaves the
+//! state as it found it; only an atomic submission needs the journal to undo earlier commands.
+
+use crate::command::{
+    Command, NewAccount, NewLedger, NewTransfer, Outcome, Record, RejectCode, Resolution, Submission,
+};
+use crate::event::{Event, EventKind};
+use crate::model::{Account, Balance, Ledger, Transfer, TransferStatus};
+use crate::scalar::{Amount, Timestamp, TransferId};
+use crate::state::State;
+
+type Applied = Result<Record, Outcome>;
+
+/// Applies each submission in order at time `now`, answering one outcome per command.
+/// The changes accumulate in `state`; take them with [`State::take_changes`].
+pub fn apply(state: &mut State, submissions: &[Submission], now: Timestamp) -> Vec<Vec<Outcome>> {
+    submissions.iter().map(|submission| apply_submission(state, submission, now)).collect()
+}
+
+fn apply_submission(state: &mut State, submission: &Submission, now: Timestamp) -> Vec<Outcome> {
+    let start = state.checkpoint();
+    let mut outcomes: Vec<Outcome> = submission
+        .commands
+        .iter()
+        .map(|command| match apply_command(state, command, now) {
+            Ok(record) => Outcome::Created(record),
+            Err(outcome) => outcome,
+        })
+        .collect();
+    let failed = outcomes.iter().any(|o| matches!(o, Outcome::Rejected(_)));
+    if submission.atomic && failed {
+        state.rollback(start);
+        for outcome in &mut outcomes {
+            if !matches!(outcome, Outcome::Rejected(_)) {
+                *outcome = Outcome::Rejected(RejectCode::LinkedItemFailed);
+            }
+        }
+    }
+    outcomes
+}
+
+fn apply_command(state: &mut State, command: &Command, now: Timestamp) -> Applied {
+    match command {
+        Command::CreateLedger(new) => create_ledger(state, new, now),
+        Command::CreateAccount(new) => create_account(state, new, now),
+        Command::CreateTransfer(new) => create_transfer(state, new, now),
+        Command::PostPending(r) => resolve(state, r, TransferStatus::Posted, now),
+        Command::VoidPending(r) => resolve(state, r, TransferStatus::Voided, now),
+        Command::ExpirePending(id) => expire(state, *id, now),
+    }
+}
+
+fn reject(code: RejectCode) -> Outcome {
+    Outcome::Rejected(code)
+}
+
+/// The idempotency answer for a command whose id is already taken.
+fn exists(record: Record, same_fields: bool) -> Applied {
+    if same_fields {
+        Err(Outcome::Exists(record))
+    } else {
+        Err(reject(RejectCode::ExistsWithDifferentFields))
+    }
+}
+
+fn create_ledger(state: &mut State, new: &NewLedger, now: Timestamp) -> Applied {
+    if let Some(ledger) = state.ledger(&new.code) {
+        return exists(Record::Ledger(ledger.clone()), ledger.scale == new.scale);
+    }
+    let ledger = Ledger { code: new.code, scale: new.scale, created_at: now };
+    state.insert_ledger(ledger.clone());
+    Ok(Record::Ledger(ledger))
+}
+
+fn create_account(state: &mut State, new: &NewAccount, now: Timestamp) -> Applied {
+    if let Some(account) = state.account(&new.id) {
+        let same = account.ledger == new.ledger
+            && account.code == new.code
+            && account.flags == new.flags
+            && account.external_ref == new.external_ref
+            && account.metadata == new.metadata;
+        return exists(Record::Account(account.clone()), same);
+    }
+    if state.ledger(&new.ledger).is_none() {
+        return Err(reject(RejectCode::LedgerNotFound));
+    }
+    let account = Account {
+        id: new.id,
+        ledger: new.ledger,
+        code: new.code,
+        flags: new.flags,
+        external_ref: new.external_ref.clone(),
+        metadata: new.metadata.clone(),
+        balance: Balance::default(),
+        created_at: now,
+    };
+    state.insert_account(account.clone());
+    state.emit(Event::Account(EventKind::AccountCreated, account.clone()));
+    Ok(Record::Account(account))
+}
+
+fn create_transfer(state: &mut State, new: &NewTransfer, now: Timestamp) -> Applied {
+    let timeout_at = new.pending.flatten().map(|seconds| now.plus_seconds(seconds));
+    if let Some(t) = state.transfer(&new.id) {
+        let same = t.pending_id.is_none()
+            && t.debit_account_id == new.debit_account_id
+            && t.credit_account_id == new.credit_account_id
+            && t.amount == new.amount
+            && t.ledger == new.ledger
+            && t.code == new.code
+            && t.pending == new.pending.is_some()
+            && t.timeout_at == new.pending.flatten().map(|s| t.created_at.plus_seconds(s))
+            && t.external_ref == new.external_ref
+            && t.metadata == new.metadata;
+        return exists(Record::Transfer(t.clone()), same);
+    }
+    if new.debit_account_id == new.credit_account_id {
+        return Err(reject(RejectCode::AccountsMustBeDifferent));
+    }
+    let (Some(debit), Some(credit)) =
+        (state.account(&new.debit_account_id), state.account(&new.credit_account_id))
+    else {
+        return Err(reject(RejectCode::AccountNotFound));
+    };
+    if debit.ledger != new.ledger || credit.ledger != new.ledger {
+        return Err(reject(RejectCode::LedgerMismatch));
+    }
+    let pending = new.pending.is_some();
+    let (debit_balance, credit_balance) = move_funds(debit, credit, new.amount, pending)?;
+
+    let transfer = Transfer {
+        id: new.id,
+        debit_account_id: new.debit_account_id,
+        credit_account_id: new.credit_account_id,
+        amount: new.amount,
+        ledger: new.ledger,
+        code: new.code,
+        pending,
+        status: if pending { TransferStatus::Pending } else { TransferStatus::Posted },
+        pending_id: None,
+        timeout_at,
+        external_ref: new.external_ref.clone(),
+        metadata: new.metadata.clone(),
+        created_at: now,
+    };
+    state.set_balance(new.debit_account_id, debit_balance);
+    state.set_balance(new.credit_account_id, credit_balance);
+    state.insert_transfer(transfer.clone());
+    state.emit(Event::Transfer(EventKind::TransferCreated, transfer.clone()));
+    Ok(Record::Transfer(transfer))
+}
+
+/// The two balances after moving `amount` into the pending or the posted totals, or why not.
+fn move_funds(
+    debit: &Account,
+    credit: &Account,
+    amount: Amount,
+    pending: bool,
+) -> Result<(Balance, Balance), Outcome> {
+    let amount = amount.get();
+    let mut d = debit.balance;
+    let mut c = credit.balance;
+    let (d_field, c_field) = if pending {
+        (&mut d.debits_pending, &mut c.credits_pending)
+    } else {
+        (&mut d.debits_posted, &mut c.credits_posted)
+    };
+    *d_field = add(*d_field, amount)?;
+    *c_field = add(*c_field, amount)?;
+    if debit.flags.debits_must_not_exceed_credits && !debits_within_credits(&d) {
+        return Err(reject(RejectCode::InsufficientFunds));
+    }
+    if credit.flags.credits_must_not_exceed_debits && !credits_within_debits(&c) {
+        return Err(reject(RejectCode::ExceedsDebits));
+    }
+    Ok((d, c))
+}
+
+fn add(total: u64, amount: u64) -> Result<u64, Outcome> {
+    total.checked_add(amount).filter(|sum| *sum <= Amount::MAX).ok_or(reject(RejectCode::Overflow))
+}
+
+pub(crate) fn debits_within_credits(b: &Balance) -> bool {
+    u128::from(b.debits_pending) + u128::from(b.debits_posted) <= u128::from(b.credits_posted)
+}
+
+pub(crate) fn credits_within_debits(b: &Balance) -> bool {
+    u128::from(b.credits_pending) + u128::from(b.credits_posted) <= u128::from(b.debits_posted)
+}
+
+/// Checks that a pending transfer can still be resolved at `now`.
+fn check_pending(pending: &Transfer, now: Timestamp) -> Result<(), Outcome> {
+    if !pending.pending {
+        return Err(reject(RejectCode::PendingTransferNotPending));
+    }
+    match pending.status {
+        TransferStatus::Posted => Err(reject(RejectCode::PendingTransferAlreadyPosted)),
+        TransferStatus::Voided => Err(reject(RejectCode::PendingTransferAlreadyVoided)),
+        TransferStatus::Expired => Err(reject(RejectCode::PendingTransferExpired)),
+        TransferStatus::Pending if pending.timeout_at.is_some_and(|at| at <= now) => {
+            Err(reject(RejectCode::PendingTransferExpired))
+        }
+        TransferStatus::Pending => Ok(()),
+    }
+}
+
+/// Releases a hold: takes the pending amount out of both pending totals and posts `posted` of it.
+fn release(state: &mut State, pending: &Transfer, posted: u64) -> Result<(), Outcome> {
+    let (Some(debit), Some(credit)) =
+        (state.account(&pending.debit_account_id), state.account(&pending.credit_account_id))
+    else {
+        return Err(reject(RejectCode::AccountNotFound));
+    };
+    let held = pending.amount.get();
+    let mut d = debit.balance;
+    let mut c = credit.balance;
+    d.debits_pending -= held;
+    c.credits_pending -= held;
+    d.debits_posted = add(d.debits_posted, posted)?;
+    c.credits_posted = add(c.credits_posted, posted)?;
+    state.set_balance(pending.debit_account_id, d);
+    state.set_balance(pending.credit_account_id, c);
+    Ok(())
+}
+
+/// Posts (all or part of) or voids a pending transfer, recording the resolution as a transfer.
+fn resolve(state: &mut State, r: &Resolution, outcome: TransferStatus, now: Timestamp) -> Applied {
+    if let Some(t) = state.transfer(&r.id) {
+        let same = t.pending_id == Some(r.pending_id)
+            && t.status == outcome
+            && r.amount.is_none_or(|a| a == t.amount)
+            && r.code.is_none_or(|c| c == t.code)
+            && t.external_ref == r.external_ref
+            && t.metadata == r.metadata;
+        return exists(Record::Transfer(t.clone()), same);
+    }
+    let Some(pending) = state.transfer(&r.pending_id).cloned() else {
+        return Err(reject(RejectCode::PendingTransferNotFound));
+    };
+    check_pending(&pending, now)?;
+    let amount = match (outcome, r.amount) {
+        (TransferStatus::Posted, Some(a)) if a > pending.amount => {
+            return Err(reject(RejectCode::AmountExceedsPendingAmount));
+        }
+        (TransferStatus::Posted, Some(a)) => a,
+        _ => pending.amount,
+    };
+    let posted = if outcome == TransferStatus::Posted { amount.get() } else { 0 };
+    release(state, &pending, posted)?;
+
+    let resolution = Transfer {
+        id: r.id,
+        debit_account_id: pending.debit_account_id,
+        credit_account_id: pending.credit_account_id,
+        amount,
+        ledger: pending.ledger,
+        code: r.code.unwrap_or(pending.code),
+        pending: false,
+        status: outcome,
+        pending_id: Some(pending.id),
+        timeout_at: None,
+        external_ref: r.external_ref.clone(),
+        metadata: r.metadata.clone(),
+        created_at: now,
+    };
+    state.insert_transfer(resolution.clone());
+    state.set_status(pending.id, outcome);
+    state.emit(Event::Transfer(EventKind::TransferCreated, resolution.clone()));
+    let kind =
+        if outcome == TransferStatus::Posted { EventKind::TransferPosted } else { EventKind::TransferVoided };
+    state.emit(Event::Transfer(kind, Transfer { status: outcome, ..pending }));
+    Ok(Record::Transfer(resolution))
+}
+
+/// Releases a hold whose timeout has passed. Refused (and harmless) if it was resolved meanwhile.
+fn expire(state: &mut State, id: TransferId, now: Timestamp) -> Applied {
+    let Some(pending) = state.transfer(&id).cloned() else {
+        return Err(reject(RejectCode::PendingTransferNotFound));
+    };
+    match check_pending(&pending, now) {
+        Err(Outcome::Rejected(RejectCode::PendingTransferExpired))
+            if pending.status == TransferStatus::Pending => {}
+        Err(other) => return Err(other),
+        Ok(()) => return Err(reject(RejectCode::PendingTransferNotPending)),
+    }
+    release(state, &pending, 0)?;
+    state.set_status(id, TransferStatus::Expired);
+    let expired = Transfer { status: TransferStatus::Expired, ..pending };
+    state.emit(Event::Transfer(EventKind::TransferExpired, expired.clone()));
+    Ok(Record::Transfer(expired))
+}

@@ -1,0 +1,230 @@
+//! The records one batch may read and change, and the record of what it changed.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::event::Event;
+use crate::model::{Account, Balance, Ledger, Transfer, TransferStatus};
+use crate::scalar::{AccountId, LedgerCode, TransferId};
+
+/// The slice of the ledger a batch works on: whatever the store loaded for it, plus what the batch
+/// creates. It journals every change so an atomic submission can be rolled back.
+#[derive(Debug, Default, Clone)]
+pub struct State {
+    ledgers: HashMap<LedgerCode, Ledger>,
+    accounts: HashMap<AccountId, Account>,
+    transfers: HashMap<TransferId, Transfer>,
+    journal: Vec<Undo>,
+    created_ledgers: Vec<LedgerCode>,
+    created_accounts: Vec<AccountId>,
+    touched_accounts: Vec<AccountId>,
+    created_transfers: Vec<TransferId>,
+    resolved_transfers: Vec<TransferId>,
+    events: Vec<Event>,
+}
+
+/// Everything one batch changed, ready to persist. Records appear as they stand at the end.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub ledgers: Vec<Ledger>,
+    pub accounts_created: Vec<Account>,
+    /// Accounts that existed before the batch and whose balance it changed, sorted by id.
+    pub balances: Vec<Account>,
+    pub transfers_created: Vec<Transfer>,
+    /// Transfers that existed before the batch and whose status it changed, sorted by id.
+    pub statuses: Vec<(TransferId, TransferStatus)>,
+    pub events: Vec<Event>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.ledgers.is_empty()
+            && self.accounts_created.is_empty()
+            && self.balances.is_empty()
+            && self.transfers_created.is_empty()
+            && self.statuses.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Undo {
+    Ledger(LedgerCode),
+    Account(AccountId),
+    Balance(AccountId, Balance),
+    Transfer(TransferId),
+    Status(TransferId, TransferStatus),
+}
+
+/// Where the journal and the change lists stood; see [`State::rollback`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checkpoint {
+    journal: usize,
+    created_ledgers: usize,
+    created_accounts: usize,
+    created_transfers: usize,
+    resolved_transfers: usize,
+    events: usize,
+}
+
+impl State {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a record loaded from the store.
+    pub fn load_ledger(&mut self, ledger: Ledger) {
+        self.ledgers.insert(ledger.code, ledger);
+    }
+
+    pub fn load_account(&mut self, account: Account) {
+        self.accounts.insert(account.id, account);
+    }
+
+    pub fn load_transfer(&mut self, transfer: Transfer) {
+        self.transfers.insert(transfer.id, transfer);
+    }
+
+    pub fn ledger(&self, code: &LedgerCode) -> Option<&Ledger> {
+        self.ledgers.get(code)
+    }
+
+    pub fn account(&self, id: &AccountId) -> Option<&Account> {
+        self.accounts.get(id)
+    }
+
+    pub fn transfer(&self, id: &TransferId) -> Option<&Transfer> {
+        self.transfers.get(id)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.accounts.values()
+    }
+
+    pub fn transfers(&self) -> impl Iterator<Item = &Transfer> {
+        self.transfers.values()
+    }
+
+    /// The accounts of the loaded pending transfers: a post or void touches them, so the store
+    /// loads (and on PostgreSQL locks) them along with the accounts the commands name.
+    pub fn pending_account_ids(&self) -> impl Iterator<Item = AccountId> + '_ {
+        self.transfers.values().filter(|t| t.pending).flat_map(|t| [t.debit_account_id, t.credit_account_id])
+    }
+
+    pub(crate) fn insert_ledger(&mut self, ledger: Ledger) {
+        self.journal.push(Undo::Ledger(ledger.code));
+        self.created_ledgers.push(ledger.code);
+        self.ledgers.insert(ledger.code, ledger);
+    }
+
+    pub(crate) fn insert_account(&mut self, account: Account) {
+        self.journal.push(Undo::Account(account.id));
+        self.created_accounts.push(account.id);
+        self.accounts.insert(account.id, account);
+    }
+
+    pub(crate) fn set_balance(&mut self, id: AccountId, balance: Balance) {
+        let account = self.accounts.get_mut(&id).expect("balance of an account not loaded");
+        self.journal.push(Undo::Balance(id, account.balance));
+        self.touched_accounts.push(id);
+        account.balance = balance;
+    }
+
+    pub(crate) fn insert_transfer(&mut self, transfer: Transfer) {
+        self.journal.push(Undo::Transfer(transfer.id));
+        self.created_transfers.push(transfer.id);
+        self.transfers.insert(transfer.id, transfer);
+    }
+
+    pub(crate) fn set_status(&mut self, id: TransferId, status: TransferStatus) {
+        let transfer = self.transfers.get_mut(&id).expect("status of a transfer not loaded");
+        self.journal.push(Undo::Status(id, transfer.status));
+        self.resolved_transfers.push(id);
+        transfer.status = status;
+    }
+
+    pub(crate) fn emit(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            journal: self.journal.len(),
+            created_ledgers: self.created_ledgers.len(),
+            created_accounts: self.created_accounts.len(),
+            created_transfers: self.created_transfers.len(),
+            resolved_transfers: self.resolved_transfers.len(),
+            events: self.events.len(),
+        }
+    }
+
+    /// Undoes every change made since `at`. Touched accounts stay listed: writing back an
+    /// unchanged balance is harmless.
+    pub(crate) fn rollback(&mut self, at: Checkpoint) {
+        while self.journal.len() > at.journal {
+            match self.journal.pop() {
+                Some(Undo::Ledger(code)) => {
+                    self.ledgers.remove(&code);
+                }
+                Some(Undo::Account(id)) => {
+                    self.accounts.remove(&id);
+                }
+                Some(Undo::Balance(id, balance)) => {
+                    if let Some(account) = self.accounts.get_mut(&id) {
+                        account.balance = balance;
+                    }
+                }
+                Some(Undo::Transfer(id)) => {
+                    self.transfers.remove(&id);
+                }
+                Some(Undo::Status(id, status)) => {
+                    if let Some(transfer) = self.transfers.get_mut(&id) {
+                        transfer.status = status;
+                    }
+                }
+                None => break,
+            }
+        }
+        self.created_ledgers.truncate(at.created_ledgers);
+        self.created_accounts.truncate(at.created_accounts);
+        self.created_transfers.truncate(at.created_transfers);
+        self.resolved_transfers.truncate(at.resolved_transfers);
+        self.events.truncate(at.events);
+    }
+
+    /// Hands over what the batch changed and forgets it, keeping the records.
+    pub fn take_changes(&mut self) -> Changes {
+        self.journal.clear();
+        let created_accounts: HashSet<AccountId> = self.created_accounts.iter().copied().collect();
+        let created_transfers: HashSet<TransferId> = self.created_transfers.iter().copied().collect();
+
+        let mut touched: Vec<AccountId> = std::mem::take(&mut self.touched_accounts)
+            .into_iter()
+            .filter(|id| !created_accounts.contains(id))
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let mut resolved: Vec<TransferId> = std::mem::take(&mut self.resolved_transfers)
+            .into_iter()
+            .filter(|id| !created_transfers.contains(id))
+            .collect();
+        resolved.sort_unstable();
+        resolved.dedup();
+
+        Changes {
+            ledgers: std::mem::take(&mut self.created_ledgers)
+                .iter()
+                .map(|code| self.ledgers[code].clone())
+                .collect(),
+            accounts_created: std::mem::take(&mut self.created_accounts)
+                .iter()
+                .map(|id| self.accounts[id].clone())
+                .collect(),
+            balances: touched.iter().map(|id| self.accounts[id].clone()).collect(),
+            transfers_created: std::mem::take(&mut self.created_transfers)
+                .iter()
+                .map(|id| self.transfers[id].clone())
+                .collect(),
+            statuses: resolved.iter().map(|id| (*id, self.transfers[id].status)).collect(),
+            events: std::mem::take(&mut self.events),
+        }
+    }
+}
