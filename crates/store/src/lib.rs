@@ -1,14 +1,109 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Persistence for Coffer: the [`Store`] trait every backend implements, the sequencer that
+//! group-commits commands, and the embedded SQLite backend.
+//!
+//! The store loads the records a batch touches, runs the pure core (`coffer_ledger::apply`) and
+//! writes balances, transfers, outbox rows and idempotency records in ONE transaction.
+
+mod keys;
+mod page;
+
+pub use keys::{ApiKey, KeyId, NewApiKey, Scope, TokenHash};
+pub use page::{AccountFilter, Cursor, Page, PageRequest, TransferFilter};
+
+use async_trait::async_trait;
+use coffer_ledger::{Account, AccountId, Ledger, LedgerCode, Outcome, Submission, Transfer, TransferId};
+
+/// A storage failure, saying whether the write may have happened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The sequencer's queue is full; the command was certainly not applied. Retry later.
+    #[error("the write queue is full")]
+    Overloaded,
+    /// The store could not be reached or refused the work; certainly not applied.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The commit was sent but its result never came back: it may or may not have applied.
+    /// The client settles it by retrying with the same id or Idempotency-Key.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub type StoreResult<T> = Result<T, StoreError>;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+/// A stored answer to an Idempotency-Key request: replayed verbatim to a retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// Who sent a keyed request and with which key; a key is scoped to its principal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyScope {
+    pub principal: KeyId,
+    /// The header's value, already checked to be 1–255 visible ASCII characters.
+    pub key: String,
+}
+
+/// SHA-256 of principal, method, path and body: what makes a retry "the same request".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+/// What to do with a request that carries an Idempotency-Key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// First time (or a crashed first attempt): go ahead, then call `idempotency_complete`.
+    Proceed,
+    /// Already answered: send this again with `Idempotent-Replayed: true`.
+    Replay(StoredResponse),
+    /// Another request with this key is being processed right now (409 `idempotency_key_in_use`).
+    InFlight,
+    /// The key was used with a different request (422 `idempotency_key_reused`).
+    Mismatch,
+}
+
+/// Persistence of ledgers, accounts, transfers, API keys and idempotency records.
+///
+/// Every change to money goes through [`Store::submit`], which queues the submission on the
+/// sequencer; reads go straight to the database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies one submission through the sequencer and answers one outcome per command.
+    async fn submit(&self, submission: Submission) -> StoreResult<Vec<Outcome>>;
+
+    async fn ledger(&self, code: LedgerCode) -> StoreResult<Option<Ledger>>;
+    async fn ledgers(&self, page: PageRequest) -> StoreResult<Page<Ledger>>;
+    async fn account(&self, id: AccountId) -> StoreResult<Option<Account>>;
+    async fn accounts(&self, filter: AccountFilter, page: PageRequest) -> StoreResult<Page<Account>>;
+    async fn transfer(&self, id: TransferId) -> StoreResult<Option<Transfer>>;
+    async fn transfers(&self, filter: TransferFilter, page: PageRequest) -> StoreResult<Page<Transfer>>;
+
+    async fn create_key(&self, key: NewApiKey) -> StoreResult<ApiKey>;
+    /// Creates `key` only when the store holds no key at all; answers whether it did.
+    async fn bootstrap_key(&self, key: NewApiKey) -> StoreResult<bool>;
+    /// The key (revoked or not) whose token hashes to `hash`.
+    async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>>;
+    async fn keys(&self) -> StoreResult<Vec<ApiKey>>;
+    /// Revokes a key at once; answers false when there is no such key.
+    async fn revoke_key(&self, id: KeyId) -> StoreResult<bool>;
+
+    async fn idempotency_begin(
+        &self,
+        scope: &IdempotencyScope,
+        fingerprint: Fingerprint,
+    ) -> StoreResult<IdempotencyBegin>;
+    /// Stores the first completed answer; later `begin`s with this scope replay it.
+    async fn idempotency_complete(
+        &self,
+        scope: &IdempotencyScope,
+        response: StoredResponse,
+    ) -> StoreResult<()>;
+    /// Forgets an in-flight key whose request ended without an answer worth keeping (a 5xx).
+    async fn idempotency_abandon(&self, scope: &IdempotencyScope) -> StoreResult<()>;
+
+    /// Answers Ok when the database can be reached (for `/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
+    /// Stops taking submissions, finishes the batches in flight, and stops background tasks.
+    async fn shutdown(&self);
 }
