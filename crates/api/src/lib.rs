@@ -1,14 +1,72 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Coffer's HTTP API (DESIGN.md §2) on axum: routes, authentication and scopes, per-key rate
+//! limits, Idempotency-Key handling, strict input, RFC 9457 problems, metrics and OpenAPI 3.1.
+//!
+//! The API parses requests into the ledger's domain types and hands every write to the store as
+//! one [`coffer_ledger::Submission`]; it keeps no state of its own beyond caches, so any number
+//! of replicas may serve the same store.
+//!
+//! Layers, outermost first: [`observe::layer`] (request id, span, timeout, metrics), a panic
+//! catcher, routing, the route tag, [`idempotency::layer`], then each handler's extractors
+//! (caller and scope, ids, path, query, body).
+
+mod auth;
+mod config;
+mod dto;
+mod error;
+mod extract;
+mod idempotency;
+mod observe;
+mod openapi;
+mod ratelimit;
+mod routes;
+mod state;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use coffer_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use auth::{bootstrap, generate_token, hash_token, is_valid_token};
+pub use config::{ApiConfig, InvalidConfig};
+pub use error::{ApiError, ErrorCode, FieldError, PROBLEM_JSON, Problem};
+pub use observe::install_metrics;
+
+use auth::Authenticator;
+use ratelimit::RateLimits;
+use state::{AppState, Shared};
+
+/// The whole API over `store`. `metrics` renders `/metrics`; get it from [`install_metrics`].
+pub fn router(store: Arc<dyn Store>, config: ApiConfig, metrics: PrometheusHandle) -> Router {
+    let (routes, api) = routes::api_routes().split_for_parts();
+    let openapi_json = Bytes::from(api.to_json().unwrap_or_default());
+    let limits = RateLimits::new(config.rate_limit_per_second, config.rate_limit_burst);
+    let auth = Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits);
+    let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
+    let state = AppState::new(Shared { store, config, auth, metrics, openapi_json });
+
+    routes
+        .route_layer(from_fn_with_state(state.clone(), idempotency::layer))
+        .route_layer(from_fn(observe::tag_route))
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .fallback(routes::not_found)
+        .with_state(state)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(from_fn_with_state(timeout, observe::layer))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A panic is a bug; the client still gets a problem, never a dropped connection.
+fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
+    ApiError::internal("a handler panicked").into_response()
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+/// The OpenAPI 3.1 document of every route, generated from the handlers' own types.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes::api_routes().into_openapi()
 }

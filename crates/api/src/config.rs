@@ -1,0 +1,78 @@
+//! The API's tuning knobs, named with their unit. The binary reads them from its config file and
+//! `COFFER_API__*` environment variables and passes them to [`crate::router`].
+
+use serde::Deserialize;
+
+/// Limits and caches of the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Requests per second an API key may make unless the key sets its own limit. Generous by
+    /// default so that a benchmark on one key is never throttled.
+    pub rate_limit_per_second: u32,
+    /// How many requests above the steady rate a key may send at once (for keys on the default
+    /// limit; a key with its own limit gets one second's worth).
+    pub rate_limit_burst: u32,
+    /// Largest request body, in bytes (413 beyond).
+    pub body_limit_bytes: usize,
+    /// Largest body of `POST /v1/transfers/batch`, in bytes.
+    pub batch_body_limit_bytes: usize,
+    /// Longest a request may take before it is answered 503 (the outcome of a write cut short is
+    /// unknown: the client retries with the same id or Idempotency-Key).
+    pub request_timeout_ms: u64,
+    /// How long a verified API key is trusted before the store is asked again. Revocation through
+    /// this process's own `DELETE /v1/keys/{id}` takes effect at once regardless.
+    pub key_cache_ttl_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_second: 100_000,
+            rate_limit_burst: 100_000,
+            body_limit_bytes: 1024 * 1024,
+            batch_body_limit_bytes: 8 * 1024 * 1024,
+            request_timeout_ms: 30_000,
+            key_cache_ttl_ms: 1_000,
+        }
+    }
+}
+
+/// A configuration value the API cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid api configuration: {0}")]
+pub struct InvalidConfig(pub &'static str);
+
+impl ApiConfig {
+    /// Refuses values the API cannot run with, so a bad file fails at start, not under load.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let problem = if self.rate_limit_per_second == 0 {
+            "rate_limit_per_second must be at least 1"
+        } else if self.rate_limit_burst == 0 {
+            "rate_limit_burst must be at least 1"
+        } else if self.body_limit_bytes == 0 {
+            "body_limit_bytes must be at least 1"
+        } else if self.batch_body_limit_bytes < self.body_limit_bytes {
+            "batch_body_limit_bytes must be at least body_limit_bytes"
+        } else if self.request_timeout_ms == 0 {
+            "request_timeout_ms must be at least 1"
+        } else {
+            return Ok(());
+        };
+        Err(InvalidConfig(problem))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_missing_fields_and_unknown_ones_are_refused() {
+        let c: ApiConfig = serde_json::from_str(r#"{"rate_limit_per_second": 5}"#).unwrap();
+        assert_eq!(c, ApiConfig { rate_limit_per_second: 5, ..ApiConfig::default() });
+        assert!(serde_json::from_str::<ApiConfig>(r#"{"rate_limit": 5}"#).is_err());
+        assert!(ApiConfig::default().validate().is_ok());
+        assert!(ApiConfig { rate_limit_per_second: 0, ..ApiConfig::default() }.validate().is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! Operations endpoints, open without a token: liveness, readiness, metrics and the API document.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+
+use super::json;
+use crate::dto::Health;
+use crate::error::ApiError;
+use crate::openapi::NotReady;
+use crate::state::AppState;
+
+/// The process is alive.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "Alive", body = Health))
+)]
+pub async fn healthz() -> Response {
+    json(StatusCode::OK, &Health { status: "ok" })
+}
+
+/// The store can be reached; a load balancer sends traffic only while this is 200.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, description = "Ready", body = Health), NotReady)
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    state.store.ping().await?;
+    Ok(json(StatusCode::OK, &Health { status: "ok" }))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+)]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+/// This API as an OpenAPI 3.1 document, generated from the handlers and their types.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json"))
+)]
+pub async fn openapi_json(State(state): State<AppState>) -> Response {
+    let mut response = state.openapi_json.clone().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,37 @@
+//! What every handler shares: the store, the configuration, the key cache and the rendered spec.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use coffer_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::Authenticator;
+use crate::config::ApiConfig;
+
+/// Cheap to clone (one `Arc`), as axum clones the state for every request.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub config: ApiConfig,
+    pub auth: Authenticator,
+    pub metrics: PrometheusHandle,
+    /// `/openapi.json`, serialized once at start.
+    pub openapi_json: Bytes,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
