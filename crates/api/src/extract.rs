@@ -128,12 +128,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// The field an error is about: serde reports a missing field at its parent, so the name is
 /// taken from the message and joined to that path.
+/// A syntax error leaves an unknown (`?`) last segment, which is dropped.
 fn field_of(path: &str, message: &str) -> String {
+    let path = path.trim_end_matches('?').trim_end_matches('.');
     let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
     match (path, missing) {
-        (".", Some(name)) => name.to_owned(),
+        ("", Some(name)) => name.to_owned(),
         (_, Some(name)) => format!("{path}.{name}"),
-        (".", None) => "body".to_owned(),
+        ("", None) => "body".to_owned(),
         _ => path.to_owned(),
     }
 }

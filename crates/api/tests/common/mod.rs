@@ -1,0 +1,158 @@
+//! The HTTP test harness: the real router on 127.0.0.1:0 over a fresh SqliteStore in a temporary
+//! directory, with a bootstrap admin token, and a small reqwest client around it.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::sync::Arc;
+
+use coffer_api::ApiConfig;
+use coffer_store::{SqliteStore, Store, StoreConfig};
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+pub const ADMIN: &str = "admin-test-token";
+
+pub struct App {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub store: Arc<SqliteStore>,
+    _dir: tempfile::TempDir,
+}
+
+/// A response, its body parsed as JSON when it is JSON.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem response with this status and code.
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{}", self.text);
+        assert_eq!(self.body["code"], code, "{}", self.text);
+        assert_eq!(self.body["status"], status, "{}", self.text);
+        assert!(
+            self.body["type"].is_string()
+                && self.body["title"].is_string()
+                && self.body["detail"].is_string()
+        );
+    }
+}
+
+pub async fn spawn() -> App {
+    spawn_with(ApiConfig::default()).await
+}
+
+pub async fn spawn_with(config: ApiConfig) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let store_config = StoreConfig { expiry_interval_ms: 100, ..StoreConfig::default() };
+    let store = SqliteStore::open(dir.path(), store_config).await.unwrap();
+    assert_eq!(coffer_api::bootstrap(store.as_ref(), Some(ADMIN)).await.unwrap(), None);
+    let router = coffer_api::router(store.clone() as Arc<dyn Store>, config, coffer_api::install_metrics());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    App { base, client: reqwest::Client::new(), store, _dir: dir }
+}
+
+impl App {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request with optional token, JSON content type and extra headers.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp { status, headers, text, body }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.post_as(ADMIN, path, body).await
+    }
+
+    pub async fn post_as(&self, token: &str, path: &str, body: Value) -> Resp {
+        self.send("POST", path, Some(token), Some(body.to_string().into_bytes()), &[]).await
+    }
+
+    pub async fn post_keyed(&self, path: &str, key: &str, body: Value) -> Resp {
+        self.send("POST", path, Some(ADMIN), Some(body.to_string().into_bytes()), &[("idempotency-key", key)])
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send("GET", path, Some(ADMIN), None, &[]).await
+    }
+
+    pub async fn get_as(&self, token: &str, path: &str) -> Resp {
+        self.send("GET", path, Some(token), None, &[]).await
+    }
+
+    /// A ledger `code` with scale 2.
+    pub async fn ledger(&self, code: &str) {
+        let r = self.post("/v1/ledgers", json!({"code": code, "scale": 2})).await;
+        assert!(r.status == 201 || r.status == 200, "{}", r.text);
+    }
+
+    /// A new account on `ledger`, answering its id.
+    pub async fn account(&self, ledger: &str, flags: Value) -> String {
+        let r = self.post("/v1/accounts", json!({"ledger": ledger, "flags": flags})).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A ledger and two plain accounts on it.
+    pub async fn two_accounts(&self, ledger: &str) -> (String, String) {
+        self.ledger(ledger).await;
+        (self.account(ledger, json!({})).await, self.account(ledger, json!({})).await)
+    }
+
+    pub async fn balance(&self, account: &str) -> Value {
+        let r = self.get(&format!("/v1/accounts/{account}")).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body["balance"].clone()
+    }
+
+    /// A new key with these scopes (and rate limit), answering its token.
+    pub async fn key(&self, scopes: &[&str], rate_limit: Option<u32>) -> (String, String) {
+        let mut body = json!({"name": "test", "scopes": scopes});
+        if let Some(rate) = rate_limit {
+            body["rate_limit_per_second"] = json!(rate);
+        }
+        let r = self.post("/v1/keys", body).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        (r.body["id"].as_str().unwrap().to_owned(), r.body["token"].as_str().unwrap().to_owned())
+    }
+}
+
+pub fn uuid() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
