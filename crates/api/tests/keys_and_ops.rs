@@ -1,0 +1,209 @@
+//! API keys and scopes, rate limits, and the operations endpoints (/healthz, /readyz, /metrics,
+//! /openapi.json).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use coffer_api::ApiConfig;
+use coffer_store::{SqliteStore, Store, StoreConfig};
+use common::{ADMIN, spawn, spawn_with};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_scopes_and_revocation() {
+    let app = spawn().await;
+    app.ledger("USD").await;
+
+    let r = app.post("/v1/keys", json!({"name": "reporting", "scopes": ["read"]})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["name"], "reporting");
+    assert_eq!(r.body["scopes"], json!(["read"]));
+    let read_id = r.body["id"].as_str().unwrap().to_owned();
+    let read_token = r.body["token"].as_str().unwrap().to_owned();
+    assert!(read_token.starts_with("coffer_"));
+
+    // A read key reads, and may not write.
+    assert_eq!(app.get_as(&read_token, "/v1/ledgers").await.status, 200);
+    app.post_as(&read_token, "/v1/accounts", json!({"ledger": "USD"})).await.assert_problem(403, "forbidden");
+
+    // A write key creates accounts and transfers but not ledgers or keys.
+    let (_, write_token) = app.key(&["write"], None).await;
+    assert_eq!(app.post_as(&write_token, "/v1/accounts", json!({"ledger": "USD"})).await.status, 201);
+    app.post_as(&write_token, "/v1/ledgers", json!({"code": "EUR", "scale": 2}))
+        .await
+        .assert_problem(403, "forbidden");
+    app.post_as(&write_token, "/v1/keys", json!({"scopes": ["admin"]})).await.assert_problem(403, "forbidden");
+
+    // Listed without tokens.
+    let r = app.get("/v1/keys").await;
+    assert_eq!(r.status, 200);
+    let keys = r.body["data"].as_array().unwrap();
+    assert_eq!(keys.len(), 3, "{}", r.text);
+    assert!(keys.iter().all(|k| k.get("token").is_none() && k["revoked_at"].is_null()));
+    assert!(!r.text.contains(&read_token));
+
+    // Revocation takes effect at once (the key was cached by the requests above).
+    let r = app.send("DELETE", &format!("/v1/keys/{read_id}"), Some(ADMIN), None, &[]).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    app.get_as(&read_token, "/v1/ledgers").await.assert_problem(401, "unauthorized");
+    let r = app.get("/v1/keys").await;
+    let revoked = r.body["data"].as_array().unwrap().iter().find(|k| k["id"] == read_id.as_str()).unwrap().clone();
+    assert!(revoked["revoked_at"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_rate_gets_429_with_retry_after() {
+    let app = spawn().await;
+    let (_, slow) = app.key(&["read"], Some(1)).await;
+    let first = app.get_as(&slow, "/v1/ledgers").await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let second = app.get_as(&slow, "/v1/ledgers").await;
+    second.assert_problem(429, "rate_limited");
+    let retry: u64 = second.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry));
+    // Other keys are not affected.
+    assert_eq!(app.get("/v1/ledgers").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_rate_limit_comes_from_the_config() {
+    let app = spawn_with(ApiConfig { rate_limit_per_second: 1, rate_limit_burst: 2, ..ApiConfig::default() }).await;
+    let statuses: Vec<u16> = {
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.push(app.get("/v1/ledgers").await.status);
+        }
+        out
+    };
+    assert_eq!(statuses, vec![200, 200, 429]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_makes_one_admin_key_only_when_there_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<SqliteStore> = SqliteStore::open(dir.path(), StoreConfig::default()).await.unwrap();
+    let generated = coffer_api::bootstrap(store.as_ref(), None).await.unwrap().expect("a generated token");
+    assert!(generated.starts_with("coffer_"));
+    let key = store.key_by_token(coffer_api::hash_token(&generated)).await.unwrap().unwrap();
+    assert!(key.allows(coffer_store::Scope::Admin));
+    // A second bootstrap finds a key and does nothing.
+    assert_eq!(coffer_api::bootstrap(store.as_ref(), None).await.unwrap(), None);
+    assert_eq!(coffer_api::bootstrap(store.as_ref(), Some("other")).await.unwrap(), None);
+    assert!(store.key_by_token(coffer_api::hash_token("other")).await.unwrap().is_none());
+    assert!(coffer_api::bootstrap(store.as_ref(), Some("has space")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_endpoints() {
+    let app = spawn().await;
+    let r = app.send("GET", "/healthz", None, None, &[]).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("ok")));
+    let r = app.send("GET", "/readyz", None, None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // Every response carries a request id; a sane one sent by the client is echoed.
+    let id = r.header("x-request-id").expect("a request id");
+    assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+    let r = app.send("GET", "/healthz", None, None, &[("x-request-id", "trace-me-42")]).await;
+    assert_eq!(r.header("x-request-id"), Some("trace-me-42"));
+    let r = app.get("/v1/nothing").await;
+    assert!(r.header("x-request-id").is_some());
+
+    app.get("/v1/ledgers/USD").await;
+    let r = app.send("GET", "/metrics", None, None, &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(r.text.contains("coffer_http_requests_total"), "{}", r.text);
+    assert!(r.text.contains(r#"route="/v1/ledgers/{code}""#), "labels use the route template");
+    assert!(!r.text.contains(r#"route="/v1/ledgers/USD""#), "never the raw path");
+    assert!(r.text.contains("coffer_http_request_duration_seconds_bucket"));
+
+    // Readiness follows the store.
+    app.store.shutdown().await;
+    let r = app.send("GET", "/readyz", None, None, &[]).await;
+    r.assert_problem(503, "unavailable");
+    assert!(r.header("retry-after").is_some());
+}
+
+/// Every route the router serves, with its methods: the OpenAPI document must list exactly these.
+const ROUTES: &[(&str, &[&str])] = &[
+    ("/v1/ledgers", &["get", "post"]),
+    ("/v1/ledgers/{code}", &["get"]),
+    ("/v1/accounts", &["get", "post"]),
+    ("/v1/accounts/{id}", &["get"]),
+    ("/v1/accounts/{id}/transfers", &["get"]),
+    ("/v1/transfers", &["get", "post"]),
+    ("/v1/transfers/{id}", &["get"]),
+    ("/v1/transfers/{id}/post", &["post"]),
+    ("/v1/transfers/{id}/void", &["post"]),
+    ("/v1/transfers/batch", &["post"]),
+    ("/v1/keys", &["get", "post"]),
+    ("/v1/keys/{id}", &["delete"]),
+    ("/healthz", &["get"]),
+    ("/readyz", &["get"]),
+    ("/metrics", &["get"]),
+    ("/openapi.json", &["get"]),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_every_route() {
+    let app = spawn().await;
+    let r = app.send("GET", "/openapi.json", None, None, &[]).await;
+    assert_eq!(r.status, 200);
+    let doc = r.body;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert_eq!(doc, serde_json::to_value(coffer_api::openapi()).unwrap(), "served = generated");
+
+    let paths = doc["paths"].as_object().unwrap();
+    let documented: BTreeSet<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object().unwrap().keys().filter(|m| *m != "parameters").map(|m| (path.clone(), m.clone()))
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> =
+        ROUTES.iter().flat_map(|(p, ms)| ms.iter().map(|m| (p.to_string(), m.to_string()))).collect();
+    assert_eq!(documented, expected);
+
+    for (path, methods) in ROUTES {
+        for method in *methods {
+            let op = &paths[*path][*method];
+            let responses = op["responses"].as_object().unwrap_or_else(|| panic!("{method} {path}: no responses"));
+            assert!(!responses.is_empty(), "{method} {path}");
+            if path.starts_with("/v1/") {
+                for status in ["400", "401", "403", "429", "503"] {
+                    let problem = &responses[status]["content"]["application/problem+json"];
+                    assert!(problem.is_object(), "{method} {path} lacks the {status} problem");
+                }
+            }
+            if *method == "post" {
+                assert!(op["requestBody"]["content"]["application/json"]["schema"].is_object(), "{path}");
+                assert!(
+                    op["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "Idempotency-Key"),
+                    "{path} documents Idempotency-Key"
+                );
+            }
+        }
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    for schema in ["Problem", "Transfer", "Account", "Ledger", "CreateTransfer", "BatchItem", "CreatedKey"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema} missing");
+    }
+    // The ops endpoints need no token.
+    assert_eq!(paths["/healthz"]["get"]["security"], json!([{}]));
+
+    // And every route in the list really is served (not a 404 from the fallback).
+    for (path, methods) in ROUTES {
+        let concrete = path.replace("{code}", "USD").replace("{id}", "0196a000-0000-7000-8000-000000000001");
+        for method in *methods {
+            let r = app.send(&method.to_uppercase(), &concrete, Some(ADMIN), None, &[]).await;
+            assert!(
+                r.status != 404 || r.body["detail"] != "no route matches this path",
+                "{method} {path} is documented but not served"
+            );
+            assert!(r.status < 500, "{method} {path}: {}", r.text);
+        }
+    }
+}
