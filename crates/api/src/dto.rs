@@ -31,6 +31,7 @@ pub struct CreateAccount {
     pub ledger: LedgerCode,
     /// A client-defined kind of account, 0..=65535.
     #[serde(default)]
+    #[schema(maximum = 65535)]
     pub code: u16,
     #[serde(default)]
     pub flags: AccountFlags,
@@ -55,6 +56,7 @@ pub struct CreateTransfer {
     pub ledger: LedgerCode,
     /// A client-defined kind of transfer, 0..=65535.
     #[serde(default)]
+    #[schema(maximum = 65535)]
     pub code: u16,
     /// Hold the amount (two-phase) until it is posted, voided or expires.
     #[serde(default)]
@@ -94,6 +96,7 @@ pub struct BatchItem {
     pub credit_account_id: Option<AccountId>,
     pub amount: Option<Amount>,
     pub ledger: Option<LedgerCode>,
+    #[schema(maximum = 65535)]
     pub code: Option<u16>,
     pub pending: Option<bool>,
     pub timeout_seconds: Option<TimeoutSeconds>,

@@ -34,7 +34,9 @@ async fn keys_scopes_and_revocation() {
     app.post_as(&write_token, "/v1/ledgers", json!({"code": "EUR", "scale": 2}))
         .await
         .assert_problem(403, "forbidden");
-    app.post_as(&write_token, "/v1/keys", json!({"scopes": ["admin"]})).await.assert_problem(403, "forbidden");
+    app.post_as(&write_token, "/v1/keys", json!({"scopes": ["admin"]}))
+        .await
+        .assert_problem(403, "forbidden");
 
     // Listed without tokens.
     let r = app.get("/v1/keys").await;
@@ -49,7 +51,8 @@ async fn keys_scopes_and_revocation() {
     assert_eq!(r.status, 204, "{}", r.text);
     app.get_as(&read_token, "/v1/ledgers").await.assert_problem(401, "unauthorized");
     let r = app.get("/v1/keys").await;
-    let revoked = r.body["data"].as_array().unwrap().iter().find(|k| k["id"] == read_id.as_str()).unwrap().clone();
+    let revoked =
+        r.body["data"].as_array().unwrap().iter().find(|k| k["id"] == read_id.as_str()).unwrap().clone();
     assert!(revoked["revoked_at"].is_string());
 }
 
@@ -69,7 +72,8 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_rate_limit_comes_from_the_config() {
-    let app = spawn_with(ApiConfig { rate_limit_per_second: 1, rate_limit_burst: 2, ..ApiConfig::default() }).await;
+    let app =
+        spawn_with(ApiConfig { rate_limit_per_second: 1, rate_limit_burst: 2, ..ApiConfig::default() }).await;
     let statuses: Vec<u16> = {
         let mut out = Vec::new();
         for _ in 0..3 {
@@ -170,7 +174,8 @@ async fn openapi_documents_every_route() {
     for (path, methods) in ROUTES {
         for method in *methods {
             let op = &paths[*path][*method];
-            let responses = op["responses"].as_object().unwrap_or_else(|| panic!("{method} {path}: no responses"));
+            let responses =
+                op["responses"].as_object().unwrap_or_else(|| panic!("{method} {path}: no responses"));
             assert!(!responses.is_empty(), "{method} {path}");
             if path.starts_with("/v1/") {
                 for status in ["400", "401", "403", "429", "503"] {
