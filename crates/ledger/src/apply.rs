@@ -11,7 +11,8 @@ use crate::model::{Account, Balance, Ledger, Transfer, TransferStatus};
 use crate::scalar::{Amount, Timestamp, TransferId};
 use crate::state::State;
 
-type Applied = Result<Record, Outcome>;
+/// A command's answer when it did not fail (created, or an idempotent replay), or why it failed.
+type Applied = Result<Outcome, RejectCode>;
 
 /// Applies each submission in order at time `now`, answering one outcome per command.
 /// The changes accumulate in `state`; take them with [`State::take_changes`].
@@ -24,10 +25,7 @@ fn apply_submission(state: &mut State, submission: &Submission, now: Timestamp) 
     let mut outcomes: Vec<Outcome> = submission
         .commands
         .iter()
-        .map(|command| match apply_command(state, command, now) {
-            Ok(record) => Outcome::Created(record),
-            Err(outcome) => outcome,
-        })
+        .map(|command| apply_command(state, command, now).unwrap_or_else(Outcome::Rejected))
         .collect();
     let failed = outcomes.iter().any(|o| matches!(o, Outcome::Rejected(_)));
     if submission.atomic && failed {
@@ -52,17 +50,9 @@ fn apply_command(state: &mut State, command: &Command, now: Timestamp) -> Applie
     }
 }
 
-fn reject(code: RejectCode) -> Outcome {
-    Outcome::Rejected(code)
-}
-
 /// The idempotency answer for a command whose id is already taken.
 fn exists(record: Record, same_fields: bool) -> Applied {
-    if same_fields {
-        Err(Outcome::Exists(record))
-    } else {
-        Err(reject(RejectCode::ExistsWithDifferentFields))
-    }
+    if same_fields { Ok(Outcome::Exists(record)) } else { Err(RejectCode::ExistsWithDifferentFields) }
 }
 
 fn create_ledger(state: &mut State, new: &NewLedger, now: Timestamp) -> Applied {
@@ -71,7 +61,7 @@ fn create_ledger(state: &mut State, new: &NewLedger, now: Timestamp) -> Applied 
     }
     let ledger = Ledger { code: new.code, scale: new.scale, created_at: now };
     state.insert_ledger(ledger.clone());
-    Ok(Record::Ledger(ledger))
+    Ok(Outcome::Created(Record::Ledger(ledger)))
 }
 
 fn create_account(state: &mut State, new: &NewAccount, now: Timestamp) -> Applied {
@@ -84,7 +74,7 @@ fn create_account(state: &mut State, new: &NewAccount, now: Timestamp) -> Applie
         return exists(Record::Account(account.clone()), same);
     }
     if state.ledger(&new.ledger).is_none() {
-        return Err(reject(RejectCode::LedgerNotFound));
+        return Err(RejectCode::LedgerNotFound);
     }
     let account = Account {
         id: new.id,
@@ -98,7 +88,7 @@ fn create_account(state: &mut State, new: &NewAccount, now: Timestamp) -> Applie
     };
     state.insert_account(account.clone());
     state.emit(Event::Account(EventKind::AccountCreated, account.clone()));
-    Ok(Record::Account(account))
+    Ok(Outcome::Created(Record::Account(account)))
 }
 
 fn create_transfer(state: &mut State, new: &NewTransfer, now: Timestamp) -> Applied {
@@ -117,15 +107,15 @@ fn create_transfer(state: &mut State, new: &NewTransfer, now: Timestamp) -> Appl
         return exists(Record::Transfer(t.clone()), same);
     }
     if new.debit_account_id == new.credit_account_id {
-        return Err(reject(RejectCode::AccountsMustBeDifferent));
+        return Err(RejectCode::AccountsMustBeDifferent);
     }
     let (Some(debit), Some(credit)) =
         (state.account(&new.debit_account_id), state.account(&new.credit_account_id))
     else {
-        return Err(reject(RejectCode::AccountNotFound));
+        return Err(RejectCode::AccountNotFound);
     };
     if debit.ledger != new.ledger || credit.ledger != new.ledger {
-        return Err(reject(RejectCode::LedgerMismatch));
+        return Err(RejectCode::LedgerMismatch);
     }
     let pending = new.pending.is_some();
     let (debit_balance, credit_balance) = move_funds(debit, credit, new.amount, pending)?;
@@ -149,7 +139,7 @@ fn create_transfer(state: &mut State, new: &NewTransfer, now: Timestamp) -> Appl
     state.set_balance(new.credit_account_id, credit_balance);
     state.insert_transfer(transfer.clone());
     state.emit(Event::Transfer(EventKind::TransferCreated, transfer.clone()));
-    Ok(Record::Transfer(transfer))
+    Ok(Outcome::Created(Record::Transfer(transfer)))
 }
 
 /// The two balances after moving `amount` into the pending or the posted totals, or why not.
@@ -158,7 +148,7 @@ fn move_funds(
     credit: &Account,
     amount: Amount,
     pending: bool,
-) -> Result<(Balance, Balance), Outcome> {
+) -> Result<(Balance, Balance), RejectCode> {
     let amount = amount.get();
     let mut d = debit.balance;
     let mut c = credit.balance;
@@ -170,16 +160,16 @@ fn move_funds(
     *d_field = add(*d_field, amount)?;
     *c_field = add(*c_field, amount)?;
     if debit.flags.debits_must_not_exceed_credits && !debits_within_credits(&d) {
-        return Err(reject(RejectCode::InsufficientFunds));
+        return Err(RejectCode::InsufficientFunds);
     }
     if credit.flags.credits_must_not_exceed_debits && !credits_within_debits(&c) {
-        return Err(reject(RejectCode::ExceedsDebits));
+        return Err(RejectCode::ExceedsDebits);
     }
     Ok((d, c))
 }
 
-fn add(total: u64, amount: u64) -> Result<u64, Outcome> {
-    total.checked_add(amount).filter(|sum| *sum <= Amount::MAX).ok_or(reject(RejectCode::Overflow))
+fn add(total: u64, amount: u64) -> Result<u64, RejectCode> {
+    total.checked_add(amount).filter(|sum| *sum <= Amount::MAX).ok_or(RejectCode::Overflow)
 }
 
 pub(crate) fn debits_within_credits(b: &Balance) -> bool {
@@ -191,27 +181,27 @@ pub(crate) fn credits_within_debits(b: &Balance) -> bool {
 }
 
 /// Checks that a pending transfer can still be resolved at `now`.
-fn check_pending(pending: &Transfer, now: Timestamp) -> Result<(), Outcome> {
+fn check_pending(pending: &Transfer, now: Timestamp) -> Result<(), RejectCode> {
     if !pending.pending {
-        return Err(reject(RejectCode::PendingTransferNotPending));
+        return Err(RejectCode::PendingTransferNotPending);
     }
     match pending.status {
-        TransferStatus::Posted => Err(reject(RejectCode::PendingTransferAlreadyPosted)),
-        TransferStatus::Voided => Err(reject(RejectCode::PendingTransferAlreadyVoided)),
-        TransferStatus::Expired => Err(reject(RejectCode::PendingTransferExpired)),
+        TransferStatus::Posted => Err(RejectCode::PendingTransferAlreadyPosted),
+        TransferStatus::Voided => Err(RejectCode::PendingTransferAlreadyVoided),
+        TransferStatus::Expired => Err(RejectCode::PendingTransferExpired),
         TransferStatus::Pending if pending.timeout_at.is_some_and(|at| at <= now) => {
-            Err(reject(RejectCode::PendingTransferExpired))
+            Err(RejectCode::PendingTransferExpired)
         }
         TransferStatus::Pending => Ok(()),
     }
 }
 
 /// Releases a hold: takes the pending amount out of both pending totals and posts `posted` of it.
-fn release(state: &mut State, pending: &Transfer, posted: u64) -> Result<(), Outcome> {
+fn release(state: &mut State, pending: &Transfer, posted: u64) -> Result<(), RejectCode> {
     let (Some(debit), Some(credit)) =
         (state.account(&pending.debit_account_id), state.account(&pending.credit_account_id))
     else {
-        return Err(reject(RejectCode::AccountNotFound));
+        return Err(RejectCode::AccountNotFound);
     };
     let held = pending.amount.get();
     let mut d = debit.balance;
@@ -228,21 +218,15 @@ fn release(state: &mut State, pending: &Transfer, posted: u64) -> Result<(), Out
 /// Posts (all or part of) or voids a pending transfer, recording the resolution as a transfer.
 fn resolve(state: &mut State, r: &Resolution, outcome: TransferStatus, now: Timestamp) -> Applied {
     if let Some(t) = state.transfer(&r.id) {
-        let same = t.pending_id == Some(r.pending_id)
-            && t.status == outcome
-            && r.amount.is_none_or(|a| a == t.amount)
-            && r.code.is_none_or(|c| c == t.code)
-            && t.external_ref == r.external_ref
-            && t.metadata == r.metadata;
-        return exists(Record::Transfer(t.clone()), same);
+        return exists(Record::Transfer(t.clone()), same_resolution(state, r, outcome, t));
     }
     let Some(pending) = state.transfer(&r.pending_id).cloned() else {
-        return Err(reject(RejectCode::PendingTransferNotFound));
+        return Err(RejectCode::PendingTransferNotFound);
     };
     check_pending(&pending, now)?;
     let amount = match (outcome, r.amount) {
         (TransferStatus::Posted, Some(a)) if a > pending.amount => {
-            return Err(reject(RejectCode::AmountExceedsPendingAmount));
+            return Err(RejectCode::AmountExceedsPendingAmount);
         }
         (TransferStatus::Posted, Some(a)) => a,
         _ => pending.amount,
@@ -271,23 +255,41 @@ fn resolve(state: &mut State, r: &Resolution, outcome: TransferStatus, now: Time
     let kind =
         if outcome == TransferStatus::Posted { EventKind::TransferPosted } else { EventKind::TransferVoided };
     state.emit(Event::Transfer(kind, Transfer { status: outcome, ..pending }));
-    Ok(Record::Transfer(resolution))
+    Ok(Outcome::Created(Record::Transfer(resolution)))
+}
+
+/// Whether a post or void asks for what the recorded resolution `t` has: every field equal once the
+/// omitted ones are filled in from the hold as when it applied (a post of no amount posts all of
+/// it, a void always releases all of it, no code takes the hold's). Were the hold not loaded, an
+/// omitted field is taken as matching.
+fn same_resolution(state: &State, r: &Resolution, outcome: TransferStatus, t: &Transfer) -> bool {
+    let hold = state.transfer(&r.pending_id);
+    let amount = match outcome {
+        TransferStatus::Posted => r.amount.or(hold.map(|h| h.amount)),
+        _ => hold.map(|h| h.amount),
+    };
+    let code = r.code.or(hold.map(|h| h.code));
+    t.pending_id == Some(r.pending_id)
+        && t.status == outcome
+        && amount.is_none_or(|a| a == t.amount)
+        && code.is_none_or(|c| c == t.code)
+        && t.external_ref == r.external_ref
+        && t.metadata == r.metadata
 }
 
 /// Releases a hold whose timeout has passed. Refused (and harmless) if it was resolved meanwhile.
 fn expire(state: &mut State, id: TransferId, now: Timestamp) -> Applied {
     let Some(pending) = state.transfer(&id).cloned() else {
-        return Err(reject(RejectCode::PendingTransferNotFound));
+        return Err(RejectCode::PendingTransferNotFound);
     };
     match check_pending(&pending, now) {
-        Err(Outcome::Rejected(RejectCode::PendingTransferExpired))
-            if pending.status == TransferStatus::Pending => {}
+        Err(RejectCode::PendingTransferExpired) if pending.status == TransferStatus::Pending => {}
         Err(other) => return Err(other),
-        Ok(()) => return Err(reject(RejectCode::PendingTransferNotPending)),
+        Ok(()) => return Err(RejectCode::PendingTransferNotPending),
     }
     release(state, &pending, 0)?;
     state.set_status(id, TransferStatus::Expired);
     let expired = Transfer { status: TransferStatus::Expired, ..pending };
     state.emit(Event::Transfer(EventKind::TransferExpired, expired.clone()));
-    Ok(Record::Transfer(expired))
+    Ok(Outcome::Created(Record::Transfer(expired)))
 }

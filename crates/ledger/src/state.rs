@@ -16,7 +16,6 @@ pub struct State {
     journal: Vec<Undo>,
     created_ledgers: Vec<LedgerCode>,
     created_accounts: Vec<AccountId>,
-    touched_accounts: Vec<AccountId>,
     created_transfers: Vec<TransferId>,
     resolved_transfers: Vec<TransferId>,
     events: Vec<Event>,
@@ -124,7 +123,6 @@ impl State {
     pub(crate) fn set_balance(&mut self, id: AccountId, balance: Balance) {
         let account = self.accounts.get_mut(&id).expect("balance of an account not loaded");
         self.journal.push(Undo::Balance(id, account.balance));
-        self.touched_accounts.push(id);
         account.balance = balance;
     }
 
@@ -156,8 +154,7 @@ impl State {
         }
     }
 
-    /// Undoes every change made since `at`. Touched accounts stay listed: writing back an
-    /// unchanged balance is harmless.
+    /// Undoes every change made since `at`, journal and change lists alike.
     pub(crate) fn rollback(&mut self, at: Checkpoint) {
         while self.journal.len() > at.journal {
             match self.journal.pop() {
@@ -192,16 +189,24 @@ impl State {
 
     /// Hands over what the batch changed and forgets it, keeping the records.
     pub fn take_changes(&mut self) -> Changes {
-        self.journal.clear();
         let created_accounts: HashSet<AccountId> = self.created_accounts.iter().copied().collect();
         let created_transfers: HashSet<TransferId> = self.created_transfers.iter().copied().collect();
 
-        let mut touched: Vec<AccountId> = std::mem::take(&mut self.touched_accounts)
+        // The journal holds exactly the changes not rolled back; its first balance entry for an
+        // account is the balance it had before them. One that came back to it (a hold voided in
+        // the same batch) did not change.
+        let mut before: HashMap<AccountId, Balance> = HashMap::new();
+        for undo in self.journal.drain(..) {
+            if let Undo::Balance(id, balance) = undo {
+                before.entry(id).or_insert(balance);
+            }
+        }
+        let mut balances: Vec<Account> = before
             .into_iter()
-            .filter(|id| !created_accounts.contains(id))
+            .filter(|(id, balance)| !created_accounts.contains(id) && self.accounts[id].balance != *balance)
+            .map(|(id, _)| self.accounts[&id].clone())
             .collect();
-        touched.sort_unstable();
-        touched.dedup();
+        balances.sort_unstable_by_key(|a| a.id);
         let mut resolved: Vec<TransferId> = std::mem::take(&mut self.resolved_transfers)
             .into_iter()
             .filter(|id| !created_transfers.contains(id))
@@ -218,7 +223,7 @@ impl State {
                 .iter()
                 .map(|id| self.accounts[id].clone())
                 .collect(),
-            balances: touched.iter().map(|id| self.accounts[id].clone()).collect(),
+            balances,
             transfers_created: std::mem::take(&mut self.created_transfers)
                 .iter()
                 .map(|id| self.transfers[id].clone())
