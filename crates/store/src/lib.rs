@@ -4,11 +4,18 @@
 //! The store loads the records a batch touches, runs the pure core (`coffer_ledger::apply`) and
 //! writes balances, transfers, outbox rows and idempotency records in ONE transaction.
 
+mod config;
 mod keys;
 mod page;
+mod sequencer;
+mod sqlite;
 
+pub use config::StoreConfig;
 pub use keys::{ApiKey, KeyId, NewApiKey, Scope, TokenHash};
 pub use page::{AccountFilter, Cursor, Page, PageRequest, TransferFilter};
+pub use sqlite::SqliteStore;
+/// Offline, synchronous administration of a SQLite data dir (no lock; safe beside a server).
+pub use sqlite::admin as sqlite_admin;
 
 use async_trait::async_trait;
 use coffer_ledger::{Account, AccountId, Ledger, LedgerCode, Outcome, Submission, Transfer, TransferId};

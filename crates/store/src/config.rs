@@ -1,0 +1,70 @@
+//! The store's tuning knobs, named with their unit, with the defaults the benchmarks were run with.
+
+use serde::Deserialize;
+
+use crate::{StoreError, StoreResult};
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Commands per batch (one transaction, one fsync). A submission is never split, so a batch
+    /// holding a single bigger submission may exceed it.
+    pub batch_size_max: usize,
+    /// How long the writer waits for more submissions once it has one, when the queue is empty.
+    pub batch_wait_us: u64,
+    /// Submissions the write queue holds before `submit` answers `Overloaded`.
+    pub queue_capacity: usize,
+    /// How often pending transfers past their timeout are looked for and expired.
+    pub expiry_interval_ms: u64,
+    /// How long a stored Idempotency-Key answer is kept (at least; purged after).
+    pub idempotency_retention_hours: u64,
+    /// Read-only connections serving reads beside the single writer.
+    pub read_connections: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            batch_size_max: 8192,
+            batch_wait_us: 100,
+            queue_capacity: 16384,
+            expiry_interval_ms: 1000,
+            idempotency_retention_hours: 24,
+            read_connections: 4,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Refuses values the store cannot run with, so a bad file fails at start, not under load.
+    pub fn validate(&self) -> StoreResult<()> {
+        let problem = if self.batch_size_max == 0 {
+            "batch_size_max must be at least 1"
+        } else if self.queue_capacity == 0 {
+            "queue_capacity must be at least 1"
+        } else if self.expiry_interval_ms == 0 {
+            "expiry_interval_ms must be at least 1"
+        } else if self.idempotency_retention_hours == 0 {
+            "idempotency_retention_hours must be at least 1"
+        } else if self.read_connections == 0 {
+            "read_connections must be at least 1"
+        } else {
+            return Ok(());
+        };
+        Err(StoreError::Unavailable(format!("invalid store configuration: {problem}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_missing_fields_and_unknown_ones_are_refused() {
+        let c: StoreConfig = serde_json::from_str(r#"{"batch_size_max": 10}"#).unwrap();
+        assert_eq!(c, StoreConfig { batch_size_max: 10, ..StoreConfig::default() });
+        assert!(serde_json::from_str::<StoreConfig>(r#"{"batch_size": 10}"#).is_err());
+        assert!(StoreConfig::default().validate().is_ok());
+        assert!(StoreConfig { queue_capacity: 0, ..StoreConfig::default() }.validate().is_err());
+    }
+}

@@ -1,0 +1,236 @@
+//! The sequencer: group commit for every write to money.
+//!
+//! Submissions wait on one bounded queue. A single writer task takes the first, gathers more until
+//! the batch holds `batch_size_max` commands or `batch_wait_us` passed, hands the whole batch to
+//! the [`Backend`] (one transaction, one fsync) and answers every waiter. A hot account therefore
+//! costs one row update per batch, not one per transfer. The backend is generic so the SQLite and
+//! PostgreSQL stores share this loop.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use coffer_ledger::{Command, Outcome, Record, Submission, Timestamp};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::{StoreError, StoreResult};
+
+/// Applies a batch of submissions in one transaction.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// One outcome list per submission, in order. An error means nothing of the batch applied
+    /// (`Unavailable`) or that the commit's fate is unknown (`OutcomeUnknown`).
+    async fn apply_batch(
+        &self,
+        submissions: Vec<Submission>,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Vec<Outcome>>>;
+}
+
+/// How the writer forms batches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchLimits {
+    pub commands: usize,
+    pub wait: Duration,
+}
+
+type Reply = oneshot::Sender<StoreResult<Vec<Outcome>>>;
+
+struct Job {
+    submission: Submission,
+    reply: Reply,
+}
+
+/// The handle to the queue and its writer task.
+pub(crate) struct Sequencer {
+    queue: mpsc::Sender<Job>,
+    closing: watch::Sender<bool>,
+    writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Sequencer {
+    /// Starts the writer task on the current tokio runtime.
+    pub fn start<B: Backend>(backend: B, limits: BatchLimits, queue_capacity: usize) -> Self {
+        let (queue, jobs) = mpsc::channel(queue_capacity);
+        let (closing, closed) = watch::channel(false);
+        let writer = tokio::spawn(write_loop(backend, jobs, closed, limits));
+        Self { queue, closing, writer: tokio::sync::Mutex::new(Some(writer)) }
+    }
+
+    /// Queues a submission and waits for its outcomes. Never waits for room in the queue: a full
+    /// queue means the store is behind, and the caller should shed load (503 with Retry-After).
+    pub async fn submit(&self, submission: Submission) -> StoreResult<Vec<Outcome>> {
+        if submission.commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue.try_send(Job { submission, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable("the store is shut down".into()),
+        })?;
+        // The writer only drops a reply unanswered if it died mid-batch: the commit may have run.
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::OutcomeUnknown("the writer stopped mid-batch".into())))
+    }
+
+    /// Whether the writer still takes submissions.
+    pub fn is_open(&self) -> bool {
+        !self.queue.is_closed() && !*self.closing.borrow()
+    }
+
+    /// Stops taking submissions; the writer still applies everything already queued.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Closes the queue and waits until the writer has applied every queued submission.
+    pub async fn shutdown(&self) {
+        self.close();
+        // Holding the lock while awaiting makes a second caller wait for the same end.
+        let mut writer = self.writer.lock().await;
+        if let Some(handle) = writer.take()
+            && let Err(e) = handle.await
+        {
+            tracing::error!(error = %e, "the sequencer's writer ended abnormally");
+        }
+    }
+}
+
+async fn write_loop<B: Backend>(
+    backend: B,
+    mut jobs: mpsc::Receiver<Job>,
+    mut closing: watch::Receiver<bool>,
+    limits: BatchLimits,
+) {
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match next_job(&mut jobs, &mut closing).await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let (batch, rest) = gather(first, &mut jobs, limits).await;
+        carried = rest;
+        run_batch(&backend, batch).await;
+    }
+}
+
+/// Waits for a job. Once closing, the queue stops taking new jobs but still yields the queued ones.
+async fn next_job(jobs: &mut mpsc::Receiver<Job>, closing: &mut watch::Receiver<bool>) -> Option<Job> {
+    if !*closing.borrow() {
+        tokio::select! {
+            biased;
+            job = jobs.recv() => return job,
+            // An error means the handle is gone: close as well.
+            _ = closing.wait_for(|closing| *closing) => {}
+        }
+    }
+    jobs.close();
+    jobs.recv().await
+}
+
+/// Fills a batch after `first`. Returns the job that did not fit, to start the next batch:
+/// a submission is never split.
+async fn gather(first: Job, jobs: &mut mpsc::Receiver<Job>, limits: BatchLimits) -> (Vec<Job>, Option<Job>) {
+    let deadline = Instant::now() + limits.wait;
+    let mut commands = first.submission.commands.len();
+    let mut batch = vec![first];
+    while commands < limits.commands {
+        let job = match jobs.try_recv() {
+            Ok(job) => job,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => match wait_for_job(jobs, deadline).await {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let size = job.submission.commands.len();
+        if commands + size > limits.commands {
+            return (batch, Some(job));
+        }
+        commands += size;
+        batch.push(job);
+    }
+    (batch, None)
+}
+
+/// The next job if one comes before `deadline`. Tokio's timers tick in milliseconds, so a wait
+/// shorter than that yields to other tasks in a loop instead of sleeping a whole tick.
+async fn wait_for_job(jobs: &mut mpsc::Receiver<Job>, deadline: Instant) -> Option<Job> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        if left >= Duration::from_millis(2) {
+            return tokio::time::timeout(left, jobs.recv()).await.ok().flatten();
+        }
+        tokio::task::yield_now().await;
+        match jobs.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+    }
+}
+
+async fn run_batch<B: Backend>(backend: &B, batch: Vec<Job>) {
+    let commands: usize = batch.iter().map(|job| job.submission.commands.len()).sum();
+    // Which commands make a transfer, for the transfers counter (the outcomes alone cannot say
+    // whether a rejected command was a transfer).
+    let transfer_commands: Vec<bool> =
+        batch.iter().flat_map(|job| job.submission.commands.iter().map(makes_transfer)).collect();
+    let (submissions, replies): (Vec<Submission>, Vec<Reply>) =
+        batch.into_iter().map(|job| (job.submission, job.reply)).unzip();
+    metrics::histogram!("coffer_ledger_batch_size").record(commands as f64);
+
+    let span = tracing::debug_span!("batch", commands, submissions = submissions.len());
+    let started = Instant::now();
+    let result = backend.apply_batch(submissions, Timestamp::now()).instrument(span).await;
+    metrics::histogram!("coffer_ledger_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+
+    match result {
+        Ok(outcomes) => {
+            count_transfers(&transfer_commands, &outcomes);
+            for (reply, outcomes) in replies.into_iter().zip(outcomes) {
+                // A waiter that gave up (client gone) is not an error: its command still applied.
+                let _ = reply.send(Ok(outcomes));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, commands, "batch failed");
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn makes_transfer(command: &Command) -> bool {
+    matches!(command, Command::CreateTransfer(_) | Command::PostPending(_) | Command::VoidPending(_))
+}
+
+fn count_transfers(transfer_commands: &[bool], outcomes: &[Vec<Outcome>]) {
+    let (mut created, mut exists, mut rejected) = (0u64, 0u64, 0u64);
+    for (is_transfer, outcome) in transfer_commands.iter().zip(outcomes.iter().flatten()) {
+        match outcome {
+            _ if !is_transfer => {}
+            Outcome::Created(Record::Transfer(_)) => created += 1,
+            Outcome::Exists(_) => exists += 1,
+            Outcome::Rejected(_) => rejected += 1,
+            Outcome::Created(_) => {}
+        }
+    }
+    for (result, n) in [("created", created), ("exists", exists), ("rejected", rejected)] {
+        if n > 0 {
+            metrics::counter!("coffer_transfers_total", "result" => result).increment(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

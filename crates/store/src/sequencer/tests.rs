@@ -1,0 +1,178 @@
+//! The sequencer against a fake backend: batching, ordering, errors, back-pressure, shutdown.
+
+use std::sync::{Arc, Mutex};
+
+use coffer_ledger::{Ledger, LedgerCode, NewLedger, RejectCode, Scale};
+use tokio::sync::{Notify, Semaphore};
+
+use super::*;
+
+/// Answers each `CreateLedger` with the ledger it names, so a test can check who got what.
+/// Holds every batch until the test adds permits to `gate`.
+struct Fake {
+    batches: Mutex<Vec<Vec<usize>>>,
+    gate: Semaphore,
+    entered: Notify,
+    fail: bool,
+}
+
+#[derive(Clone)]
+struct Shared(Arc<Fake>);
+
+#[async_trait]
+impl Backend for Shared {
+    async fn apply_batch(
+        &self,
+        submissions: Vec<Submission>,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Vec<Outcome>>> {
+        self.0.entered.notify_one();
+        self.0.gate.acquire().await.expect("gate open").forget();
+        self.0.batches.lock().unwrap().push(submissions.iter().map(|s| s.commands.len()).collect());
+        if self.0.fail {
+            return Err(StoreError::Unavailable("disk on fire".into()));
+        }
+        Ok(submissions
+            .iter()
+            .map(|s| {
+                s.commands
+                    .iter()
+                    .map(|c| match c {
+                        Command::CreateLedger(l) => Outcome::Created(Record::Ledger(Ledger {
+                            code: l.code,
+                            scale: l.scale,
+                            created_at: now,
+                        })),
+                        _ => Outcome::Rejected(RejectCode::LedgerNotFound),
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+fn fake(permits: usize, fail: bool) -> Shared {
+    Shared(Arc::new(Fake {
+        batches: Mutex::default(),
+        gate: Semaphore::new(permits),
+        entered: Notify::new(),
+        fail,
+    }))
+}
+
+fn ledgers(first: usize, count: usize) -> Submission {
+    let commands = (first..first + count)
+        .map(|i| {
+            let code = LedgerCode::try_from(format!("L{i}").as_str()).unwrap();
+            Command::CreateLedger(NewLedger { code, scale: Scale::try_from(2).unwrap() })
+        })
+        .collect();
+    Submission { commands, atomic: false }
+}
+
+fn codes(outcomes: &[Outcome]) -> Vec<String> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Created(Record::Ledger(l)) => l.code.to_string(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+fn limits(commands: usize) -> BatchLimits {
+    BatchLimits { commands, wait: Duration::from_millis(2) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_hold_whole_submissions_within_the_limit_and_answer_in_order() {
+    let backend = fake(0, false);
+    let sequencer = Arc::new(Sequencer::start(backend.clone(), limits(10), 100));
+    let mut waiters = Vec::new();
+    let mut first = 0;
+    for size in [1, 7, 3, 4, 6, 2, 9, 1, 12, 5] {
+        let sequencer = sequencer.clone();
+        waiters.push((
+            first,
+            size,
+            tokio::spawn(async move { sequencer.submit(ledgers(first, size)).await }),
+        ));
+        first += size;
+    }
+    backend.0.gate.add_permits(100);
+    for (first, size, waiter) in waiters {
+        let outcomes = waiter.await.unwrap().unwrap();
+        let expected: Vec<String> = (first..first + size).map(|i| format!("L{i}")).collect();
+        assert_eq!(codes(&outcomes), expected);
+    }
+    let batches = backend.0.batches.lock().unwrap().clone();
+    let mut sizes: Vec<usize> = batches.iter().flatten().copied().collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, vec![1, 1, 2, 3, 4, 5, 6, 7, 9, 12], "every submission whole, exactly once");
+    for batch in &batches {
+        let total: usize = batch.iter().sum();
+        assert!(total <= 10 || batch.len() == 1, "{batches:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_batch_answers_every_waiter_with_the_error() {
+    let sequencer = Arc::new(Sequencer::start(fake(100, true), limits(100), 10));
+    let a = tokio::spawn({
+        let s = sequencer.clone();
+        async move { s.submit(ledgers(0, 2)).await }
+    });
+    let b = sequencer.submit(ledgers(2, 1)).await;
+    assert!(matches!(b, Err(StoreError::Unavailable(_))));
+    assert!(matches!(a.await.unwrap(), Err(StoreError::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_overloaded_at_once() {
+    let backend = fake(0, false);
+    let sequencer = Arc::new(Sequencer::start(backend.clone(), limits(1), 1));
+    let in_batch = tokio::spawn({
+        let s = sequencer.clone();
+        async move { s.submit(ledgers(0, 1)).await }
+    });
+    backend.0.entered.notified().await;
+    let queued = tokio::spawn({
+        let s = sequencer.clone();
+        async move { s.submit(ledgers(1, 1)).await }
+    });
+    // Wait until the queued one holds the only slot.
+    while sequencer.queue.capacity() > 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(sequencer.submit(ledgers(2, 1)).await, Err(StoreError::Overloaded));
+    backend.0.gate.add_permits(10);
+    assert!(in_batch.await.unwrap().is_ok());
+    assert!(queued.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn shutdown_applies_what_was_queued_then_refuses_new_work() {
+    let backend = fake(0, false);
+    let sequencer = Arc::new(Sequencer::start(backend.clone(), limits(1), 10));
+    let waiters: Vec<_> = (0..4)
+        .map(|i| {
+            let s = sequencer.clone();
+            tokio::spawn(async move { s.submit(ledgers(i, 1)).await })
+        })
+        .collect();
+    while sequencer.queue.capacity() > 7 {
+        tokio::task::yield_now().await;
+    }
+    let shutdown = tokio::spawn({
+        let s = sequencer.clone();
+        async move { s.shutdown().await }
+    });
+    backend.0.gate.add_permits(10);
+    shutdown.await.unwrap();
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap().unwrap().len(), 1);
+    }
+    assert!(!sequencer.is_open());
+    assert!(matches!(sequencer.submit(ledgers(9, 1)).await, Err(StoreError::Unavailable(_))));
+    assert_eq!(sequencer.submit(Submission { commands: vec![], atomic: false }).await, Ok(vec![]));
+}

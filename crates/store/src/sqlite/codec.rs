@@ -1,0 +1,147 @@
+//! How records map onto SQLite rows: UUIDs as 16-byte BLOBs, amounts and balances as INTEGER
+//! (they never exceed 2^63−1), times as INTEGER microseconds, metadata as its JSON text.
+//!
+//! Every read goes back through the ledger's checked constructors, so a damaged row is an error,
+//! never a record holding an impossible value.
+
+use coffer_ledger::{
+    Account, AccountFlags, AccountId, Amount, Balance, ExternalRef, InvalidValue, Ledger, LedgerCode,
+    Metadata, Scale, Timestamp, Transfer, TransferId, TransferStatus,
+};
+use rusqlite::Row;
+use rusqlite::types::Type;
+use uuid::Uuid;
+
+pub(crate) const LEDGER_COLUMNS: &str = "seq, code, scale, created_at";
+
+pub(crate) const ACCOUNT_COLUMNS: &str = "seq, id, ledger, code, flags, external_ref, metadata, \
+     debits_pending, debits_posted, credits_pending, credits_posted, created_at";
+
+pub(crate) const TRANSFER_COLUMNS: &str = "seq, id, debit_account_id, credit_account_id, amount, ledger, \
+     code, pending, status, pending_id, timeout_at, external_ref, metadata, created_at";
+
+const DEBITS_MUST_NOT_EXCEED_CREDITS: i64 = 1;
+const CREDITS_MUST_NOT_EXCEED_DEBITS: i64 = 2;
+
+fn invalid(column: usize, why: InvalidValue) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, Type::Integer, Box::new(why))
+}
+
+fn uuid(row: &Row<'_>, column: usize) -> rusqlite::Result<Uuid> {
+    let bytes: [u8; 16] = row.get(column)?;
+    Ok(Uuid::from_bytes(bytes))
+}
+
+fn optional_uuid(row: &Row<'_>, column: usize) -> rusqlite::Result<Option<Uuid>> {
+    Ok(row.get::<_, Option<[u8; 16]>>(column)?.map(Uuid::from_bytes))
+}
+
+fn ledger_code(row: &Row<'_>, column: usize) -> rusqlite::Result<LedgerCode> {
+    let text = row.get_ref(column)?.as_str()?;
+    LedgerCode::try_from(text).map_err(|e| invalid(column, e))
+}
+
+fn unsigned(row: &Row<'_>, column: usize) -> rusqlite::Result<u64> {
+    u64::try_from(row.get::<_, i64>(column)?).map_err(|_| invalid(column, InvalidValue("negative amount")))
+}
+
+fn small(row: &Row<'_>, column: usize) -> rusqlite::Result<u16> {
+    u16::try_from(row.get::<_, i64>(column)?).map_err(|_| invalid(column, InvalidValue("code out of range")))
+}
+
+fn timestamp(row: &Row<'_>, column: usize) -> rusqlite::Result<Timestamp> {
+    Ok(Timestamp::from_micros(row.get(column)?))
+}
+
+fn external_ref(row: &Row<'_>, column: usize) -> rusqlite::Result<Option<ExternalRef>> {
+    row.get::<_, Option<String>>(column)?
+        .map(|s| ExternalRef::try_from(s).map_err(|e| invalid(column, e)))
+        .transpose()
+}
+
+fn metadata(row: &Row<'_>, column: usize) -> rusqlite::Result<Option<Metadata>> {
+    let Some(text) = row.get_ref(column)?.as_str_or_null()? else {
+        return Ok(None);
+    };
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(e)))
+}
+
+/// Metadata as stored: its JSON text.
+pub(crate) fn metadata_json(metadata: &Option<Metadata>) -> Option<String> {
+    // Serializing a JSON map to a string cannot fail.
+    metadata.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default())
+}
+
+pub(crate) fn flags_bits(flags: AccountFlags) -> i64 {
+    let mut bits = 0;
+    if flags.debits_must_not_exceed_credits {
+        bits |= DEBITS_MUST_NOT_EXCEED_CREDITS;
+    }
+    if flags.credits_must_not_exceed_debits {
+        bits |= CREDITS_MUST_NOT_EXCEED_DEBITS;
+    }
+    bits
+}
+
+/// An amount or a balance as stored; the ledger keeps them within 0..=2^63−1.
+pub(crate) fn int(value: u64) -> i64 {
+    i64::try_from(value).expect("the ledger keeps amounts and balances within 2^63-1")
+}
+
+/// A ledger row of [`LEDGER_COLUMNS`], with its sequence number.
+pub(crate) fn ledger(row: &Row<'_>) -> rusqlite::Result<(i64, Ledger)> {
+    let scale = u64::try_from(row.get::<_, i64>(2)?).unwrap_or(u64::MAX);
+    let ledger = Ledger {
+        code: ledger_code(row, 1)?,
+        scale: Scale::try_from(scale).map_err(|e| invalid(2, e))?,
+        created_at: timestamp(row, 3)?,
+    };
+    Ok((row.get(0)?, ledger))
+}
+
+/// An account row of [`ACCOUNT_COLUMNS`], with its sequence number.
+pub(crate) fn account(row: &Row<'_>) -> rusqlite::Result<(i64, Account)> {
+    let bits: i64 = row.get(4)?;
+    let account = Account {
+        id: AccountId(uuid(row, 1)?),
+        ledger: ledger_code(row, 2)?,
+        code: small(row, 3)?,
+        flags: AccountFlags {
+            debits_must_not_exceed_credits: bits & DEBITS_MUST_NOT_EXCEED_CREDITS != 0,
+            credits_must_not_exceed_debits: bits & CREDITS_MUST_NOT_EXCEED_DEBITS != 0,
+        },
+        external_ref: external_ref(row, 5)?,
+        metadata: metadata(row, 6)?,
+        balance: Balance {
+            debits_pending: unsigned(row, 7)?,
+            debits_posted: unsigned(row, 8)?,
+            credits_pending: unsigned(row, 9)?,
+            credits_posted: unsigned(row, 10)?,
+        },
+        created_at: timestamp(row, 11)?,
+    };
+    Ok((row.get(0)?, account))
+}
+
+/// A transfer row of [`TRANSFER_COLUMNS`], with its sequence number.
+pub(crate) fn transfer(row: &Row<'_>) -> rusqlite::Result<(i64, Transfer)> {
+    let status = row.get_ref(8)?.as_str()?;
+    let transfer = Transfer {
+        id: TransferId(uuid(row, 1)?),
+        debit_account_id: AccountId(uuid(row, 2)?),
+        credit_account_id: AccountId(uuid(row, 3)?),
+        amount: Amount::try_from(unsigned(row, 4)?).map_err(|e| invalid(4, e))?,
+        ledger: ledger_code(row, 5)?,
+        code: small(row, 6)?,
+        pending: row.get(7)?,
+        status: TransferStatus::parse(status).ok_or_else(|| invalid(8, InvalidValue("unknown status")))?,
+        pending_id: optional_uuid(row, 9)?.map(TransferId),
+        timeout_at: row.get::<_, Option<i64>>(10)?.map(Timestamp::from_micros),
+        external_ref: external_ref(row, 11)?,
+        metadata: metadata(row, 12)?,
+        created_at: timestamp(row, 13)?,
+    };
+    Ok((row.get(0)?, transfer))
+}

@@ -1,0 +1,106 @@
+//! API keys in SQLite. Only the token's SHA-256 is stored; scopes are a comma-separated list.
+//!
+//! Key writes are rare, so they go straight to a write connection (the server's, or the one
+//! `coffer keys` opens next to a running server) instead of through the sequencer.
+
+use coffer_ledger::{InvalidValue, Timestamp};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use uuid::Uuid;
+
+use crate::{ApiKey, KeyId, NewApiKey, Scope, TokenHash};
+
+const COLUMNS: &str = "id, name, scopes, rate_limit_per_second, created_at, revoked_at";
+
+fn scopes_text(scopes: &[Scope]) -> String {
+    scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn key(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
+    let scopes = row.get_ref(2)?.as_str()?;
+    let scopes = scopes
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            Scope::parse(s).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    Type::Text,
+                    Box::new(InvalidValue("unknown scope")),
+                )
+            })
+        })
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ApiKey {
+        id: KeyId(Uuid::from_bytes(row.get(0)?)),
+        name: row.get(1)?,
+        scopes,
+        rate_limit_per_second: row.get(3)?,
+        created_at: Timestamp::from_micros(row.get(4)?),
+        revoked_at: row.get::<_, Option<i64>>(5)?.map(Timestamp::from_micros),
+    })
+}
+
+fn stored(key: NewApiKey, created_at: Timestamp) -> ApiKey {
+    ApiKey {
+        id: key.id,
+        name: key.name,
+        scopes: key.scopes,
+        rate_limit_per_second: key.rate_limit_per_second,
+        created_at,
+        revoked_at: None,
+    }
+}
+
+pub(crate) fn create(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusqlite::Result<ApiKey> {
+    conn.execute(
+        "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            key.id.0.as_bytes(),
+            key.name,
+            scopes_text(&key.scopes),
+            key.rate_limit_per_second,
+            key.token_hash.0,
+            now.as_micros()
+        ],
+    )?;
+    Ok(stored(key, now))
+}
+
+/// Inserts `key` only into an empty table. One statement, so two servers starting on the same
+/// database cannot both bootstrap.
+pub(crate) fn bootstrap(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusqlite::Result<bool> {
+    let inserted = conn.execute(
+        "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at) \
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 FROM api_keys)",
+        params![
+            key.id.0.as_bytes(),
+            key.name,
+            scopes_text(&key.scopes),
+            key.rate_limit_per_second,
+            key.token_hash.0,
+            now.as_micros()
+        ],
+    )?;
+    Ok(inserted == 1)
+}
+
+pub(crate) fn by_token(conn: &Connection, hash: TokenHash) -> rusqlite::Result<Option<ApiKey>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM api_keys WHERE token_hash = ?1"))?;
+    stmt.query_row([hash.0], key).optional()
+}
+
+pub(crate) fn list(conn: &Connection) -> rusqlite::Result<Vec<ApiKey>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM api_keys ORDER BY created_at, id"))?;
+    stmt.query_map([], key)?.collect()
+}
+
+/// Revokes a key, keeping the first revocation time; answers whether the key exists.
+pub(crate) fn revoke(conn: &Connection, id: KeyId, now: Timestamp) -> rusqlite::Result<bool> {
+    let changed = conn.execute(
+        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+        params![id.0.as_bytes(), now.as_micros()],
+    )?;
+    Ok(changed == 1)
+}

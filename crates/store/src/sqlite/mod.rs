@@ -1,0 +1,233 @@
+//! The embedded SQLite backend: one file in the data dir, one writer (the sequencer's), a few
+//! read-only connections, and the background tasks.
+//!
+//! `coffer.lock` beside the database is held with an exclusive OS lock for the store's lifetime,
+//! so only one server ever writes a data dir; that is what lets the writer cache ledgers and keep
+//! in-flight idempotency marks in memory.
+
+pub mod admin;
+mod background;
+mod batch;
+mod codec;
+mod idempotency;
+mod keys;
+mod read;
+mod schema;
+
+use std::fs::{File, TryLockError};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coffer_ledger::{
+    Account, AccountId, Ledger, LedgerCode, Outcome, Submission, Timestamp, Transfer, TransferId,
+};
+use rusqlite::Connection;
+use tokio::task::JoinHandle;
+
+use self::batch::{SharedWriter, SqliteBackend, Writer, lock};
+use self::idempotency::Idempotency;
+use self::read::ReadPool;
+use crate::sequencer::{BatchLimits, Sequencer};
+use crate::{
+    AccountFilter, ApiKey, Fingerprint, IdempotencyBegin, IdempotencyScope, KeyId, NewApiKey, Page,
+    PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse, TokenHash, TransferFilter,
+};
+
+/// A database error: the statement did not apply.
+pub(crate) fn db_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("database error: {e}"))
+}
+
+/// The SQLite-backed [`Store`].
+pub struct SqliteStore {
+    sequencer: Arc<Sequencer>,
+    writer: SharedWriter,
+    reads: Arc<ReadPool>,
+    idempotency: Idempotency,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Held, never read: the OS lock lives as long as this handle.
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) `dir/coffer.db`, takes an exclusive lock on
+    /// `dir/coffer.lock` so only one server uses a data dir, and starts the sequencer and the
+    /// background tasks on the current tokio runtime.
+    pub async fn open(dir: &Path, config: StoreConfig) -> StoreResult<Arc<SqliteStore>> {
+        config.validate()?;
+        let dir = dir.to_owned();
+        // Opening and migrating block on the file system: keep that off the async workers.
+        let (lock_file, conn, reads) = tokio::task::spawn_blocking(move || -> StoreResult<_> {
+            let lock_file = lock_data_dir(&dir)?;
+            let conn = schema::open_writer(&dir)?;
+            let reads = ReadPool::open(&dir, config.read_connections)?;
+            Ok((lock_file, conn, reads))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("open failed: {e}")))??;
+
+        let writer: SharedWriter = Arc::new(Mutex::new(Writer::new(conn)));
+        let limits = BatchLimits {
+            commands: config.batch_size_max,
+            wait: Duration::from_micros(config.batch_wait_us),
+        };
+        let backend = SqliteBackend { writer: writer.clone() };
+        let sequencer = Arc::new(Sequencer::start(backend, limits, config.queue_capacity));
+        let (idempotency, answers) = Idempotency::start(writer.clone());
+        let retention = Duration::from_secs(config.idempotency_retention_hours.saturating_mul(3600));
+        let tasks = vec![
+            answers,
+            background::spawn_expiry(
+                sequencer.clone(),
+                reads.clone(),
+                Duration::from_millis(config.expiry_interval_ms),
+                config.batch_size_max,
+            ),
+            background::spawn_purge(writer.clone(), retention),
+        ];
+        Ok(Arc::new(SqliteStore {
+            sequencer,
+            writer,
+            reads,
+            idempotency,
+            tasks: Mutex::new(tasks),
+            _lock: lock_file,
+        }))
+    }
+
+    /// Runs a rare write (API keys) on the write connection, between batches.
+    async fn write<T, F>(&self, write: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || write(&lock(&writer).conn))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("write failed: {e}")))?
+            .map_err(db_error)
+    }
+
+    fn stop_tasks(&self) {
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+fn lock_data_dir(dir: &Path) -> StoreResult<File> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display())))?;
+    let path = dir.join("coffer.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "data dir {} is in use by another coffer process",
+            dir.display()
+        ))),
+        Err(TryLockError::Error(e)) => {
+            Err(StoreError::Unavailable(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
+}
+
+/// Dropping the store without `shutdown` (a crash, a test) stops new work; what was committed
+/// stays committed, and what was queued is still applied by the writer as it winds down.
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.sequencer.close();
+        self.stop_tasks();
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn submit(&self, submission: Submission) -> StoreResult<Vec<Outcome>> {
+        self.sequencer.submit(submission).await
+    }
+
+    async fn ledger(&self, code: LedgerCode) -> StoreResult<Option<Ledger>> {
+        self.reads.run(move |c| read::ledger(c, code)).await
+    }
+
+    async fn ledgers(&self, page: PageRequest) -> StoreResult<Page<Ledger>> {
+        self.reads.run(move |c| read::ledgers(c, page)).await
+    }
+
+    async fn account(&self, id: AccountId) -> StoreResult<Option<Account>> {
+        self.reads.run(move |c| read::account(c, id)).await
+    }
+
+    async fn accounts(&self, filter: AccountFilter, page: PageRequest) -> StoreResult<Page<Account>> {
+        self.reads.run(move |c| read::accounts(c, filter, page)).await
+    }
+
+    async fn transfer(&self, id: TransferId) -> StoreResult<Option<Transfer>> {
+        self.reads.run(move |c| read::transfer(c, id)).await
+    }
+
+    async fn transfers(&self, filter: TransferFilter, page: PageRequest) -> StoreResult<Page<Transfer>> {
+        self.reads.run(move |c| read::transfers(c, filter, page)).await
+    }
+
+    async fn create_key(&self, key: NewApiKey) -> StoreResult<ApiKey> {
+        self.write(move |c| keys::create(c, key, Timestamp::now())).await
+    }
+
+    async fn bootstrap_key(&self, key: NewApiKey) -> StoreResult<bool> {
+        self.write(move |c| keys::bootstrap(c, key, Timestamp::now())).await
+    }
+
+    async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
+        self.reads.run(move |c| keys::by_token(c, hash)).await
+    }
+
+    async fn keys(&self) -> StoreResult<Vec<ApiKey>> {
+        self.reads.run(keys::list).await
+    }
+
+    async fn revoke_key(&self, id: KeyId) -> StoreResult<bool> {
+        self.write(move |c| keys::revoke(c, id, Timestamp::now())).await
+    }
+
+    async fn idempotency_begin(
+        &self,
+        scope: &IdempotencyScope,
+        fingerprint: Fingerprint,
+    ) -> StoreResult<IdempotencyBegin> {
+        self.idempotency.begin(&self.reads, scope, fingerprint).await
+    }
+
+    async fn idempotency_complete(
+        &self,
+        scope: &IdempotencyScope,
+        response: StoredResponse,
+    ) -> StoreResult<()> {
+        self.idempotency.complete(scope, response).await
+    }
+
+    async fn idempotency_abandon(&self, scope: &IdempotencyScope) -> StoreResult<()> {
+        self.idempotency.abandon(scope);
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        if !self.sequencer.is_open() {
+            return Err(StoreError::Unavailable("the store's writer is stopped".into()));
+        }
+        self.reads.run(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    async fn shutdown(&self) {
+        self.sequencer.shutdown().await;
+        self.stop_tasks();
+    }
+}

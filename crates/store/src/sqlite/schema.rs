@@ -1,0 +1,159 @@
+//! Opening SQLite connections the one right way, and the versioned schema.
+//!
+//! Migrations are SQL scripts applied in order inside one `BEGIN IMMEDIATE` transaction that also
+//! bumps `PRAGMA user_version`, so two processes migrating at once (a server and `coffer migrate`)
+//! cannot both apply a step, and re-opening an up-to-date database changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use super::db_error;
+use crate::{StoreError, StoreResult};
+
+/// The database file inside a data directory.
+pub(crate) fn db_path(dir: &Path) -> PathBuf {
+    dir.join("coffer.db")
+}
+
+/// How long a connection waits for another one's lock (a key written by `coffer keys` while the
+/// server runs, a checkpoint) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Statements each connection keeps compiled; the batch path uses about a dozen.
+const STATEMENT_CACHE: usize = 64;
+
+/// Opens the read-write connection, creating the file and the directory, and migrates.
+pub(crate) fn open_writer(dir: &Path) -> StoreResult<Connection> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display())))?;
+    let mut conn = Connection::open(db_path(dir)).map_err(db_error)?;
+    configure(&conn).map_err(db_error)?;
+    // WAL lets readers run beside the writer; it is a property of the file, kept once set.
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(db_error)?;
+    // A batch is acknowledged only after its commit is on disk, even across a power loss.
+    conn.pragma_update(None, "synchronous", "FULL").map_err(db_error)?;
+    // A 64 MiB page cache keeps the hot accounts' and indexes' pages in memory.
+    conn.pragma_update(None, "cache_size", -65536).map_err(db_error)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection on an existing, migrated database.
+pub(crate) fn open_reader(dir: &Path) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(db_path(dir), flags).map_err(db_error)?;
+    configure(&conn).map_err(db_error)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+/// The schema, one script per version; version N is `MIGRATIONS[N - 1]`. Append only.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE ledgers (
+    seq        INTEGER PRIMARY KEY,
+    code       TEXT    NOT NULL UNIQUE,
+    scale      INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+
+CREATE TABLE accounts (
+    seq             INTEGER PRIMARY KEY,
+    id              BLOB    NOT NULL UNIQUE,
+    ledger          TEXT    NOT NULL,
+    code            INTEGER NOT NULL,
+    flags           INTEGER NOT NULL,
+    external_ref    TEXT,
+    metadata        TEXT,
+    debits_pending  INTEGER NOT NULL,
+    debits_posted   INTEGER NOT NULL,
+    credits_pending INTEGER NOT NULL,
+    credits_posted  INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL
+);
+CREATE INDEX accounts_by_ledger ON accounts (ledger, seq);
+CREATE INDEX accounts_by_external_ref ON accounts (external_ref, seq) WHERE external_ref IS NOT NULL;
+
+CREATE TABLE transfers (
+    seq               INTEGER PRIMARY KEY,
+    id                BLOB    NOT NULL UNIQUE,
+    debit_account_id  BLOB    NOT NULL,
+    credit_account_id BLOB    NOT NULL,
+    amount            INTEGER NOT NULL,
+    ledger            TEXT    NOT NULL,
+    code              INTEGER NOT NULL,
+    pending           INTEGER NOT NULL,
+    status            TEXT    NOT NULL,
+    pending_id        BLOB,
+    timeout_at        INTEGER,
+    external_ref      TEXT,
+    metadata          TEXT,
+    created_at        INTEGER NOT NULL
+);
+CREATE INDEX transfers_by_debit ON transfers (debit_account_id, seq);
+CREATE INDEX transfers_by_credit ON transfers (credit_account_id, seq);
+CREATE INDEX transfers_by_ledger ON transfers (ledger, seq);
+CREATE INDEX transfers_to_expire ON transfers (timeout_at) WHERE status = 'pending';
+
+-- CloudEvents 1.0 envelopes, written in the transaction that made the change; `seq` is the
+-- event's `sequence` extension. AUTOINCREMENT so a position is never reused after a purge.
+CREATE TABLE outbox (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              BLOB    NOT NULL,
+    source          TEXT    NOT NULL DEFAULT 'coffer',
+    type            TEXT    NOT NULL,
+    subject         BLOB    NOT NULL,
+    time            INTEGER NOT NULL,
+    datacontenttype TEXT    NOT NULL DEFAULT 'application/json',
+    data            TEXT    NOT NULL
+);
+
+CREATE TABLE api_keys (
+    id                    BLOB    PRIMARY KEY,
+    name                  TEXT,
+    scopes                TEXT    NOT NULL,
+    rate_limit_per_second INTEGER,
+    token_hash            BLOB    NOT NULL UNIQUE,
+    created_at            INTEGER NOT NULL,
+    revoked_at            INTEGER
+);
+
+CREATE TABLE idempotency (
+    principal    BLOB    NOT NULL,
+    key          TEXT    NOT NULL,
+    fingerprint  BLOB    NOT NULL,
+    status       INTEGER NOT NULL,
+    content_type TEXT    NOT NULL,
+    body         BLOB    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (principal, key)
+);
+CREATE INDEX idempotency_by_age ON idempotency (created_at);
+"#];
+
+/// The schema version this binary writes.
+pub(crate) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the database to [`SCHEMA_VERSION`], answering the version it is at.
+pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<u32> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_error)?;
+    let current: u32 = tx.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(db_error)?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "the database is at schema version {current}, newer than this binary's {SCHEMA_VERSION}"
+        )));
+    }
+    for (version, script) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(script).map_err(db_error)?;
+        tracing::info!(version = version + 1, "migrated the database");
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;
+    tx.commit().map_err(db_error)?;
+    Ok(SCHEMA_VERSION)
+}
