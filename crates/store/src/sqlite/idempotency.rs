@@ -70,6 +70,11 @@ impl Idempotency {
         scope: &IdempotencyScope,
         fingerprint: Fingerprint,
     ) -> StoreResult<IdempotencyBegin> {
+        // A key already answered is replayed without marking it, so a burst of retries after
+        // the answer never sees another retry's passing mark as "in flight".
+        if let Some(answered) = self.answered(reads, scope, fingerprint).await? {
+            return Ok(answered);
+        }
         let token = self.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mark = Mark { fingerprint, since: Instant::now(), token };
         match self.marks().entry(scope.clone()) {
@@ -84,16 +89,37 @@ impl Idempotency {
                 free.insert(mark);
             }
         }
+        // Look again now that the key is marked: the first request may have completed between
+        // the first look and the mark.
+        match self.answered(reads, scope, fingerprint).await {
+            Ok(None) => Ok(IdempotencyBegin::Proceed),
+            Ok(Some(answer)) => {
+                self.release(scope, token);
+                Ok(answer)
+            }
+            Err(e) => {
+                self.release(scope, token);
+                Err(e)
+            }
+        }
+    }
+
+    /// What to answer if the key already has a stored answer.
+    async fn answered(
+        &self,
+        reads: &Arc<ReadPool>,
+        scope: &IdempotencyScope,
+        fingerprint: Fingerprint,
+    ) -> StoreResult<Option<IdempotencyBegin>> {
         let lookup = scope.clone();
-        let stored = reads.run(move |conn| stored(conn, &lookup)).await;
-        let begin = match stored {
-            Ok(None) => return Ok(IdempotencyBegin::Proceed),
-            Ok(Some((stored, response))) if stored == fingerprint => Ok(IdempotencyBegin::Replay(response)),
-            Ok(Some(_)) => Ok(IdempotencyBegin::Mismatch),
-            Err(e) => Err(e),
-        };
-        self.release(scope, token);
-        begin
+        let stored = reads.run(move |conn| stored(conn, &lookup)).await?;
+        Ok(stored.map(|(stored, response)| {
+            if stored == fingerprint {
+                IdempotencyBegin::Replay(response)
+            } else {
+                IdempotencyBegin::Mismatch
+            }
+        }))
     }
 
     /// Stores the answer durably, then frees the key.

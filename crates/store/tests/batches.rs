@@ -1,0 +1,152 @@
+//! Submissions through the sequencer on a real SQLite store: outcomes, atomicity, back-pressure.
+
+mod common;
+
+use coffer_ledger::{AccountId, Outcome, Record, RejectCode, Submission, TransferId};
+use coffer_store::{Store, StoreConfig, StoreError};
+use common::*;
+
+#[tokio::test]
+async fn one_outcome_per_command_in_order_and_a_rejection_does_not_fail_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let [a, b] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
+    let (t1, t2) = (TransferId::generate(), TransferId::generate());
+    let commands = vec![
+        transfer(t1, a, b, 10, "USD"),
+        transfer(TransferId::generate(), a, AccountId::generate(), 10, "USD"),
+        transfer(t2, b, a, 3, "USD"),
+        transfer(TransferId::generate(), a, a, 1, "USD"),
+        transfer(t1, a, b, 10, "USD"),
+        transfer(t1, a, b, 11, "USD"),
+    ];
+    let outcomes = store.submit(Submission { commands, atomic: false }).await.unwrap();
+    assert!(matches!(&outcomes[0], Outcome::Created(Record::Transfer(t)) if t.id == t1));
+    assert_eq!(outcomes[1], Outcome::Rejected(RejectCode::AccountNotFound));
+    assert!(matches!(&outcomes[2], Outcome::Created(Record::Transfer(t)) if t.id == t2));
+    assert_eq!(outcomes[3], Outcome::Rejected(RejectCode::AccountsMustBeDifferent));
+    assert!(matches!(&outcomes[4], Outcome::Exists(Record::Transfer(t)) if t.id == t1));
+    assert_eq!(outcomes[5], Outcome::Rejected(RejectCode::ExistsWithDifferentFields));
+    assert_eq!(outcomes.len(), 6);
+
+    let balance = balance_of(store.as_ref(), a).await;
+    assert_eq!((balance.debits_posted, balance.credits_posted), (10, 3));
+    // Resent in a later batch, the transfer is found on disk.
+    assert!(matches!(one(store.as_ref(), transfer(t2, b, a, 3, "USD")).await, Outcome::Exists(_)));
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_atomic_submission_that_fails_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let [bank, shop] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
+    let alice = AccountId::generate();
+    created(store.as_ref(), wallet(alice, "USD")).await;
+    created(store.as_ref(), transfer(TransferId::generate(), bank, alice, 100, "USD")).await;
+
+    let (t1, t2, t3) = (TransferId::generate(), TransferId::generate(), TransferId::generate());
+    let commands = vec![
+        transfer(t1, alice, shop, 60, "USD"),
+        transfer(t2, bank, shop, 5, "USD"),
+        transfer(t3, alice, shop, 60, "USD"),
+    ];
+    let outcomes = store.submit(Submission { commands, atomic: true }).await.unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Rejected(RejectCode::LinkedItemFailed),
+            Outcome::Rejected(RejectCode::LinkedItemFailed),
+            Outcome::Rejected(RejectCode::InsufficientFunds),
+        ]
+    );
+    for id in [t1, t2, t3] {
+        assert!(store.transfer(id).await.unwrap().is_none());
+    }
+    assert_eq!(balance_of(store.as_ref(), alice).await.debits_posted, 0);
+    assert_eq!(balance_of(store.as_ref(), shop).await.credits_posted, 0);
+
+    // The same legs without the overdraft apply together.
+    let commands = vec![transfer(t1, alice, shop, 60, "USD"), transfer(t2, bank, shop, 5, "USD")];
+    let outcomes = store.submit(Submission { commands, atomic: true }).await.unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Created(_))));
+    assert_eq!(balance_of(store.as_ref(), shop).await.credits_posted, 65);
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_are_all_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let accounts = setup(store.as_ref(), 2).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..500 {
+        let store = store.clone();
+        let (a, b) = (accounts[0], accounts[1]);
+        tasks.spawn(
+            async move { one(store.as_ref(), transfer(TransferId::generate(), a, b, 2, "USD")).await },
+        );
+    }
+    let outcomes = tasks.join_all().await;
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Created(_))));
+    assert_eq!(balance_of(store.as_ref(), accounts[1]).await.credits_posted, 1000);
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_overloaded_and_applies_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig { queue_capacity: 1, batch_size_max: 1, ..StoreConfig::default() };
+    let store = open_with(dir.path(), config).await;
+    let accounts = setup(store.as_ref(), 2).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..400 {
+        let store = store.clone();
+        let (a, b) = (accounts[0], accounts[1]);
+        tasks.spawn(async move {
+            store.submit(Submission::one(transfer(TransferId::generate(), a, b, 1, "USD"))).await
+        });
+    }
+    let results = tasks.join_all().await;
+    let overloaded = results.iter().filter(|r| **r == Err(StoreError::Overloaded)).count();
+    let applied =
+        results.iter().filter(|r| matches!(r, Ok(o) if matches!(o[0], Outcome::Created(_)))).count();
+    assert!(overloaded > 0, "a queue of one must overflow under 400 concurrent submissions");
+    assert_eq!(overloaded + applied, 400);
+    assert_eq!(balance_of(store.as_ref(), accounts[1]).await.credits_posted, applied as u64);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_batch_bigger_than_the_limit_still_applies_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig { batch_size_max: 4, ..StoreConfig::default() };
+    let store = open_with(dir.path(), config).await;
+    let [a, b] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
+    let commands = (0..10).map(|_| transfer(TransferId::generate(), a, b, 1, "USD")).collect();
+    let outcomes = store.submit(Submission { commands, atomic: true }).await.unwrap();
+    assert_eq!(outcomes.iter().filter(|o| matches!(o, Outcome::Created(_))).count(), 10);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn ledgers_are_created_once_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    created(store.as_ref(), ledger("USD")).await;
+    assert!(matches!(one(store.as_ref(), ledger("USD")).await, Outcome::Exists(_)));
+    created(store.as_ref(), ledger("EUR")).await;
+    assert_eq!(
+        one(store.as_ref(), account(AccountId::generate(), "GBP", None)).await,
+        Outcome::Rejected(RejectCode::LedgerNotFound)
+    );
+    let usd = store.ledger(code("USD")).await.unwrap().unwrap();
+    assert_eq!(usd.scale.get(), 2);
+    let page = store.ledgers(coffer_store::PageRequest::new(Some(1), None).unwrap()).await.unwrap();
+    assert_eq!(page.items, vec![usd]);
+    let rest =
+        store.ledgers(coffer_store::PageRequest::new(Some(1), page.next_cursor).unwrap()).await.unwrap();
+    assert_eq!(rest.items[0].code, code("EUR"));
+    assert_eq!(rest.next_cursor, None);
+    store.shutdown().await;
+}

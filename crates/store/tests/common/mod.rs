@@ -1,0 +1,132 @@
+//! Helpers shared by the store's integration tests: a store in a temp dir and command builders.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::Path;
+use std::sync::Arc;
+
+use coffer_ledger::{
+    Account, AccountFlags, AccountId, Amount, Command, ExternalRef, LedgerCode, NewAccount, NewLedger,
+    NewTransfer, Outcome, Record, Resolution, Scale, Submission, Transfer, TransferId,
+};
+use coffer_store::{SqliteStore, Store, StoreConfig};
+
+pub async fn open(dir: &Path) -> Arc<SqliteStore> {
+    open_with(dir, StoreConfig::default()).await
+}
+
+pub async fn open_with(dir: &Path, config: StoreConfig) -> Arc<SqliteStore> {
+    SqliteStore::open(dir, config).await.expect("open the store")
+}
+
+pub fn code(s: &str) -> LedgerCode {
+    LedgerCode::try_from(s).unwrap()
+}
+
+pub fn amount(n: u64) -> Amount {
+    Amount::try_from(n).unwrap()
+}
+
+pub fn ledger(c: &str) -> Command {
+    Command::CreateLedger(NewLedger { code: code(c), scale: Scale::try_from(2).unwrap() })
+}
+
+pub fn account(id: AccountId, ledger: &str, external_ref: Option<&str>) -> Command {
+    Command::CreateAccount(NewAccount {
+        id,
+        ledger: code(ledger),
+        code: 1,
+        flags: AccountFlags::default(),
+        external_ref: external_ref.map(|r| ExternalRef::try_from(r.to_owned()).unwrap()),
+        metadata: None,
+    })
+}
+
+/// An account that cannot spend more than it received.
+pub fn wallet(id: AccountId, ledger: &str) -> Command {
+    Command::CreateAccount(NewAccount {
+        id,
+        ledger: code(ledger),
+        code: 2,
+        flags: AccountFlags { debits_must_not_exceed_credits: true, credits_must_not_exceed_debits: false },
+        external_ref: None,
+        metadata: None,
+    })
+}
+
+pub fn transfer(id: TransferId, debit: AccountId, credit: AccountId, n: u64, ledger: &str) -> Command {
+    Command::CreateTransfer(NewTransfer {
+        id,
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount: amount(n),
+        ledger: code(ledger),
+        code: 7,
+        pending: None,
+        external_ref: None,
+        metadata: None,
+    })
+}
+
+/// A hold, expiring after `timeout` seconds when given.
+pub fn hold(
+    id: TransferId,
+    debit: AccountId,
+    credit: AccountId,
+    n: u64,
+    ledger: &str,
+    timeout: Option<u32>,
+) -> Command {
+    match transfer(id, debit, credit, n, ledger) {
+        Command::CreateTransfer(t) => Command::CreateTransfer(NewTransfer { pending: Some(timeout), ..t }),
+        _ => unreachable!(),
+    }
+}
+
+pub fn resolution(id: TransferId, pending_id: TransferId, n: Option<u64>) -> Resolution {
+    Resolution { id, pending_id, amount: n.map(amount), code: None, external_ref: None, metadata: None }
+}
+
+pub fn post(id: TransferId, pending_id: TransferId, n: Option<u64>) -> Command {
+    Command::PostPending(resolution(id, pending_id, n))
+}
+
+pub fn void(id: TransferId, pending_id: TransferId) -> Command {
+    Command::VoidPending(resolution(id, pending_id, None))
+}
+
+/// Submits one command and answers its outcome.
+pub async fn one(store: &dyn Store, command: Command) -> Outcome {
+    let mut outcomes = store.submit(Submission::one(command)).await.expect("submit");
+    assert_eq!(outcomes.len(), 1);
+    outcomes.pop().unwrap()
+}
+
+/// Submits one command that must apply.
+pub async fn created(store: &dyn Store, command: Command) -> Record {
+    match one(store, command).await {
+        Outcome::Created(record) => record,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+pub async fn created_transfer(store: &dyn Store, command: Command) -> Transfer {
+    match created(store, command).await {
+        Record::Transfer(t) => t,
+        other => panic!("expected a transfer, got {other:?}"),
+    }
+}
+
+pub async fn balance_of(store: &dyn Store, id: AccountId) -> coffer_ledger::Balance {
+    let account: Account = store.account(id).await.unwrap().expect("account exists");
+    account.balance
+}
+
+/// A ledger `USD` with `n` plain accounts on it.
+pub async fn setup(store: &dyn Store, n: usize) -> Vec<AccountId> {
+    created(store, ledger("USD")).await;
+    let ids: Vec<AccountId> = (0..n).map(|_| AccountId::generate()).collect();
+    let commands = ids.iter().map(|id| account(*id, "USD", None)).collect();
+    let outcomes = store.submit(Submission { commands, atomic: true }).await.unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Created(_))));
+    ids
+}
