@@ -30,7 +30,7 @@ fn account(record: Record) -> Option<Account> {
     request_body = CreateAccount,
     responses(
         (status = 201, description = "Created", body = Account),
-        (status = 200, description = "Already exists with the same fields (`Idempotent-Replayed: true`)", body = Account),
+        (status = 200, description = "Already exists with the same fields (`Idempotent-Replayed: true`)", body = Account, headers(("Idempotent-Replayed" = String, description = "`true`: the record already existed with these fields"))),
         WriteProblems,
     )
 )]

@@ -27,7 +27,7 @@ fn ledger(record: Record) -> Option<Ledger> {
     request_body = CreateLedger,
     responses(
         (status = 201, description = "Created", body = Ledger),
-        (status = 200, description = "Already exists with the same scale (`Idempotent-Replayed: true`)", body = Ledger),
+        (status = 200, description = "Already exists with the same scale (`Idempotent-Replayed: true`)", body = Ledger, headers(("Idempotent-Replayed" = String, description = "`true`: the record already existed with these fields"))),
         WriteProblems,
     )
 )]

@@ -46,7 +46,7 @@ pub(super) fn hold(
     request_body = CreateTransfer,
     responses(
         (status = 201, description = "Created", body = Transfer),
-        (status = 200, description = "Already exists with the same fields (`Idempotent-Replayed: true`)", body = Transfer),
+        (status = 200, description = "Already exists with the same fields (`Idempotent-Replayed: true`)", body = Transfer, headers(("Idempotent-Replayed" = String, description = "`true`: the record already existed with these fields"))),
         WriteProblems,
     )
 )]
@@ -112,7 +112,7 @@ pub async fn get_transfer(
     request_body(content = Option<PostPending>, description = "Optional; omitted, the whole amount is posted"),
     responses(
         (status = 201, description = "Posted; the posting transfer", body = Transfer),
-        (status = 200, description = "This post already happened (`Idempotent-Replayed: true`)", body = Transfer),
+        (status = 200, description = "This post already happened (`Idempotent-Replayed: true`)", body = Transfer, headers(("Idempotent-Replayed" = String, description = "`true`: the record already existed with these fields"))),
         WriteProblems,
     )
 )]
@@ -142,7 +142,7 @@ pub async fn post_transfer(
     request_body(content = Option<VoidPending>, description = "Optional"),
     responses(
         (status = 201, description = "Voided; the voiding transfer", body = Transfer),
-        (status = 200, description = "This void already happened (`Idempotent-Replayed: true`)", body = Transfer),
+        (status = 200, description = "This void already happened (`Idempotent-Replayed: true`)", body = Transfer, headers(("Idempotent-Replayed" = String, description = "`true`: the record already existed with these fields"))),
         WriteProblems,
     )
 )]
