@@ -66,22 +66,26 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let unsupported = || {
+            ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the body as JSON with Content-Type: application/json",
+            )
+        };
         let (parts, body) = req.into_parts();
-        let content_type = parts.headers.get(header::CONTENT_TYPE);
+        // The media type is checked before the body is read, so a mislabelled upload costs nothing.
+        let labelled = match parts.headers.get(header::CONTENT_TYPE) {
+            Some(value) if is_json(value.as_bytes()) => true,
+            Some(_) => return Err(unsupported()),
+            None if K::OPTIONAL => false,
+            None => return Err(unsupported()),
+        };
         let bytes = read_body(&parts.headers, body, K::limit(&state.config)).await?;
-        match content_type {
-            Some(value) if is_json(value.as_bytes()) => {}
-            None if K::OPTIONAL && bytes.is_empty() => {
-                return parse_json(b"{}").map(|v| Self(v, PhantomData));
-            }
-            _ => {
-                return Err(ApiError::new(
-                    ErrorCode::UnsupportedMediaType,
-                    "send the body as JSON with Content-Type: application/json",
-                ));
-            }
+        match (labelled, bytes.is_empty()) {
+            (true, _) => parse_json(&bytes).map(|v| Self(v, PhantomData)),
+            (false, true) => parse_json(b"{}").map(|v| Self(v, PhantomData)),
+            (false, false) => Err(unsupported()),
         }
-        parse_json(&bytes).map(|v| Self(v, PhantomData))
     }
 }
 
@@ -126,12 +130,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// The field an error is about: serde reports a missing field at its parent, so the name is
-/// taken from the message and joined to that path.
+/// The field an error is about: serde reports a missing or duplicated field at its parent, so
+/// the name is taken from the message and joined to that path.
 /// A syntax error leaves an unknown (`?`) last segment, which is dropped.
 fn field_of(path: &str, message: &str) -> String {
     let path = path.trim_end_matches('?').trim_end_matches('.');
-    let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+    let missing = ["missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
     match (path, missing) {
         ("", Some(name)) => name.to_owned(),
         (_, Some(name)) => format!("{path}.{name}"),
@@ -254,6 +261,7 @@ mod tests {
         assert_eq!(field(r#"{"amount": 1, "inner": {}}"#), "inner.flag");
         assert_eq!(field(r#"{"amount": 1, "inner": {"flag": 1}}"#), "inner.flag");
         assert_eq!(field(r#"{"amount": 1, "extra": 1}"#), "extra");
+        assert_eq!(field(r#"{"amount": 1, "amount": 1}"#), "amount");
         assert_eq!(field(r#"[1]"#), "body");
         assert_eq!(field(r#""#), "body");
         assert_eq!(field(r#"{"amount": 1} x"#), "body");

@@ -129,6 +129,11 @@ async fn every_write_refuses_bad_bodies() {
             r.assert_problem(400, "invalid_request");
         }
 
+        if let Some((name, value)) = w.valid.as_object().unwrap().iter().next() {
+            let duplicated = format!("{{\"{name}\":{value},{}", &valid[1..]);
+            assert_invalid(&raw(&app, path, duplicated.as_bytes()).await, name, &duplicated);
+        }
+
         let mut unknown = w.valid.clone();
         unknown["bogus"] = json!(1);
         assert_invalid(&app.post(path, unknown).await, "bogus", path);
