@@ -5,9 +5,22 @@
 //! one [`coffer_ledger::Submission`]; it keeps no state of its own beyond caches, so any number
 //! of replicas may serve the same store.
 //!
-//! Layers, outermost first: [`observe::layer`] (request id, span, timeout, metrics), a panic
-//! catcher, routing, the route tag, [`idempotency::layer`], then each handler's extractors
+//! Layers, outermost first: `observe::layer` (request id, span, timeout, metrics), a panic
+//! catcher, routing, the route tag, `idempotency::layer`, then each handler's extractors
 //! (caller and scope, ids, path, query, body).
+//!
+//! Choices where DESIGN §2 is silent:
+//! - A malformed path parameter (not a UUID, not a ledger code) is a 400 naming it, not a 404.
+//! - `POST /v1/transfers/{id}/post` and `/void` may be sent without a body (no Content-Type, no
+//!   bytes), which reads as `{}`; any body sent must be JSON.
+//! - `GET /v1/keys` needs the admin scope, like the other key routes.
+//! - Under an Idempotency-Key, 401, 429, 413 and a malformed key header are answered without
+//!   being stored (they say nothing about the request's effect); everything else 2xx/4xx is.
+//! - `POST /v1/keys` always makes a fresh key id: a retry whose first answer was lost also lost
+//!   the token, so it needs a new key.
+//! - A batch with a structurally invalid item is refused whole (400 naming every bad field);
+//!   business rules are judged per item.
+//! - A key with its own `rate_limit_per_second` may burst one second's worth.
 
 mod auth;
 mod config;
