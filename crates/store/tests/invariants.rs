@@ -172,6 +172,14 @@ fn check_balances_match_transfers(conn: &rusqlite::Connection) {
     assert_eq!(scalar(conn, overdrawn), 0);
     assert!(scalar(conn, "SELECT count(*) FROM transfers WHERE status = 'expired'") >= 5);
     assert!(scalar(conn, "SELECT count(*) FROM transfers WHERE pending_id IS NOT NULL") > 0);
+    // The per-account index holds both sides of every transfer up to its watermark, and no more.
+    let misplaced = "SELECT count(*) FROM postings p JOIN accounts a ON a.seq = p.account_seq \
+                     JOIN transfers t ON t.seq = p.transfer_seq \
+                     WHERE a.id NOT IN (t.debit_account_id, t.credit_account_id) \
+                     OR t.seq > (SELECT transfer_seq FROM postings_through)";
+    assert_eq!(scalar(conn, misplaced), 0);
+    let covered = "SELECT count(*) FROM transfers WHERE seq <= (SELECT transfer_seq FROM postings_through)";
+    assert_eq!(scalar(conn, "SELECT count(*) FROM postings"), 2 * scalar(conn, covered));
 }
 
 fn check_events(conn: &rusqlite::Connection) {

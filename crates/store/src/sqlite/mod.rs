@@ -8,11 +8,16 @@
 pub mod admin;
 mod background;
 mod batch;
+mod checkpoint;
 mod codec;
 mod idempotency;
 mod keys;
+mod postings;
 mod read;
 mod schema;
+#[cfg(test)]
+mod tests;
+mod write;
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
@@ -59,16 +64,18 @@ impl SqliteStore {
         config.validate()?;
         let dir = dir.to_owned();
         // Opening and migrating block on the file system: keep that off the async workers.
-        let (lock_file, conn, reads) = tokio::task::spawn_blocking(move || -> StoreResult<_> {
+        let (lock_file, writer, reads) = tokio::task::spawn_blocking(move || -> StoreResult<_> {
             let lock_file = lock_data_dir(&dir)?;
-            let conn = schema::open_writer(&dir)?;
+            let mut conn = schema::open_writer(&dir)?;
+            checkpoint::offload(&mut conn, &dir)?;
+            let writer = Writer::new(conn)?;
             let reads = ReadPool::open(&dir, config.read_connections)?;
-            Ok((lock_file, conn, reads))
+            Ok((lock_file, writer, reads))
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("open failed: {e}")))??;
 
-        let writer: SharedWriter = Arc::new(Mutex::new(Writer::new(conn)));
+        let writer: SharedWriter = Arc::new(Mutex::new(writer));
         let limits = BatchLimits {
             commands: config.batch_size_max,
             wait: Duration::from_micros(config.batch_wait_us),

@@ -40,6 +40,15 @@ pub(crate) fn open_writer(dir: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// Opens the connection that runs background checkpoints; it writes only the database file.
+pub(crate) fn open_checkpointer(dir: &Path) -> StoreResult<Connection> {
+    let conn =
+        Connection::open_with_flags(db_path(dir), OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(db_error)?;
+    configure(&conn).map_err(db_error)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(db_error)?;
+    Ok(conn)
+}
+
 /// Opens a read-only connection on an existing, migrated database.
 pub(crate) fn open_reader(dir: &Path) -> StoreResult<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -96,10 +105,19 @@ CREATE TABLE transfers (
     metadata          TEXT,
     created_at        INTEGER NOT NULL
 );
-CREATE INDEX transfers_by_debit ON transfers (debit_account_id, seq);
-CREATE INDEX transfers_by_credit ON transfers (credit_account_id, seq);
 CREATE INDEX transfers_by_ledger ON transfers (ledger, seq);
 CREATE INDEX transfers_to_expire ON transfers (timeout_at) WHERE status = 'pending';
+
+-- The per-account index of transfers: one entry per side of each transfer, keyed by integers,
+-- written in bulk and in key order (see postings.rs). It holds every transfer up to
+-- postings_through; a listing scans the transfers after that.
+CREATE TABLE postings (
+    account_seq  INTEGER NOT NULL,
+    transfer_seq INTEGER NOT NULL,
+    PRIMARY KEY (account_seq, transfer_seq)
+) WITHOUT ROWID;
+CREATE TABLE postings_through (transfer_seq INTEGER NOT NULL);
+INSERT INTO postings_through VALUES (0);
 
 -- CloudEvents 1.0 envelopes, written in the transaction that made the change; `seq` is the
 -- event's `sequence` extension. AUTOINCREMENT so a position is never reused after a purge.
