@@ -150,3 +150,41 @@ async fn ledgers_are_created_once_and_listed() {
     assert_eq!(rest.next_cursor, None);
     store.shutdown().await;
 }
+
+/// The store looks transfer ids up only when it must (see `Lookup` in the SQLite backend); a
+/// reused id must still be answered as the core's rules say, whatever else the command meets.
+#[tokio::test]
+async fn a_reused_id_is_answered_as_existing_even_where_it_would_now_be_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let [bank, shop] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
+    let alice = AccountId::generate();
+    created(store.as_ref(), wallet(alice, "USD")).await;
+    created(store.as_ref(), transfer(TransferId::generate(), bank, alice, 100, "USD")).await;
+    let spent = TransferId::generate();
+    created(store.as_ref(), transfer(spent, alice, shop, 100, "USD")).await;
+
+    // Alice has nothing left, yet the retry of what she spent is the same transfer.
+    assert!(matches!(
+        one(store.as_ref(), transfer(spent, alice, shop, 100, "USD")).await,
+        Outcome::Exists(_)
+    ));
+    assert_eq!(
+        one(store.as_ref(), transfer(spent, alice, shop, 99, "USD")).await,
+        Outcome::Rejected(RejectCode::ExistsWithDifferentFields)
+    );
+
+    // A retry among new transfers: the new ones still apply, once.
+    let (t1, t2) = (TransferId::generate(), TransferId::generate());
+    let commands = vec![
+        transfer(t1, bank, shop, 1, "USD"),
+        transfer(spent, alice, shop, 100, "USD"),
+        transfer(t2, bank, shop, 2, "USD"),
+    ];
+    let outcomes = store.submit(Submission { commands: commands.clone(), atomic: false }).await.unwrap();
+    assert!(matches!(outcomes[..], [Outcome::Created(_), Outcome::Exists(_), Outcome::Created(_)]));
+    let outcomes = store.submit(Submission { commands, atomic: true }).await.unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Exists(_))));
+    assert_eq!(balance_of(store.as_ref(), shop).await.credits_posted, 103);
+    store.shutdown().await;
+}

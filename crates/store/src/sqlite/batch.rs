@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use coffer_ledger::{AccountId, Ledger, LedgerCode, Outcome, State, Submission, Timestamp, TransferId};
+use coffer_ledger::{
+    AccountId, Command, Ledger, LedgerCode, Outcome, State, Submission, Timestamp, TransferId,
+};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::codec::{self, ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS};
@@ -82,8 +84,36 @@ pub(super) struct RowIds {
     pub transfers: HashMap<TransferId, i64>,
 }
 
+/// Which of the transfers a batch names are looked up before the core runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Only the holds the commands resolve. The commands' own ids are almost always new, and
+    /// looking each one up was the largest part of loading a batch; a taken id shows up as a
+    /// UNIQUE violation on insert, or in the check of the refused commands' ids.
+    Resolved,
+    /// Every id, as the core's rules assume.
+    All,
+}
+
 impl Writer {
     fn apply(&mut self, submissions: &[Submission], now: Timestamp) -> StoreResult<Vec<Vec<Outcome>>> {
+        if let Some(outcomes) = self.attempt(submissions, now, Lookup::Resolved)? {
+            return Ok(outcomes);
+        }
+        // A command reused an existing id (a client retrying): redo the batch the careful way.
+        metrics::counter!("coffer_store_batch_retries_total").increment(1);
+        self.attempt(submissions, now, Lookup::All)?
+            .ok_or_else(|| StoreError::Unavailable("a batch found a taken id after looking all up".into()))
+    }
+
+    /// Runs the batch in one transaction; `None` when `Lookup::Resolved` met a taken id, and
+    /// nothing was written.
+    fn attempt(
+        &mut self,
+        submissions: &[Submission],
+        now: Timestamp,
+        lookup: Lookup,
+    ) -> StoreResult<Option<Vec<Vec<Outcome>>>> {
         let started = Instant::now();
         let postings = match &mut self.postings {
             Some(postings) => postings,
@@ -93,14 +123,23 @@ impl Writer {
         let mut state = State::new();
         let mut rows = RowIds::default();
         load_ledgers(&tx, &mut self.ledgers, submissions, &mut state).map_err(db_error)?;
-        load_transfers(&tx, submissions, &mut state, &mut rows).map_err(db_error)?;
+        load_transfers(&tx, submissions, lookup, &mut state, &mut rows).map_err(db_error)?;
         load_accounts(&tx, submissions, &mut state, &mut rows).map_err(db_error)?;
         let loaded = started.elapsed();
 
         let outcomes = coffer_ledger::apply(&mut state, submissions, now);
+        // A refused command never reaches the insert that would reveal its id as taken, and the
+        // core answers a taken id before any refusal: check those ids now.
+        if lookup == Lookup::Resolved && refused_ids_taken(&tx, submissions, &outcomes).map_err(db_error)? {
+            return Ok(None);
+        }
         let changes = state.take_changes();
         let applied = started.elapsed();
-        let staged = write_changes(&tx, &changes, &mut rows, postings, now)?;
+        let staged = match write_changes(&tx, &changes, &mut rows, postings, now) {
+            Ok(staged) => staged,
+            Err(e) if lookup == Lookup::Resolved && is_taken_transfer_id(&e) => return Ok(None),
+            Err(e) => return Err(db_error(e)),
+        };
         let written = started.elapsed();
         // The transaction is complete; only the commit's own failure leaves its fate unknown
         // (an I/O error during the WAL write or fsync).
@@ -121,8 +160,49 @@ impl Writer {
         for ledger in changes.ledgers {
             self.ledgers.insert(ledger.code, ledger);
         }
-        Ok(outcomes)
+        Ok(Some(outcomes))
     }
+}
+
+/// The id a command gives the transfer it creates.
+fn own_id(command: &Command) -> Option<TransferId> {
+    match command {
+        Command::CreateTransfer(t) => Some(t.id),
+        Command::PostPending(r) | Command::VoidPending(r) => Some(r.id),
+        _ => None,
+    }
+}
+
+/// The hold a command resolves.
+fn resolved_id(command: &Command) -> Option<TransferId> {
+    match command {
+        Command::PostPending(r) | Command::VoidPending(r) => Some(r.pending_id),
+        Command::ExpirePending(id) => Some(*id),
+        _ => None,
+    }
+}
+
+/// Whether any refused command's own id names an existing transfer.
+fn refused_ids_taken(
+    tx: &Transaction<'_>,
+    submissions: &[Submission],
+    outcomes: &[Vec<Outcome>],
+) -> rusqlite::Result<bool> {
+    let commands = submissions.iter().flat_map(|s| &s.commands);
+    let mut exists = tx.prepare_cached("SELECT 1 FROM transfers WHERE id = ?1")?;
+    for (command, outcome) in commands.zip(outcomes.iter().flatten()) {
+        if let (Some(id), Outcome::Rejected(_)) = (own_id(command), outcome)
+            && exists.exists([id.0.as_bytes()])?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn is_taken_transfer_id(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, Some(message))
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE && message.contains("transfers.id"))
 }
 
 fn load_ledgers(
@@ -149,16 +229,19 @@ fn load_ledgers(
     Ok(())
 }
 
-/// Loads the transfers the commands name (their own ids, for idempotency, and the pending ones
-/// they resolve).
+/// Loads the transfers the commands resolve and, with `Lookup::All`, those their own ids name.
 fn load_transfers(
     tx: &Transaction<'_>,
     submissions: &[Submission],
+    lookup: Lookup,
     state: &mut State,
     rows: &mut RowIds,
 ) -> rusqlite::Result<()> {
-    let mut ids: Vec<TransferId> =
-        submissions.iter().flat_map(|s| &s.commands).flat_map(|c| c.transfer_ids()).collect();
+    let commands = submissions.iter().flat_map(|s| &s.commands);
+    let mut ids: Vec<TransferId> = match lookup {
+        Lookup::Resolved => commands.filter_map(resolved_id).collect(),
+        Lookup::All => commands.flat_map(|c| c.transfer_ids()).collect(),
+    };
     ids.sort_unstable();
     ids.dedup();
     let mut select = tx.prepare_cached(&format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = ?1"))?;

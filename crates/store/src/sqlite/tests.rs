@@ -50,15 +50,14 @@ async fn list_all(store: &SqliteStore, account: AccountId, limit: u32) -> Vec<Tr
     }
 }
 
-/// Postings written, transfers they must cover (those up to `postings_through`), all transfers.
-fn postings_state(dir: &Path) -> (i64, i64, i64) {
+/// Transfers the postings table must hold (those up to `postings_through`), and all transfers.
+fn postings_state(dir: &Path) -> (i64, i64) {
     let conn = schema::open_reader(dir).unwrap();
     conn.query_row(
-        "SELECT (SELECT count(*) FROM postings), \
-         (SELECT count(*) FROM transfers WHERE seq <= (SELECT transfer_seq FROM postings_through)), \
+        "SELECT (SELECT count(*) FROM transfers WHERE seq <= (SELECT transfer_seq FROM postings_through)), \
          (SELECT count(*) FROM transfers)",
         [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )
     .unwrap()
 }
@@ -94,9 +93,16 @@ async fn account_listings_are_complete_on_both_sides_of_the_postings_watermark()
             }
         }
     }
-    let (postings, covered, _) = postings_state(dir.path());
-    assert!(covered > 0, "no flush happened");
-    assert_eq!(postings, 2 * covered);
+    // End with some postings still buffered (a flush empties the buffer, one transfer refills it).
+    while postings_state(dir.path()).0 == postings_state(dir.path()).1 {
+        let command = new_transfer(accounts[0], accounts[1]);
+        store.submit(Submission::one(command.clone())).await.unwrap();
+        if let Command::CreateTransfer(t) = command {
+            expected[0].push(t.id);
+            expected[1].push(t.id);
+        }
+    }
+    assert!(postings_state(dir.path()).0 > 0, "no flush happened");
     for (n, account) in accounts.iter().enumerate() {
         for limit in [1, 2, 3, 7, 100] {
             assert_eq!(list_all(&store, *account, limit).await, expected[n], "account {n}, limit {limit}");
@@ -107,8 +113,8 @@ async fn account_listings_are_complete_on_both_sides_of_the_postings_watermark()
 
     // A new process writes what the old one held in memory, and lists the same.
     let store = SqliteStore::open(dir.path(), StoreConfig::default()).await.unwrap();
-    let (postings, covered, all) = postings_state(dir.path());
-    assert_eq!((postings, covered), (2 * all, all));
+    let (covered, all) = postings_state(dir.path());
+    assert_eq!(covered, all);
     for (n, account) in accounts.iter().enumerate() {
         assert_eq!(list_all(&store, *account, 4).await, expected[n]);
     }
@@ -116,8 +122,6 @@ async fn account_listings_are_complete_on_both_sides_of_the_postings_watermark()
     // A lost buffer (a commit of unknown fate) is rebuilt from the tables before the next batch.
     lock(&store.writer).lose_postings();
     store.submit(Submission::one(new_transfer(accounts[0], accounts[1]))).await.unwrap();
-    let (postings, covered, _) = postings_state(dir.path());
-    assert_eq!(postings, 2 * covered);
     for (n, account) in accounts.iter().enumerate().skip(2) {
         assert_eq!(list_all(&store, *account, 3).await, expected[n]);
     }

@@ -10,9 +10,7 @@ use rusqlite::{Statement, Transaction, params};
 
 use super::batch::RowIds;
 use super::codec::{self, int};
-use super::db_error;
 use super::postings::{Postings, Staged};
-use crate::{StoreError, StoreResult};
 
 /// Rows per multi-row INSERT; 64 rows of at most 13 columns stay far below SQLite's limit on
 /// parameters.
@@ -26,8 +24,8 @@ pub(super) fn write_changes(
     rows: &mut RowIds,
     postings: &Postings,
     now: Timestamp,
-) -> StoreResult<Staged> {
-    let staged = write_records(tx, changes, rows, postings).map_err(db_error)?;
+) -> rusqlite::Result<Staged> {
+    let staged = write_records(tx, changes, rows, postings)?;
     write_events(tx, &changes.events, now)?;
     Ok(staged)
 }
@@ -176,11 +174,11 @@ pub(super) fn insert_rows<T>(
 
 /// Writes each event as a CloudEvents envelope; `data` is the record's JSON, which is already its
 /// API form, so the relay publishes it without re-encoding.
-fn write_events(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> StoreResult<()> {
+fn write_events(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> rusqlite::Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    // Every event's JSON in one buffer, each at its own range.
+    // Every event's JSON in one buffer, each at its own range. Records always serialize.
     let mut json = Vec::with_capacity(events.len() * 512);
     let mut ranges = Vec::with_capacity(events.len());
     for event in events {
@@ -189,10 +187,11 @@ fn write_events(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> Store
             Event::Account(_, account) => serde_json::to_writer(&mut json, account),
             Event::Transfer(_, transfer) => serde_json::to_writer(&mut json, transfer),
         }
-        .map_err(|e| StoreError::Unavailable(format!("cannot encode an event: {e}")))?;
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         ranges.push(start..json.len());
     }
-    let json = std::str::from_utf8(&json).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let json =
+        std::str::from_utf8(&json).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     // One fresh v7 id per batch, counted up in its random bits for each event: ids stay unique and
     // time-ordered without a getrandom system call per event.
     let first = uuid::Uuid::now_v7().as_u128();
@@ -206,7 +205,6 @@ fn write_events(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> Store
         s.raw_bind_parameter(o + 4, now.as_micros())?;
         s.raw_bind_parameter(o + 5, *data)
     })
-    .map_err(db_error)
 }
 
 /// The `i`-th event id after `first`: its 62 low (random) bits counted up, wrapping inside them,
