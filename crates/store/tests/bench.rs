@@ -40,7 +40,7 @@ async fn bench_batches_of_8000() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
     let ids = Arc::new(accounts(&store, 1_000).await);
-    let (clients, batches_each, size) = (4, 10, 8000);
+    let (clients, batches_each, size) = (4, 25, 8000);
     // Built beforehand, so the clients take no CPU from the store while it is timed.
     let work: Vec<Vec<Submission>> = (0..clients)
         .map(|c| {
@@ -69,7 +69,12 @@ async fn bench_batches_of_8000() {
     tasks.join_all().await;
     let total = clients * batches_each * size;
     let took = started.elapsed();
-    println!("batches: {total} transfers in {took:?} = {:.0}/s", total as f64 / took.as_secs_f64());
+    let wal = std::fs::metadata(dir.path().join("coffer.db-wal")).map_or(0, |m| m.len());
+    println!(
+        "batches: {total} transfers in {took:?} = {:.0}/s, WAL {} MiB",
+        total as f64 / took.as_secs_f64(),
+        wal >> 20
+    );
     store.shutdown().await;
 }
 
