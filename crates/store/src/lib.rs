@@ -2,7 +2,8 @@
 //! group-commits commands, and the embedded SQLite backend.
 //!
 //! The store loads the records a batch touches, runs the pure core (`coffer_ledger::apply`) and
-//! writes balances, transfers, outbox rows and idempotency records in ONE transaction.
+//! writes balances, transfers and outbox rows in ONE transaction. Idempotency-Key answers are
+//! stored, durably, when the request that carried the key completes.
 
 mod config;
 mod keys;

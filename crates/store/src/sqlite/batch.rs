@@ -4,7 +4,8 @@
 //! SQLite has one writer, so the whole batch runs in one `BEGIN IMMEDIATE` transaction on the
 //! single write connection; there is nothing to lock row by row. Every statement is a cached
 //! prepared one and every lookup goes through a primary or unique key: in-process SQLite has no
-//! round trip, so point lookups cost about a microsecond each.
+//! round trip, so point lookups cost about a microsecond each, and the ones that almost always
+//! miss (a new transfer's own id) are left to the UNIQUE index instead (see [`Lookup`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
