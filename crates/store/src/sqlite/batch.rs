@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use coffer_ledger::{
-    AccountId, Command, Ledger, LedgerCode, Outcome, State, Submission, Timestamp, TransferId,
+    Account, AccountId, Command, Ledger, LedgerCode, Outcome, State, Submission, Timestamp, TransferId,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
@@ -24,12 +24,17 @@ use super::write::write_changes;
 use crate::sequencer::Backend;
 use crate::{StoreError, StoreResult};
 
+/// Accounts cached at most; past that the cache starts over (a miss only costs a lookup).
+const CACHED_ACCOUNTS: usize = 100_000;
+
 /// The write connection and what may be cached beside it. Only this process writes money (the
-/// data dir lock sees to that), so the ledger cache cannot go stale.
+/// data dir lock sees to that) and only through this writer, so the caches cannot go stale.
 pub(crate) struct Writer {
     pub conn: Connection,
     /// Ledgers are immutable once created; a miss falls back to the table.
     ledgers: HashMap<LedgerCode, Ledger>,
+    /// Accounts with their seq, as last committed: the busy ones are loaded once, not per batch.
+    accounts: HashMap<AccountId, (i64, Account)>,
     /// `None` after a commit whose fate is unknown: rebuilt from the tables before the next batch.
     postings: Option<Postings>,
 }
@@ -39,7 +44,7 @@ pub(crate) type SharedWriter = Arc<Mutex<Writer>>;
 impl Writer {
     pub fn new(mut conn: Connection) -> StoreResult<Self> {
         let postings = Postings::catch_up(&mut conn).map_err(db_error)?;
-        Ok(Self { conn, ledgers: HashMap::new(), postings: Some(postings) })
+        Ok(Self { conn, ledgers: HashMap::new(), accounts: HashMap::new(), postings: Some(postings) })
     }
 
     /// What a commit of unknown fate does to the postings buffer.
@@ -125,7 +130,7 @@ impl Writer {
         let mut rows = RowIds::default();
         load_ledgers(&tx, &mut self.ledgers, submissions, &mut state).map_err(db_error)?;
         load_transfers(&tx, submissions, lookup, &mut state, &mut rows).map_err(db_error)?;
-        load_accounts(&tx, submissions, &mut state, &mut rows).map_err(db_error)?;
+        load_accounts(&tx, &mut self.accounts, submissions, &mut state, &mut rows).map_err(db_error)?;
         let loaded = started.elapsed();
 
         let outcomes = coffer_ledger::apply(&mut state, submissions, now);
@@ -146,9 +151,13 @@ impl Writer {
         // (an I/O error during the WAL write or fsync).
         if let Err(e) = tx.commit() {
             self.postings = None;
+            self.accounts.clear();
             return Err(StoreError::OutcomeUnknown(format!("commit failed: {e}")));
         }
         postings.committed(staged);
+        for account in changes.accounts_created.iter().chain(&changes.balances) {
+            self.accounts.insert(account.id, (rows.accounts[&account.id], account.clone()));
+        }
         tracing::debug!(
             transfers = changes.transfers_created.len(),
             load_us = loaded.as_micros(),
@@ -255,9 +264,12 @@ fn load_transfers(
     Ok(())
 }
 
-/// Loads the accounts the commands name and those of the loaded pending transfers, in id order.
+/// Loads the accounts the commands name and those of the loaded pending transfers, in id order,
+/// from the cache or else the table (what the table holds is committed, so it may be cached at
+/// once, whatever becomes of this batch).
 fn load_accounts(
     tx: &Transaction<'_>,
+    cache: &mut HashMap<AccountId, (i64, Account)>,
     submissions: &[Submission],
     state: &mut State,
     rows: &mut RowIds,
@@ -270,10 +282,18 @@ fn load_accounts(
         .collect();
     ids.sort_unstable();
     ids.dedup();
+    if cache.len() + ids.len() > CACHED_ACCOUNTS {
+        cache.clear();
+    }
     let mut select = tx.prepare_cached(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1"))?;
     for id in ids {
-        if let Some((seq, account)) = select.query_row([id.0.as_bytes()], codec::account).optional()? {
+        let found = match cache.get(&id) {
+            Some(cached) => Some(cached.clone()),
+            None => select.query_row([id.0.as_bytes()], codec::account).optional()?,
+        };
+        if let Some((seq, account)) = found {
             rows.accounts.insert(id, seq);
+            cache.entry(id).or_insert_with(|| (seq, account.clone()));
             state.load_account(account);
         }
     }
