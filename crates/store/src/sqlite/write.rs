@@ -12,7 +12,7 @@ use super::batch::RowIds;
 use super::codec::{self, int};
 use super::postings::{Postings, Staged};
 
-/// Rows per multi-row INSERT; 64 rows of at most 13 columns stay far below SQLite's limit on
+/// Rows per multi-row INSERT; 64 rows of at most 14 columns stay far below SQLite's limit on
 /// parameters.
 const ROWS_PER_STATEMENT: usize = 64;
 
