@@ -1,3 +1,77 @@
-fn main() {
-    println!("Hello, world!");
+//! `coffer`: the one binary. It parses the configuration and wires the roles together; the work
+//! itself lives in the library crates.
+
+mod bench;
+mod config;
+mod keys;
+mod logging;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(name = "coffer", version, about = "Coffer: a wallet and transaction backend")]
+struct Cli {
+    /// Optional TOML configuration file (env COFFER_CONFIG).
+    #[arg(long, global = true, env = "COFFER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (default 127.0.0.1:8080, data in ./coffer-data).
+    Serve {
+        /// Address to listen on (env COFFER_LISTEN).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Directory of the embedded store (env COFFER_DATA_DIR).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Create or upgrade the store's schema, then exit.
+    Migrate {
+        /// Directory of the embedded store (env COFFER_DATA_DIR).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Manage API keys offline, directly in the store.
+    Keys {
+        /// Directory of the embedded store (env COFFER_DATA_DIR).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Load-test a running Coffer over HTTP and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let load = |listen, data_dir| Config::load(cli.config.as_deref(), Overrides { listen, data_dir });
+    match cli.command {
+        Command::Serve { listen, data_dir } => {
+            let config = load(listen, data_dir)?;
+            logging::init(config.log_format, &config.log_level)?;
+            runtime()?.block_on(serve::run(config))
+        }
+        Command::Migrate { data_dir } => {
+            let config = load(None, data_dir)?;
+            let version = coffer_store::sqlite_admin::migrate(&config.data_dir)?;
+            println!("store at {} is at schema version {version}", config.data_dir.display());
+            Ok(())
+        }
+        Command::Keys { data_dir, command } => keys::run(&load(None, data_dir)?.data_dir, command),
+        Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }

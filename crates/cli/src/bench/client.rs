@@ -1,0 +1,61 @@
+//! One HTTP/1.1 keep-alive connection of the load generator, on hyper directly so that the
+//! client costs as little CPU as possible on the machine it shares with the server.
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+/// Where the server is and how to authenticate.
+#[derive(Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub authorization: String,
+}
+
+impl Target {
+    pub fn parse(url: &str, token: &str) -> anyhow::Result<Self> {
+        let uri: hyper::Uri = url.parse().with_context(|| format!("bad --url {url:?}"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("--url must be an http:// URL");
+        }
+        let host = uri.host().context("--url has no host")?.to_owned();
+        Ok(Self { host, port: uri.port_u16().unwrap_or(80), authorization: format!("Bearer {token}") })
+    }
+}
+
+pub struct Connection {
+    target: Target,
+    sender: SendRequest<Full<Bytes>>,
+}
+
+impl Connection {
+    pub async fn open(target: &Target) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .with_context(|| format!("cannot connect to {}:{}", target.host, target.port))?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Self { target: target.clone(), sender })
+    }
+
+    /// Sends a JSON POST and returns the status and the whole body.
+    pub async fn post(&mut self, path: &str, body: String) -> anyhow::Result<(StatusCode, Bytes)> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(hyper::header::HOST, &self.target.host)
+            .header(hyper::header::AUTHORIZATION, &self.target.authorization)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}

@@ -1,0 +1,177 @@
+//! The one typed configuration: defaults, then an optional TOML file, then `COFFER_*` environment
+//! variables, then command-line flags. Validated once at start and passed down explicitly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use coffer_api::ApiConfig;
+use coffer_store::StoreConfig;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// JSON, unless standard error is a terminal.
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// PostgreSQL connection string; the PostgreSQL backend is not in this build yet.
+    pub database_url: Option<String>,
+    /// NATS URL; the JetStream bus is not in this build yet.
+    pub nats_url: Option<String>,
+    /// Redis URL; distributed rate limits are not in this build yet.
+    pub redis_url: Option<String>,
+    /// Becomes an admin key when the store has none.
+    pub bootstrap_token: Option<String>,
+    pub log_format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `coffer_store=debug,info`.
+    pub log_level: String,
+    /// How long a shutdown waits for in-flight requests before it gives up.
+    pub shutdown_timeout_ms: u64,
+    pub store: StoreConfig,
+    pub api: ApiConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./coffer-data"),
+            database_url: None,
+            nats_url: None,
+            redis_url: None,
+            bootstrap_token: None,
+            log_format: LogFormat::Auto,
+            log_level: "info".to_owned(),
+            shutdown_timeout_ms: 30_000,
+            store: StoreConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The top-level keys an environment variable may set. Other `COFFER_*` variables (the test
+/// suite's, say) are not configuration and are left alone rather than refused.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "nats_url",
+    "redis_url",
+    "bootstrap_token",
+    "log_format",
+    "log_level",
+    "shutdown_timeout_ms",
+    "store",
+    "api",
+];
+
+/// Whether an environment key (lower-cased, prefix stripped) sets `known` or one of its fields.
+fn is_under(key: &str, known: &str) -> bool {
+    key.strip_prefix(known)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with("__"))
+}
+
+impl Config {
+    /// Reads the configuration: `file` (or `COFFER_CONFIG`), then the environment, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                bail!("configuration file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let env = Env::prefixed("COFFER_")
+            .split("__")
+            .filter(|key| ENV_KEYS.iter().any(|known| is_under(&key.as_str().to_ascii_lowercase(), known)));
+        let config: Config = figment
+            .merge(env)
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (name, value) in [
+            ("database_url", &self.database_url),
+            ("nats_url", &self.nats_url),
+            ("redis_url", &self.redis_url),
+        ] {
+            if value.is_some() {
+                bail!(
+                    "{name} is set, but this build runs only on the embedded defaults (SQLite, in-process)"
+                );
+            }
+        }
+        if self.bootstrap_token.as_deref().is_some_and(str::is_empty) {
+            bail!("bootstrap_token must not be empty");
+        }
+        self.store.validate()?;
+        if self.api.rate_limit_per_second == 0 {
+            bail!("api.rate_limit_per_second must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail fixes the closure's error type
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("coffer.toml", "listen = \"127.0.0.1:9000\"\n[store]\nbatch_wait_us = 7\n")?;
+            jail.set_env("COFFER_DATA_DIR", "/tmp/from-env");
+            jail.set_env("COFFER_STORE__QUEUE_CAPACITY", "12");
+            jail.set_env("COFFER_TEST_REQUIRE_SERVICES", "1");
+            let overrides = Overrides { data_dir: Some("/tmp/from-flag".into()), ..Default::default() };
+            let config =
+                Config::load(Some(Path::new("coffer.toml")), overrides).map_err(|e| e.to_string())?;
+            assert_eq!(config.listen.port(), 9000);
+            assert_eq!(config.store.batch_wait_us, 7);
+            assert_eq!(config.store.queue_capacity, 12);
+            assert_eq!(config.data_dir, PathBuf::from("/tmp/from-flag"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "lisen = \"127.0.0.1:9000\"\n")?;
+            assert!(Config::load(Some(Path::new("bad.toml")), Overrides::default()).is_err());
+            jail.create_file("zero.toml", "[store]\nqueue_capacity = 0\n")?;
+            assert!(Config::load(Some(Path::new("zero.toml")), Overrides::default()).is_err());
+            assert!(Config::load(Some(Path::new("missing.toml")), Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+}

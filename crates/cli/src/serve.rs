@@ -1,0 +1,62 @@
+//! `coffer serve`: open the store, make sure an admin key exists, serve the API until a signal,
+//! then finish what is in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use coffer_store::{SqliteStore, Store};
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = SqliteStore::open(&config.data_dir, config.store.clone())
+        .await
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    if let Some(token) = coffer_api::bootstrap(store.as_ref(), config.bootstrap_token.as_deref()).await? {
+        // Printed once, on standard output and never in a log line.
+        println!("Created the first admin key. Its token, shown only now: {token}");
+    }
+    let app = coffer_api::router(store.clone(), config.api.clone(), coffer_api::install_metrics());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    info!(listen = %config.listen, data_dir = %config.data_dir.display(), "coffer is serving");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    shutdown_signal().await;
+    info!("shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_millis(config.shutdown_timeout_ms), server).await {
+        Ok(result) => result.context("server task failed")?.context("server failed")?,
+        Err(_) => warn!("in-flight requests did not finish in time"),
+    }
+    store.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

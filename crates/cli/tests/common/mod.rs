@@ -1,0 +1,169 @@
+//! Spawns the real `coffer` binary on a free port with its own data directory, and checks the
+//! ledger's invariants through the HTTP API.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const TOKEN: &str = "crash-test-admin-token";
+
+pub struct Server {
+    child: Child,
+    data_dir: PathBuf,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::spawn(data_dir.to_path_buf(), free_port()).await
+    }
+
+    async fn spawn(data_dir: PathBuf, port: u16) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(&data_dir)
+            .env("COFFER_BOOTSTRAP_TOKEN", TOKEN)
+            .env("COFFER_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("coffer binary runs");
+        let server = Self { child, data_dir, port };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        while Instant::now() < deadline {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("coffer serve did not become ready on port {}", self.port);
+    }
+
+    pub fn client(&self) -> Http {
+        Http { base: format!("http://127.0.0.1:{}", self.port), inner: reqwest::Client::new() }
+    }
+
+    /// SIGKILL: no shutdown, no flush; what is not on disk is gone.
+    pub fn kill_9(mut self) -> Stopped {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+        Stopped { data_dir: self.data_dir.clone(), port: self.port }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Stopped {
+    data_dir: PathBuf,
+    port: u16,
+}
+
+impl Stopped {
+    pub async fn restart(self) -> Server {
+        Server::spawn(self.data_dir, self.port).await
+    }
+}
+
+#[derive(Clone)]
+pub struct Http {
+    base: String,
+    inner: reqwest::Client,
+}
+
+impl Http {
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Result<(u16, Value)> {
+        let response =
+            self.inner.post(format!("{}{path}", self.base)).bearer_auth(TOKEN).json(body).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn post_ok(&self, path: &str, body: Value) -> Value {
+        let (status, answer) = self.post(path, &body).await.expect("request sent");
+        assert!(status == 200 || status == 201, "POST {path} answered {status}: {answer}");
+        answer
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .inner
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Every item of a list endpoint, following the cursors.
+pub async fn list_all(http: &Http, path: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let page_path = match &cursor {
+            Some(c) => format!("{path}{sep}limit=1000&cursor={c}"),
+            None => format!("{path}{sep}limit=1000"),
+        };
+        let (status, page) = http.get(&page_path).await;
+        assert_eq!(status, 200, "GET {page_path}: {page}");
+        items.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return items,
+        }
+    }
+}
+
+fn field(value: &Value, name: &str) -> u128 {
+    value[name].as_u64().unwrap_or_else(|| panic!("{name} missing in {value}")) as u128
+}
+
+/// Double entry per ledger, and every balance equal to the sum of the transfers that touched it.
+pub async fn invariants_hold(http: &Http, ledger: &str) {
+    let accounts = list_all(http, &format!("/v1/accounts?ledger={ledger}")).await;
+    let transfers = list_all(http, &format!("/v1/transfers?ledger={ledger}")).await;
+    let (mut debits, mut credits) = (0u128, 0u128);
+    for account in &accounts {
+        let balance = &account["balance"];
+        debits += field(balance, "debits_posted");
+        credits += field(balance, "credits_posted");
+        let id = account["id"].as_str().unwrap();
+        let posted = |side: &str| -> u128 {
+            transfers
+                .iter()
+                .filter(|t| {
+                    t[side] == id && t["status"] == "posted" && !t["pending"].as_bool().unwrap_or(false)
+                })
+                .map(|t| field(t, "amount"))
+                .sum()
+        };
+        assert_eq!(field(balance, "debits_posted"), posted("debit_account_id"), "debits of {id}");
+        assert_eq!(field(balance, "credits_posted"), posted("credit_account_id"), "credits of {id}");
+        if account["flags"]["debits_must_not_exceed_credits"] == true {
+            let total = field(balance, "debits_posted") + field(balance, "debits_pending");
+            assert!(total <= field(balance, "credits_posted"), "{id} overdrawn");
+        }
+    }
+    assert_eq!(debits, credits, "double entry broken on {ledger}");
+}
