@@ -10,6 +10,9 @@ use serde::Serialize;
 
 use super::BenchArgs;
 
+/// The slowest latency the histogram tells apart; anything slower is counted as this.
+const LATENCY_CEILING_US: u64 = 600_000_000;
+
 pub struct WorkerStats {
     pub latency_us: Histogram<u64>,
     pub ok_requests: u64,
@@ -22,8 +25,10 @@ pub struct WorkerStats {
 impl WorkerStats {
     pub fn new() -> Self {
         Self {
-            // Three significant digits, growing as needed: exact enough for p99 of milliseconds.
-            latency_us: Histogram::new(3).expect("3 significant digits is a valid precision"),
+            // 1 µs to 10 min at three significant digits. Fixed bounds on purpose: a histogram
+            // that grows on demand clamps `saturating_record` to its *initial* range instead.
+            latency_us: Histogram::new_with_bounds(1, LATENCY_CEILING_US, 3)
+                .expect("1 µs..10 min at 3 significant digits is a valid histogram"),
             ok_requests: 0,
             transfers_created: 0,
             failed_items: 0,
@@ -48,7 +53,7 @@ impl WorkerStats {
     }
 
     pub fn merge(&mut self, other: WorkerStats) {
-        // Both histograms auto-resize, so adding cannot fail for lack of range.
+        // Both histograms have the same bounds, so adding cannot fail for lack of range.
         let _ = self.latency_us.add(&other.latency_us);
         self.ok_requests += other.ok_requests;
         self.transfers_created += other.transfers_created;
@@ -145,5 +150,22 @@ impl fmt::Display for Report {
             "errors:     {} (statuses {:?}, connection errors {}, failed batch items {})",
             self.errors, self.error_statuses, self.connection_errors, self.failed_items
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_beyond_the_first_milliseconds_are_kept() {
+        let mut stats = WorkerStats::new();
+        for micros in [900, 5_000, 5_000, 40_000, 3_000_000] {
+            stats.latency_us.saturating_record(micros);
+        }
+        let ms = |q| stats.latency_us.value_at_quantile(q) as f64 / 1000.0;
+        assert!((ms(0.5) - 5.0).abs() < 0.01, "p50 {}", ms(0.5));
+        assert!((ms(0.8) - 40.0).abs() < 0.1, "p80 {}", ms(0.8));
+        assert!((stats.latency_us.max() as f64 / 1000.0 - 3000.0).abs() < 3.0);
     }
 }
