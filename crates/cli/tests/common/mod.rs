@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const TOKEN: &str = "crash-test-admin-token";
+/// The README's bootstrap token, so that its walk-through runs against these servers verbatim.
+pub const TOKEN: &str = "t";
 
 pub struct Server {
     child: Child,
@@ -50,6 +51,10 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("coffer serve did not become ready on port {}", self.port);
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn client(&self) -> Http {
