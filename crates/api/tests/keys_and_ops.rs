@@ -9,7 +9,7 @@ use std::sync::Arc;
 use coffer_api::ApiConfig;
 use coffer_store::{SqliteStore, Store, StoreConfig};
 use common::{ADMIN, spawn, spawn_with};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_scopes_and_revocation() {
@@ -160,6 +160,44 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/openapi.json", &["get"]),
 ];
 
+/// What a client generator trips over: the document must parse as OpenAPI 3.1 (the `oas3`
+/// crate's model of the specification), every `$ref` must point at something that exists, and
+/// operation ids must be unique.
+fn openapi_is_well_formed(doc: &Value) {
+    let text = serde_json::to_string(doc).unwrap();
+    let spec = oas3::from_json(&text).unwrap_or_else(|e| panic!("not an OpenAPI 3.1 document: {e}"));
+    assert!(spec.openapi.starts_with("3.1"));
+
+    fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref") {
+                    found.push(target);
+                }
+                map.values().for_each(|v| refs(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(doc, &mut found);
+    assert!(!found.is_empty(), "the document uses components");
+    for target in found {
+        let pointer = target.strip_prefix('#').unwrap_or_else(|| panic!("external $ref {target}"));
+        assert!(doc.pointer(pointer).is_some(), "dangling $ref {target}");
+    }
+
+    let mut ids = BTreeSet::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            if let Some(id) = op.get("operationId") {
+                assert!(ids.insert(id.as_str().unwrap().to_owned()), "operationId {id} twice");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_documents_every_route() {
     let app = spawn().await;
@@ -168,6 +206,7 @@ async fn openapi_documents_every_route() {
     let doc = r.body;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
     assert_eq!(doc, serde_json::to_value(coffer_api::openapi()).unwrap(), "served = generated");
+    openapi_is_well_formed(&doc);
 
     let paths = doc["paths"].as_object().unwrap();
     let documented: BTreeSet<(String, String)> = paths

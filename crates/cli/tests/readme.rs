@@ -33,7 +33,10 @@ async fn the_curl_walk_through_works_verbatim() {
             .collect::<Result<_, _>>()
             .expect("every answer is JSON");
         assert_eq!(answers.len(), 8, "{run} run: {answers:#?}");
-        assert!(answers.iter().all(|a| a.get("status").is_none_or(|s| !s.is_u64())), "an error: {answers:#?}");
+        assert!(
+            answers.iter().all(|a| a.get("status").is_none_or(|s| !s.is_u64())),
+            "an error: {answers:#?}"
+        );
 
         let wallet = &answers[6];
         let balance = &wallet["balance"];

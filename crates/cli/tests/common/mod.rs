@@ -27,15 +27,31 @@ impl Server {
         Self::spawn(data_dir.to_path_buf(), free_port()).await
     }
 
+    /// A server that writes JSON logs at `level` into `log` (its stderr).
+    pub async fn start_logging(data_dir: &Path, level: &str, log: std::fs::File) -> Self {
+        let port = free_port();
+        let mut command = Self::command(data_dir, port);
+        command.env("COFFER_LOG_LEVEL", level).env("COFFER_LOG_FORMAT", "json").stderr(log);
+        Self::run(command, data_dir.to_path_buf(), port).await
+    }
+
     async fn spawn(data_dir: PathBuf, port: u16) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        Self::run(Self::command(&data_dir, port), data_dir, port).await
+    }
+
+    fn command(data_dir: &Path, port: u16) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(&data_dir)
+            .arg(data_dir)
             .env("COFFER_BOOTSTRAP_TOKEN", TOKEN)
             .env("COFFER_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("coffer binary runs");
+            .stdout(Stdio::null());
+        command
+    }
+
+    async fn run(mut command: Command, data_dir: PathBuf, port: u16) -> Self {
+        let child = command.spawn().expect("coffer binary runs");
         let server = Self { child, data_dir, port };
         server.wait_ready().await;
         server
