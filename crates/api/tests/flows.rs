@@ -9,7 +9,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_walk_through() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     let r = app.post("/v1/ledgers", json!({"code": "USD", "scale": 2})).await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.body["code"], "USD");
@@ -92,7 +92,7 @@ async fn readme_walk_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_post_void_and_their_rules() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let hold = |amount: u64| {
         json!({"debit_account_id": a, "credit_account_id": b, "amount": amount,
@@ -149,7 +149,7 @@ async fn holds_post_void_and_their_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_expires_after_its_timeout() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let r = app
         .post(
@@ -179,7 +179,7 @@ async fn a_hold_expires_after_its_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_atomic_and_not() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let guarded = app.account("USD", json!({"debits_must_not_exceed_credits": true})).await;
     let t = |from: &str, to: &str, amount: u64| {
@@ -239,7 +239,7 @@ async fn batches_atomic_and_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_page_with_cursors_and_filters() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     let (a, b) = app.two_accounts("USD").await;
     app.ledger("EUR").await;
     let _other = app.account("EUR", json!({})).await;

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_scopes_and_revocation() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     app.ledger("USD").await;
 
     let r = app.post("/v1/keys", json!({"name": "reporting", "scopes": ["read"]})).await;
@@ -58,7 +58,7 @@ async fn keys_scopes_and_revocation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_over_its_rate_gets_429_with_retry_after() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     let (_, slow) = app.key(&["read"], Some(1)).await;
     let first = app.get_as(&slow, "/v1/ledgers").await;
     assert_eq!(first.status, 200, "{}", first.text);
@@ -81,8 +81,8 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_rate_limit_comes_from_the_config() {
-    let app =
-        spawn_with(ApiConfig { rate_limit_per_second: 1, rate_limit_burst: 2, ..ApiConfig::default() }).await;
+    let config = ApiConfig { rate_limit_per_second: 1, rate_limit_burst: 2, ..ApiConfig::default() };
+    let Some(app) = spawn_with(config).await else { return };
     let mut statuses = Vec::new();
     for _ in 0..10 {
         statuses.push(app.get("/v1/ledgers").await.status);
@@ -110,7 +110,7 @@ async fn bootstrap_makes_one_admin_key_only_when_there_is_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoints() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     let r = app.send("GET", "/healthz", None, None, &[]).await;
     assert_eq!((r.status, r.body["status"].as_str()), (200, Some("ok")));
     let r = app.send("GET", "/readyz", None, None, &[]).await;
@@ -200,7 +200,7 @@ fn openapi_is_well_formed(doc: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_documents_every_route() {
-    let app = spawn().await;
+    let Some(app) = spawn().await else { return };
     let r = app.send("GET", "/openapi.json", None, None, &[]).await;
     assert_eq!(r.status, 200);
     let doc = r.body;

@@ -18,8 +18,17 @@ pub struct StoreConfig {
     pub expiry_interval_ms: u64,
     /// How long a stored Idempotency-Key answer is kept (at least; purged after).
     pub idempotency_retention_hours: u64,
-    /// Read-only connections serving reads beside the single writer.
+    /// Read-only connections serving reads beside the single writer (SQLite); on PostgreSQL,
+    /// the pooled connections serving reads and keys beside the writer's.
     pub read_connections: usize,
+    /// PostgreSQL: how long opening a connection may take (per host of a multi-host URL),
+    /// unless the URL sets `connect_timeout` itself.
+    pub connect_timeout_ms: u64,
+    /// PostgreSQL: the server-side `statement_timeout` of every connection.
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL: how long a COMMIT may take before its outcome is reported unknown (a commit
+    /// waiting for a synchronous standby that is gone waits here).
+    pub commit_timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -31,6 +40,9 @@ impl Default for StoreConfig {
             expiry_interval_ms: 1000,
             idempotency_retention_hours: 24,
             read_connections: 4,
+            connect_timeout_ms: 2000,
+            statement_timeout_ms: 10_000,
+            commit_timeout_ms: 5000,
         }
     }
 }
@@ -48,6 +60,11 @@ impl StoreConfig {
             "idempotency_retention_hours must be at least 1"
         } else if self.read_connections == 0 {
             "read_connections must be at least 1"
+        } else if self.connect_timeout_ms == 0
+            || self.statement_timeout_ms == 0
+            || self.commit_timeout_ms == 0
+        {
+            "connect_timeout_ms, statement_timeout_ms and commit_timeout_ms must be at least 1"
         } else {
             return Ok(());
         };

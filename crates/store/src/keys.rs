@@ -48,6 +48,20 @@ pub struct NewApiKey {
     pub token_hash: TokenHash,
 }
 
+impl NewApiKey {
+    /// The key as stored at `created_at`, without its token hash.
+    pub(crate) fn stored(self, created_at: Timestamp) -> ApiKey {
+        ApiKey {
+            id: self.id,
+            name: self.name,
+            scopes: self.scopes,
+            rate_limit_per_second: self.rate_limit_per_second,
+            created_at,
+            revoked_at: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {
     pub id: KeyId,

@@ -5,15 +5,22 @@
 //! writes balances, transfers and outbox rows in ONE transaction. Idempotency-Key answers are
 //! stored, durably, when the request that carried the key completes.
 
+mod columns;
 mod config;
+mod expiry;
 mod keys;
+mod outbox;
 mod page;
+mod postgres;
 mod sequencer;
 mod sqlite;
 
 pub use config::StoreConfig;
 pub use keys::{ApiKey, KeyId, NewApiKey, Scope, TokenHash};
 pub use page::{AccountFilter, Cursor, Page, PageRequest, TransferFilter};
+pub use postgres::PgStore;
+/// Schema management of a PostgreSQL database (`coffer migrate`).
+pub use postgres::migrate as postgres_migrate;
 pub use sqlite::SqliteStore;
 /// Offline, synchronous administration of a SQLite data dir (no lock; safe beside a server).
 pub use sqlite::admin as sqlite_admin;

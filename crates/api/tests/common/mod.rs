@@ -1,11 +1,15 @@
-//! The HTTP test harness: the real router on 127.0.0.1:0 over a fresh SqliteStore in a temporary
-//! directory, with a bootstrap admin token, and a small reqwest client around it.
+//! The HTTP test harness: the real router on 127.0.0.1:0 over a fresh, empty store, with a
+//! bootstrap admin token, and a small reqwest client around it.
+//!
+//! This is the conformance suite of the API contract: every test file here is compiled twice
+//! (see Cargo.toml), and the `*_postgres` build runs the same tests on PostgreSQL.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 use std::sync::Arc;
 
 use coffer_api::ApiConfig;
-use coffer_store::{SqliteStore, Store, StoreConfig};
+use coffer_store::{Store, StoreConfig};
+use coffer_testkit::{Backend, TestStore};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
@@ -14,8 +18,8 @@ pub const ADMIN: &str = "admin-test-token";
 pub struct App {
     pub base: String,
     pub client: reqwest::Client,
-    pub store: Arc<SqliteStore>,
-    _dir: tempfile::TempDir,
+    pub store: Arc<dyn Store>,
+    _store: TestStore,
 }
 
 /// A response, its body parsed as JSON when it is JSON.
@@ -46,20 +50,23 @@ impl Resp {
     }
 }
 
-pub async fn spawn() -> App {
+/// The app on this test binary's backend; `None` when its database is missing and the test is
+/// skipped.
+pub async fn spawn() -> Option<App> {
     spawn_with(ApiConfig::default()).await
 }
 
-pub async fn spawn_with(config: ApiConfig) -> App {
-    let dir = tempfile::tempdir().unwrap();
+pub async fn spawn_with(config: ApiConfig) -> Option<App> {
     let store_config = StoreConfig { expiry_interval_ms: 100, ..StoreConfig::default() };
-    let store = SqliteStore::open(dir.path(), store_config).await.unwrap();
+    let backend = Backend::of_test_target(env!("CARGO_CRATE_NAME"));
+    let test_store = TestStore::open(backend, store_config).await?;
+    let store = test_store.store.clone();
     assert_eq!(coffer_api::bootstrap(store.as_ref(), Some(ADMIN)).await.unwrap(), None);
-    let router = coffer_api::router(store.clone() as Arc<dyn Store>, config, coffer_api::install_metrics());
+    let router = coffer_api::router(store.clone(), config, coffer_api::install_metrics());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    App { base, client: reqwest::Client::new(), store, _dir: dir }
+    Some(App { base, client: reqwest::Client::new(), store, _store: test_store })
 }
 
 impl App {

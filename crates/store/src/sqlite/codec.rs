@@ -5,23 +5,16 @@
 //! never a record holding an impossible value.
 
 use coffer_ledger::{
-    Account, AccountFlags, AccountId, Amount, Balance, ExternalRef, InvalidValue, Ledger, LedgerCode,
-    Metadata, Scale, Timestamp, Transfer, TransferId, TransferStatus,
+    Account, AccountId, Amount, Balance, ExternalRef, InvalidValue, Ledger, LedgerCode, Metadata, Scale,
+    Timestamp, Transfer, TransferId, TransferStatus,
 };
 use rusqlite::Row;
 use rusqlite::types::Type;
 use uuid::Uuid;
 
-pub(crate) const LEDGER_COLUMNS: &str = "seq, code, scale, created_at";
-
-pub(crate) const ACCOUNT_COLUMNS: &str = "seq, id, ledger, code, flags, external_ref, metadata, \
-     debits_pending, debits_posted, credits_pending, credits_posted, created_at";
-
-pub(crate) const TRANSFER_COLUMNS: &str = "seq, id, debit_account_id, credit_account_id, amount, ledger, \
-     code, pending, status, pending_id, timeout_at, external_ref, metadata, created_at";
-
-const DEBITS_MUST_NOT_EXCEED_CREDITS: i64 = 1;
-const CREDITS_MUST_NOT_EXCEED_DEBITS: i64 = 2;
+pub(crate) use crate::columns::{
+    ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS, flags, flags_bits, int, metadata_json,
+};
 
 fn invalid(column: usize, why: InvalidValue) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(column, Type::Integer, Box::new(why))
@@ -68,28 +61,6 @@ fn metadata(row: &Row<'_>, column: usize) -> rusqlite::Result<Option<Metadata>> 
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(e)))
 }
 
-/// Metadata as stored: its JSON text.
-pub(crate) fn metadata_json(metadata: &Option<Metadata>) -> Option<String> {
-    // Serializing a JSON map to a string cannot fail.
-    metadata.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default())
-}
-
-pub(crate) fn flags_bits(flags: AccountFlags) -> i64 {
-    let mut bits = 0;
-    if flags.debits_must_not_exceed_credits {
-        bits |= DEBITS_MUST_NOT_EXCEED_CREDITS;
-    }
-    if flags.credits_must_not_exceed_debits {
-        bits |= CREDITS_MUST_NOT_EXCEED_DEBITS;
-    }
-    bits
-}
-
-/// An amount or a balance as stored; the ledger keeps them within 0..=2^63−1.
-pub(crate) fn int(value: u64) -> i64 {
-    i64::try_from(value).expect("the ledger keeps amounts and balances within 2^63-1")
-}
-
 /// A ledger row of [`LEDGER_COLUMNS`], with its sequence number.
 pub(crate) fn ledger(row: &Row<'_>) -> rusqlite::Result<(i64, Ledger)> {
     let scale = u64::try_from(row.get::<_, i64>(2)?).unwrap_or(u64::MAX);
@@ -108,10 +79,7 @@ pub(crate) fn account(row: &Row<'_>) -> rusqlite::Result<(i64, Account)> {
         id: AccountId(uuid(row, 1)?),
         ledger: ledger_code(row, 2)?,
         code: small(row, 3)?,
-        flags: AccountFlags {
-            debits_must_not_exceed_credits: bits & DEBITS_MUST_NOT_EXCEED_CREDITS != 0,
-            credits_must_not_exceed_debits: bits & CREDITS_MUST_NOT_EXCEED_DEBITS != 0,
-        },
+        flags: flags(bits),
         external_ref: external_ref(row, 5)?,
         metadata: metadata(row, 6)?,
         balance: Balance {

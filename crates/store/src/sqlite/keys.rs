@@ -41,17 +41,6 @@ fn key(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
     })
 }
 
-fn stored(key: NewApiKey, created_at: Timestamp) -> ApiKey {
-    ApiKey {
-        id: key.id,
-        name: key.name,
-        scopes: key.scopes,
-        rate_limit_per_second: key.rate_limit_per_second,
-        created_at,
-        revoked_at: None,
-    }
-}
-
 pub(crate) fn create(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusqlite::Result<ApiKey> {
     conn.execute(
         "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at) \
@@ -65,7 +54,7 @@ pub(crate) fn create(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusql
             now.as_micros()
         ],
     )?;
-    Ok(stored(key, now))
+    Ok(key.stored(now))
 }
 
 /// Inserts `key` only into an empty table. One statement, so two servers starting on the same

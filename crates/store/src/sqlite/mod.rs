@@ -86,7 +86,7 @@ impl SqliteStore {
         let retention = Duration::from_secs(config.idempotency_retention_hours.saturating_mul(3600));
         let tasks = vec![
             answers,
-            background::spawn_expiry(
+            crate::expiry::spawn(
                 sequencer.clone(),
                 reads.clone(),
                 Duration::from_millis(config.expiry_interval_ms),

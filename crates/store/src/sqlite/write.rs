@@ -11,6 +11,7 @@ use rusqlite::{Statement, Transaction, params};
 use super::batch::RowIds;
 use super::codec::{self, int};
 use super::postings::{Postings, Staged};
+use crate::outbox::{Envelope, Envelopes};
 
 /// Rows per multi-row INSERT; 64 rows of at most 14 columns stay far below SQLite's limit on
 /// parameters.
@@ -172,64 +173,26 @@ pub(super) fn insert_rows<T>(
     Ok(())
 }
 
-/// Writes each event as a CloudEvents envelope; `data` is the record's JSON, which is already its
-/// API form, so the relay publishes it without re-encoding.
+/// Writes each event as a CloudEvents envelope (see [`Envelopes`]).
 fn write_events(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> rusqlite::Result<()> {
-    if events.is_empty() {
+    let envelopes = Envelopes::encode(events);
+    if envelopes.is_empty() {
         return Ok(());
     }
-    // Every event's JSON in one buffer, each at its own range. Records always serialize.
-    let mut json = Vec::with_capacity(events.len() * 512);
-    let mut ranges = Vec::with_capacity(events.len());
-    for event in events {
-        let start = json.len();
-        match event {
-            Event::Account(_, account) => serde_json::to_writer(&mut json, account),
-            Event::Transfer(_, transfer) => serde_json::to_writer(&mut json, transfer),
-        }
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        ranges.push(start..json.len());
-    }
-    let json =
-        std::str::from_utf8(&json).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    // One fresh v7 id per batch, counted up in its random bits for each event: ids stay unique and
-    // time-ordered without a getrandom system call per event.
-    let first = uuid::Uuid::now_v7().as_u128();
-    let rows: Vec<(usize, &Event, &str)> =
-        events.iter().zip(ranges).enumerate().map(|(i, (event, range))| (i, event, &json[range])).collect();
+    let rows: Vec<Envelope<'_>> = envelopes.iter().collect();
     let insert = "INSERT INTO outbox (id, type, subject, time, data) VALUES ";
-    insert_rows(tx, insert, 5, &rows, |s, o, (i, event, data)| {
-        s.raw_bind_parameter(o + 1, event_id(first, *i).as_bytes())?;
-        s.raw_bind_parameter(o + 2, event.kind().cloud_event_type())?;
-        s.raw_bind_parameter(o + 3, event.subject().as_bytes())?;
+    insert_rows(tx, insert, 5, &rows, |s, o, e| {
+        s.raw_bind_parameter(o + 1, e.id.as_bytes())?;
+        s.raw_bind_parameter(o + 2, e.kind)?;
+        s.raw_bind_parameter(o + 3, e.subject.as_bytes())?;
         s.raw_bind_parameter(o + 4, now.as_micros())?;
-        s.raw_bind_parameter(o + 5, *data)
+        s.raw_bind_parameter(o + 5, e.data)
     })
-}
-
-/// The `i`-th event id after `first`: its 62 low (random) bits counted up, wrapping inside them,
-/// so the version and variant bits stay those of a v7 UUID.
-fn event_id(first: u128, i: usize) -> uuid::Uuid {
-    const RANDOM_B: u128 = (1 << 62) - 1;
-    uuid::Uuid::from_u128((first & !RANDOM_B) | (first.wrapping_add(i as u128) & RANDOM_B))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn event_ids_are_distinct_v7_uuids_in_order() {
-        let first = uuid::Uuid::now_v7().as_u128();
-        let ids: Vec<uuid::Uuid> = (0..1000).map(|i| event_id(first, i)).collect();
-        assert!(ids.iter().all(|id| id.get_version_num() == 7 && id.get_variant() == uuid::Variant::RFC4122));
-        let wrapped = event_id(first | ((1 << 62) - 1), 1);
-        assert_eq!(wrapped.get_version_num(), 7);
-        let mut sorted = ids.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted.len(), 1000);
-    }
 
     #[test]
     fn values_lists_hold_one_group_per_row() {

@@ -1,0 +1,345 @@
+//! The PostgreSQL side of a batch: lock what the commands touch, run the pure core, write its
+//! changes with set-based statements, commit once.
+//!
+//! Several processes may write the same database, each with its own sequencer, so nothing about
+//! money is cached between batches (ledgers are, being immutable). Every batch locks the rows it
+//! reads with `SELECT … FOR UPDATE`, in one global order — first the transfers it names, then
+//! the accounts, each sorted by id — so two batches never wait on each other in a cycle. A new
+//! row whose id another process is inserting at the same moment shows up as a unique violation;
+//! a deadlock between two batches inserting the same new ids in different orders is broken by
+//! PostgreSQL. Both roll the batch back, and it runs again: by then the other process's rows are
+//! committed and the core answers `exists` like for any retry.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use coffer_ledger::{
+    AccountId, Changes, Ledger, LedgerCode, Outcome, State, Submission, Timestamp, TransferId,
+};
+use deadpool_postgres::{Object, Pool, Transaction};
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use super::{codec, pg_error, pool_error};
+use crate::columns::{ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS, flags_bits, int, metadata_json};
+use crate::outbox::Envelopes;
+use crate::sequencer::Backend;
+use crate::{StoreError, StoreResult};
+
+/// Times a batch runs again after a conflict with another process before it gives up (503).
+const CONFLICT_RETRIES: usize = 8;
+
+pub(super) struct PgBackend {
+    pub pool: Pool,
+    pub commit_timeout: Duration,
+    /// Ledgers never change once created; a miss falls back to the table.
+    pub ledgers: Mutex<HashMap<LedgerCode, Ledger>>,
+}
+
+/// Why an attempt at a batch did not commit.
+enum Failed {
+    /// Another process got in the way (a unique violation, a deadlock): run the batch again.
+    Conflict(String),
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Failed {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let conflict = [
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+        ];
+        match e.code() {
+            Some(code) if conflict.contains(code) => Failed::Conflict(e.to_string()),
+            _ => Failed::Store(pg_error(e)),
+        }
+    }
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Failed::Store(e)
+    }
+}
+
+#[async_trait]
+impl Backend for PgBackend {
+    async fn apply_batch(
+        &self,
+        submissions: Vec<Submission>,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Vec<Outcome>>> {
+        let mut conflicts = 0;
+        loop {
+            match self.attempt(&submissions, now).await {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(Failed::Conflict(why)) if conflicts < CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    metrics::counter!("coffer_store_batch_retries_total").increment(1);
+                    tracing::debug!(%why, conflicts, "batch conflicted with another writer; running it again");
+                }
+                Err(Failed::Conflict(why)) => {
+                    return Err(StoreError::Unavailable(format!("batch kept conflicting: {why}")));
+                }
+                Err(Failed::Store(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+impl PgBackend {
+    async fn attempt(&self, submissions: &[Submission], now: Timestamp) -> Result<Vec<Vec<Outcome>>, Failed> {
+        let started = Instant::now();
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await?;
+        let mut state = State::new();
+        self.load_ledgers(&tx, submissions, &mut state).await?;
+        lock_transfers(&tx, submissions, &mut state).await?;
+        lock_accounts(&tx, submissions, &mut state).await?;
+        let loaded = started.elapsed();
+
+        let outcomes = coffer_ledger::apply(&mut state, submissions, now);
+        let changes = state.take_changes();
+        write_changes(&tx, &changes, now).await?;
+        let written = started.elapsed();
+
+        // Everything before the COMMIT failed cleanly: an aborted or lost transaction is rolled
+        // back by the server. From here on, only an answer from the server says what happened.
+        match tokio::time::timeout(self.commit_timeout, tx.commit()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.code().is_some() => return Err(e.into()),
+            Ok(Err(e)) => return Err(unknown(client, format!("commit lost: {e}"))),
+            Err(_) => {
+                return Err(unknown(client, format!("commit unanswered after {:?}", self.commit_timeout)));
+            }
+        }
+        tracing::debug!(
+            transfers = changes.transfers_created.len(),
+            load_us = loaded.as_micros(),
+            write_us = (written - loaded).as_micros(),
+            commit_us = (started.elapsed() - written).as_micros(),
+            "batch committed"
+        );
+        let mut cache = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
+        cache.extend(changes.ledgers.into_iter().map(|l| (l.code, l)));
+        Ok(outcomes)
+    }
+
+    async fn load_ledgers(
+        &self,
+        tx: &Transaction<'_>,
+        submissions: &[Submission],
+        state: &mut State,
+    ) -> Result<(), Failed> {
+        let mut codes: Vec<LedgerCode> =
+            submissions.iter().flat_map(|s| &s.commands).filter_map(|c| c.ledger_code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        let missing: Vec<&str> = {
+            let cache = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
+            for code in &codes {
+                if let Some(ledger) = cache.get(code) {
+                    state.load_ledger(ledger.clone());
+                }
+            }
+            codes.iter().filter(|c| !cache.contains_key(c)).map(|c| c.as_str()).collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledgers WHERE code = ANY($1)");
+        let rows = tx.query(&tx.prepare_cached(&sql).await?, &[&missing]).await?;
+        let mut cache = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
+        for row in rows {
+            let (_, ledger) = codec::ledger(&row)?;
+            cache.insert(ledger.code, ledger.clone());
+            state.load_ledger(ledger);
+        }
+        Ok(())
+    }
+}
+
+/// A commit whose answer never came: the connection cannot be trusted again, so it leaves the
+/// pool, and the client settles the outcome by retrying with the same ids.
+fn unknown(client: Object, why: String) -> Failed {
+    drop(Object::take(client));
+    Failed::Store(StoreError::OutcomeUnknown(why))
+}
+
+/// Locks and loads every transfer the commands name: the holds they resolve (which must not
+/// change under them) and their own ids (which, when taken, make the command a retry).
+async fn lock_transfers(
+    tx: &Transaction<'_>,
+    submissions: &[Submission],
+    state: &mut State,
+) -> Result<(), Failed> {
+    let mut ids: Vec<Uuid> =
+        submissions.iter().flat_map(|s| &s.commands).flat_map(|c| c.transfer_ids()).map(|id| id.0).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let sql = format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+    for row in tx.query(&tx.prepare_cached(&sql).await?, &[&ids]).await? {
+        state.load_transfer(codec::transfer(&row)?.1);
+    }
+    Ok(())
+}
+
+/// Locks and loads the accounts the commands name and those of the loaded holds, in id order.
+async fn lock_accounts(
+    tx: &Transaction<'_>,
+    submissions: &[Submission],
+    state: &mut State,
+) -> Result<(), Failed> {
+    let mut ids: Vec<Uuid> = submissions
+        .iter()
+        .flat_map(|s| &s.commands)
+        .flat_map(|c| c.account_ids())
+        .chain(state.pending_account_ids())
+        .map(|id: AccountId| id.0)
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+    for row in tx.query(&tx.prepare_cached(&sql).await?, &[&ids]).await? {
+        state.load_account(codec::account(&row)?.1);
+    }
+    Ok(())
+}
+
+/// Writes a batch's changes, one statement per kind of change, each row set passed as arrays.
+async fn write_changes(
+    tx: &Transaction<'_>,
+    changes: &Changes,
+    now: Timestamp,
+) -> Result<(), tokio_postgres::Error> {
+    if !changes.ledgers.is_empty() {
+        let codes: Vec<&str> = changes.ledgers.iter().map(|l| l.code.as_str()).collect();
+        let scales: Vec<i64> = changes.ledgers.iter().map(|l| i64::from(l.scale.get())).collect();
+        let created: Vec<i64> = changes.ledgers.iter().map(|l| l.created_at.as_micros()).collect();
+        let sql = "INSERT INTO ledgers (code, scale, created_at) SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])";
+        tx.execute(&tx.prepare_cached(sql).await?, &[&codes, &scales, &created]).await?;
+    }
+    if !changes.accounts_created.is_empty() {
+        let a = &changes.accounts_created;
+        let ids: Vec<Uuid> = a.iter().map(|a| a.id.0).collect();
+        let ledgers: Vec<&str> = a.iter().map(|a| a.ledger.as_str()).collect();
+        let codes: Vec<i64> = a.iter().map(|a| i64::from(a.code)).collect();
+        let flags: Vec<i64> = a.iter().map(|a| flags_bits(a.flags)).collect();
+        let refs: Vec<Option<&str>> = a.iter().map(|a| a.external_ref.as_ref().map(|r| r.as_str())).collect();
+        let metadata: Vec<Option<String>> = a.iter().map(|a| metadata_json(&a.metadata)).collect();
+        let [dp, dpo, cp, cpo] = balance_columns(a.iter().map(|a| &a.balance));
+        let created: Vec<i64> = a.iter().map(|a| a.created_at.as_micros()).collect();
+        let sql = "INSERT INTO accounts (id, ledger, code, flags, external_ref, metadata, debits_pending, \
+                   debits_posted, credits_pending, credits_posted, created_at) \
+                   SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], \
+                   $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])";
+        tx.execute(
+            &tx.prepare_cached(sql).await?,
+            &[&ids, &ledgers, &codes, &flags, &refs, &metadata, &dp, &dpo, &cp, &cpo, &created],
+        )
+        .await?;
+    }
+    if !changes.balances.is_empty() {
+        let ids: Vec<Uuid> = changes.balances.iter().map(|a| a.id.0).collect();
+        let [dp, dpo, cp, cpo] = balance_columns(changes.balances.iter().map(|a| &a.balance));
+        let sql = "UPDATE accounts AS a SET debits_pending = u.dp, debits_posted = u.dpo, \
+                   credits_pending = u.cp, credits_posted = u.cpo \
+                   FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS u(id, dp, dpo, cp, cpo) \
+                   WHERE a.id = u.id";
+        tx.execute(&tx.prepare_cached(sql).await?, &[&ids, &dp, &dpo, &cp, &cpo]).await?;
+    }
+    if !changes.transfers_created.is_empty() {
+        let t = &changes.transfers_created;
+        let ids: Vec<Uuid> = t.iter().map(|t| t.id.0).collect();
+        let debits: Vec<Uuid> = t.iter().map(|t| t.debit_account_id.0).collect();
+        let credits: Vec<Uuid> = t.iter().map(|t| t.credit_account_id.0).collect();
+        let amounts: Vec<i64> = t.iter().map(|t| int(t.amount.get())).collect();
+        let ledgers: Vec<&str> = t.iter().map(|t| t.ledger.as_str()).collect();
+        let codes: Vec<i64> = t.iter().map(|t| i64::from(t.code)).collect();
+        let pending: Vec<bool> = t.iter().map(|t| t.pending).collect();
+        let statuses: Vec<&str> = t.iter().map(|t| t.status.as_str()).collect();
+        let pending_ids: Vec<Option<Uuid>> = t.iter().map(|t| t.pending_id.map(|id| id.0)).collect();
+        let timeouts: Vec<Option<i64>> = t.iter().map(|t| t.timeout_at.map(|at| at.as_micros())).collect();
+        let refs: Vec<Option<&str>> = t.iter().map(|t| t.external_ref.as_ref().map(|r| r.as_str())).collect();
+        let metadata: Vec<Option<String>> = t.iter().map(|t| metadata_json(&t.metadata)).collect();
+        let created: Vec<i64> = t.iter().map(|t| t.created_at.as_micros()).collect();
+        // WITH ORDINALITY and ORDER BY: sequence numbers follow the order the core created them.
+        let sql = "INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, ledger, code, pending, \
+                   status, pending_id, timeout_at, external_ref, metadata, created_at) \
+                   SELECT id, dr, cr, amount, ledger, code, pending, status, pending_id, timeout_at, ext, meta, created \
+                   FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::int8[], $7::bool[], \
+                   $8::text[], $9::uuid[], $10::int8[], $11::text[], $12::text[], $13::int8[]) WITH ORDINALITY \
+                   AS u(id, dr, cr, amount, ledger, code, pending, status, pending_id, timeout_at, ext, meta, created, n) \
+                   ORDER BY n";
+        tx.execute(
+            &tx.prepare_cached(sql).await?,
+            &[
+                &ids,
+                &debits,
+                &credits,
+                &amounts,
+                &ledgers,
+                &codes,
+                &pending,
+                &statuses,
+                &pending_ids,
+                &timeouts,
+                &refs,
+                &metadata,
+                &created,
+            ],
+        )
+        .await?;
+    }
+    if !changes.statuses.is_empty() {
+        let ids: Vec<Uuid> = changes.statuses.iter().map(|(id, _): &(TransferId, _)| id.0).collect();
+        let statuses: Vec<&str> = changes.statuses.iter().map(|(_, s)| s.as_str()).collect();
+        let sql = "UPDATE transfers AS t SET status = u.status FROM unnest($1::uuid[], $2::text[]) AS u(id, status) \
+                   WHERE t.id = u.id";
+        tx.execute(&tx.prepare_cached(sql).await?, &[&ids, &statuses]).await?;
+    }
+    write_events(tx, changes, now).await
+}
+
+fn balance_columns<'a>(balances: impl Iterator<Item = &'a coffer_ledger::Balance>) -> [Vec<i64>; 4] {
+    let mut columns: [Vec<i64>; 4] = Default::default();
+    for b in balances {
+        columns[0].push(int(b.debits_pending));
+        columns[1].push(int(b.debits_posted));
+        columns[2].push(int(b.credits_pending));
+        columns[3].push(int(b.credits_posted));
+    }
+    columns
+}
+
+async fn write_events(
+    tx: &Transaction<'_>,
+    changes: &Changes,
+    now: Timestamp,
+) -> Result<(), tokio_postgres::Error> {
+    let envelopes = Envelopes::encode(&changes.events);
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    let (mut ids, mut kinds, mut subjects, mut data) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for e in envelopes.iter() {
+        ids.push(e.id);
+        kinds.push(e.kind);
+        subjects.push(e.subject);
+        data.push(e.data);
+    }
+    let sql = "INSERT INTO outbox (id, type, subject, time, data) \
+               SELECT id, type, subject, $4, data FROM unnest($1::uuid[], $2::text[], $3::uuid[], $5::text[]) \
+               WITH ORDINALITY AS u(id, type, subject, data, n) ORDER BY n";
+    tx.execute(&tx.prepare_cached(sql).await?, &[&ids, &kinds, &subjects, &now.as_micros(), &data]).await?;
+    Ok(())
+}

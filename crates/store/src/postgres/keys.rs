@@ -1,0 +1,111 @@
+//! API keys in PostgreSQL. Only the token's SHA-256 is stored; scopes are a comma-separated list.
+
+use coffer_ledger::{InvalidValue, Timestamp};
+use deadpool_postgres::Client;
+use tokio_postgres::Row;
+
+use super::pg_error;
+use crate::{ApiKey, KeyId, NewApiKey, Scope, StoreError, StoreResult, TokenHash};
+
+const COLUMNS: &str = "id, name, scopes, rate_limit_per_second, created_at, revoked_at";
+
+const INSERT: &str = "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at) \
+                      VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Any number the other servers agree on: the advisory lock that makes bootstrapping one at a time.
+const BOOTSTRAP_LOCK: i64 = 0x636f_6b65_7973; // "cokeys"
+
+fn key(row: &Row) -> StoreResult<ApiKey> {
+    let scopes: &str = row.try_get(2).map_err(pg_error)?;
+    let scopes = scopes
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            Scope::parse(s).ok_or_else(|| {
+                StoreError::Unavailable(format!("damaged key row: {}", InvalidValue("unknown scope")))
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let rate: Option<i64> = row.try_get(3).map_err(pg_error)?;
+    Ok(ApiKey {
+        id: KeyId(row.try_get(0).map_err(pg_error)?),
+        name: row.try_get(1).map_err(pg_error)?,
+        scopes,
+        rate_limit_per_second: rate.and_then(|r| u32::try_from(r).ok()),
+        created_at: Timestamp::from_micros(row.try_get(4).map_err(pg_error)?),
+        revoked_at: row.try_get::<_, Option<i64>>(5).map_err(pg_error)?.map(Timestamp::from_micros),
+    })
+}
+
+fn scopes_text(scopes: &[Scope]) -> String {
+    scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+}
+
+async fn insert(
+    client: &impl deadpool_postgres::GenericClient,
+    key: &NewApiKey,
+    now: Timestamp,
+) -> StoreResult<()> {
+    let rate = key.rate_limit_per_second.map(i64::from);
+    client
+        .execute(
+            INSERT,
+            &[
+                &key.id.0,
+                &key.name,
+                &scopes_text(&key.scopes),
+                &rate,
+                &key.token_hash.0.as_slice(),
+                &now.as_micros(),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
+pub(super) async fn create(client: &Client, key: NewApiKey, now: Timestamp) -> StoreResult<ApiKey> {
+    insert(client, &key, now).await?;
+    Ok(key.stored(now))
+}
+
+/// Inserts `key` only into an empty table. Replicas starting together take turns on an
+/// advisory lock, so exactly one of them bootstraps.
+pub(super) async fn bootstrap(client: &mut Client, key: NewApiKey, now: Timestamp) -> StoreResult<bool> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BOOTSTRAP_LOCK]).await.map_err(pg_error)?;
+    let empty = tx.query_opt("SELECT 1 FROM api_keys LIMIT 1", &[]).await.map_err(pg_error)?.is_none();
+    if empty {
+        insert(&tx, &key, now).await?;
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(empty)
+}
+
+pub(super) async fn by_token(client: &Client, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
+    let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE token_hash = $1");
+    let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
+    client
+        .query_opt(&statement, &[&hash.0.as_slice()])
+        .await
+        .map_err(pg_error)?
+        .map(|row| key(&row))
+        .transpose()
+}
+
+pub(super) async fn list(client: &Client) -> StoreResult<Vec<ApiKey>> {
+    let sql = format!("SELECT {COLUMNS} FROM api_keys ORDER BY created_at, id");
+    client.query(&sql, &[]).await.map_err(pg_error)?.iter().map(key).collect()
+}
+
+/// Revokes a key, keeping the first revocation time; answers whether the key exists.
+pub(super) async fn revoke(client: &Client, id: KeyId, now: Timestamp) -> StoreResult<bool> {
+    let changed = client
+        .execute(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+            &[&id.0, &now.as_micros()],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(changed == 1)
+}

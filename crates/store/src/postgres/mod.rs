@@ -1,0 +1,267 @@
+//! The PostgreSQL backend: many `coffer serve` processes on one database, each with its own
+//! sequencer, and a database that may fail over underneath them.
+//!
+//! Connections come from one deadpool pool built on a `tokio_postgres::Config` we parse
+//! ourselves, so that a multi-host URL with `target_session_attrs=read-write` is honoured: after
+//! a failover, new connections find the promoted primary. Every call is bounded: a connect
+//! timeout per host, a server-side `statement_timeout`, and a client-side timeout on COMMIT —
+//! past which the outcome is reported unknown and settled by the client's idempotent retry.
+
+mod batch;
+mod codec;
+mod idempotency;
+mod keys;
+mod read;
+mod schema;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coffer_ledger::{
+    Account, AccountId, Ledger, LedgerCode, Outcome, Submission, Timestamp, Transfer, TransferId,
+};
+use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use self::batch::PgBackend;
+use crate::expiry::DueHolds;
+use crate::sequencer::{BatchLimits, Sequencer};
+use crate::{
+    AccountFilter, ApiKey, Fingerprint, IdempotencyBegin, IdempotencyScope, KeyId, NewApiKey, Page,
+    PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse, TokenHash, TransferFilter,
+};
+
+/// A database error before any commit: the statement did not apply.
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::Unavailable(format!("database error {}: {}", db.code().code(), db.message())),
+        None => StoreError::Unavailable(format!("database unreachable: {e}")),
+    }
+}
+
+pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(format!("no database connection: {e}"))
+}
+
+/// How often old idempotency answers are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The PostgreSQL-backed [`Store`].
+pub struct PgStore {
+    pool: Pool,
+    sequencer: Arc<Sequencer>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Builds the pool for `url` (`postgres://…`, several hosts allowed) with the configured timeouts.
+fn pool(url: &str, config: &StoreConfig) -> StoreResult<Pool> {
+    let mut pg = tokio_postgres::Config::from_str(url)
+        .map_err(|e| StoreError::Unavailable(format!("invalid database URL: {e}")))?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
+    }
+    // Server-side bounds on every statement, and on a transaction left open by a vanished client.
+    let options = format!(
+        "{} -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+        pg.get_options().unwrap_or_default(),
+        config.statement_timeout_ms,
+        config.statement_timeout_ms.saturating_mul(2),
+    );
+    pg.options(options.trim());
+    if pg.get_application_name().is_none() {
+        pg.application_name("coffer");
+    }
+    let manager = Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
+    let connect = Duration::from_millis(config.connect_timeout_ms);
+    Pool::builder(manager)
+        // The writer's connection, reads and keys, and background work.
+        .max_size(config.read_connections + 2)
+        .runtime(Runtime::Tokio1)
+        // Waiting for a connection is bounded too: a pool starved by a dead database answers 503.
+        .wait_timeout(Some(connect * 2))
+        .create_timeout(Some(connect * 2))
+        .recycle_timeout(Some(connect))
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("cannot build the connection pool: {e}")))
+}
+
+/// Creates or upgrades the schema at `url` and answers its version (`coffer migrate`).
+pub async fn migrate(url: &str) -> StoreResult<i64> {
+    let pool = pool(url, &StoreConfig::default())?;
+    let mut client = pool.get().await.map_err(pool_error)?;
+    schema::migrate(&mut client).await
+}
+
+impl PgStore {
+    /// Connects to `url`, migrates, and starts the sequencer and the background tasks on the
+    /// current tokio runtime.
+    pub async fn connect(url: &str, config: StoreConfig) -> StoreResult<Arc<PgStore>> {
+        config.validate()?;
+        let pool = pool(url, &config)?;
+        schema::migrate(&mut pool.get().await.map_err(pool_error)?).await?;
+        let limits = BatchLimits {
+            commands: config.batch_size_max,
+            wait: Duration::from_micros(config.batch_wait_us),
+        };
+        let backend = PgBackend {
+            pool: pool.clone(),
+            commit_timeout: Duration::from_millis(config.commit_timeout_ms),
+            ledgers: Mutex::new(HashMap::new()),
+        };
+        let sequencer = Arc::new(Sequencer::start(backend, limits, config.queue_capacity));
+        let retention = Duration::from_secs(config.idempotency_retention_hours.saturating_mul(3600));
+        let tasks = vec![
+            crate::expiry::spawn(
+                sequencer.clone(),
+                pool.clone(),
+                Duration::from_millis(config.expiry_interval_ms),
+                config.batch_size_max,
+            ),
+            spawn_purge(pool.clone(), retention),
+        ];
+        Ok(Arc::new(PgStore { pool, sequencer, tasks: Mutex::new(tasks) }))
+    }
+
+    async fn client(&self) -> StoreResult<Client> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    fn stop_tasks(&self) {
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl DueHolds for Pool {
+    async fn due_holds(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<TransferId>> {
+        read::due_pending(&self.get().await.map_err(pool_error)?, now, limit).await
+    }
+}
+
+fn spawn_purge(pool: Pool, retention: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(PURGE_INTERVAL);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let age = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+            let before = Timestamp::from_micros(Timestamp::now().as_micros().saturating_sub(age));
+            let purged = match pool.get().await {
+                Ok(client) => idempotency::purge(&client, before).await,
+                Err(e) => Err(pool_error(e)),
+            };
+            match purged {
+                Ok(0) => {}
+                Ok(purged) => tracing::debug!(purged, "purged old idempotency answers"),
+                Err(e) => tracing::warn!(error = %e, "cannot purge idempotency answers"),
+            }
+        }
+    })
+}
+
+/// Dropping the store without `shutdown` stops new work; what was committed stays committed.
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.sequencer.close();
+        self.stop_tasks();
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn submit(&self, submission: Submission) -> StoreResult<Vec<Outcome>> {
+        self.sequencer.submit(submission).await
+    }
+
+    async fn ledger(&self, code: LedgerCode) -> StoreResult<Option<Ledger>> {
+        read::ledger(&self.client().await?, code).await
+    }
+
+    async fn ledgers(&self, page: PageRequest) -> StoreResult<Page<Ledger>> {
+        read::ledgers(&self.client().await?, page).await
+    }
+
+    async fn account(&self, id: AccountId) -> StoreResult<Option<Account>> {
+        read::account(&self.client().await?, id).await
+    }
+
+    async fn accounts(&self, filter: AccountFilter, page: PageRequest) -> StoreResult<Page<Account>> {
+        read::accounts(&self.client().await?, filter, page).await
+    }
+
+    async fn transfer(&self, id: TransferId) -> StoreResult<Option<Transfer>> {
+        read::transfer(&self.client().await?, id).await
+    }
+
+    async fn transfers(&self, filter: TransferFilter, page: PageRequest) -> StoreResult<Page<Transfer>> {
+        read::transfers(&self.client().await?, filter, page).await
+    }
+
+    async fn create_key(&self, key: NewApiKey) -> StoreResult<ApiKey> {
+        keys::create(&self.client().await?, key, Timestamp::now()).await
+    }
+
+    async fn bootstrap_key(&self, key: NewApiKey) -> StoreResult<bool> {
+        keys::bootstrap(&mut self.client().await?, key, Timestamp::now()).await
+    }
+
+    async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
+        keys::by_token(&self.client().await?, hash).await
+    }
+
+    async fn keys(&self) -> StoreResult<Vec<ApiKey>> {
+        keys::list(&self.client().await?).await
+    }
+
+    async fn revoke_key(&self, id: KeyId) -> StoreResult<bool> {
+        keys::revoke(&self.client().await?, id, Timestamp::now()).await
+    }
+
+    async fn idempotency_begin(
+        &self,
+        scope: &IdempotencyScope,
+        fingerprint: Fingerprint,
+    ) -> StoreResult<IdempotencyBegin> {
+        idempotency::begin(&self.client().await?, scope, fingerprint).await
+    }
+
+    async fn idempotency_complete(
+        &self,
+        scope: &IdempotencyScope,
+        response: StoredResponse,
+    ) -> StoreResult<()> {
+        idempotency::complete(&self.client().await?, scope, response).await
+    }
+
+    async fn idempotency_abandon(&self, scope: &IdempotencyScope) -> StoreResult<()> {
+        idempotency::abandon(&self.client().await?, scope).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        if !self.sequencer.is_open() {
+            return Err(StoreError::Unavailable("the store's writer is stopped".into()));
+        }
+        // Only a primary can take writes: a replica still connected to a demoted node is not ready.
+        let row =
+            self.client().await?.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(pg_error)?;
+        if row.get::<_, bool>(0) {
+            return Err(StoreError::Unavailable("the database is a read-only standby".into()));
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        self.sequencer.shutdown().await;
+        self.stop_tasks();
+    }
+}

@@ -1,0 +1,147 @@
+//! Test support shared by the crates' integration tests: a fresh, empty store on either backend,
+//! so one conformance suite runs the same test code against SQLite and PostgreSQL.
+//!
+//! PostgreSQL tests connect to `COFFER_TEST_DATABASE_URL` (default: the local server,
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database of their own, dropped
+//! when the test ends. When the server cannot be reached the test is skipped with a message
+//! naming it — unless `COFFER_TEST_REQUIRE_SERVICES=1` (CI), which makes that a failure.
+
+use std::sync::Arc;
+
+use coffer_store::{PgStore, SqliteStore, Store, StoreConfig};
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Which store a conformance test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a test binary runs on: test targets whose name ends in `_postgres` (the
+    /// conformance suite compiled a second time) use PostgreSQL, all others SQLite.
+    pub fn of_test_target(crate_name: &str) -> Backend {
+        if crate_name.ends_with("_postgres") { Backend::Postgres } else { Backend::Sqlite }
+    }
+}
+
+/// A store that lives as long as this value: its temp dir or its database goes with it.
+pub struct TestStore {
+    pub store: Arc<dyn Store>,
+    _place: Place,
+}
+
+/// Held only for its `Drop`, which removes the store's files or database.
+#[allow(dead_code)]
+enum Place {
+    Dir(tempfile::TempDir),
+    Database(TestDatabase),
+}
+
+impl TestStore {
+    /// A fresh store on `backend`, or `None` (after printing why) when its service is missing
+    /// and the test may be skipped.
+    pub async fn open(backend: Backend, config: StoreConfig) -> Option<TestStore> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("a temp dir");
+                let store = SqliteStore::open(dir.path(), config).await.expect("open the SQLite store");
+                Some(TestStore { store, _place: Place::Dir(dir) })
+            }
+            Backend::Postgres => {
+                let database = TestDatabase::create().await?;
+                let store =
+                    PgStore::connect(&database.url, config).await.expect("connect the PostgreSQL store");
+                Some(TestStore { store, _place: Place::Database(database) })
+            }
+        }
+    }
+}
+
+/// Whether a missing service fails the test (CI) instead of skipping it.
+pub fn services_required() -> bool {
+    std::env::var("COFFER_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Skips (prints and answers `None`) or fails, as [`services_required`] says.
+pub fn missing<T>(service: &str, why: impl std::fmt::Display) -> Option<T> {
+    if services_required() {
+        panic!("{service} is required (COFFER_TEST_REQUIRE_SERVICES=1) but unreachable: {why}");
+    }
+    eprintln!(
+        "SKIPPED: {service} is unreachable ({why}); set COFFER_TEST_REQUIRE_SERVICES=1 to fail instead"
+    );
+    None
+}
+
+/// A database of its own on the test PostgreSQL server, dropped on drop.
+pub struct TestDatabase {
+    pub url: String,
+    pub name: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Option<TestDatabase> {
+        let admin_url =
+            std::env::var("COFFER_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned());
+        let name = format!("coffer_test_{}", uuid::Uuid::new_v4().simple());
+        if let Err(e) = admin(&admin_url, &format!("CREATE DATABASE {name}")).await {
+            return missing(&format!("PostgreSQL at {admin_url}"), e);
+        }
+        let url = with_database(&admin_url, &name);
+        Some(TestDatabase { url, name, admin_url })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside any async context we could borrow: a thread with its own runtime.
+        let (admin_url, sql) =
+            (self.admin_url.clone(), format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(admin(&admin_url, &sql)).ok()
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("warning: could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// Runs one statement on a short-lived connection.
+async fn admin(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let result = client.batch_execute(sql).await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+/// `url` with its database path replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_end..].find('/').map_or(base.len(), |i| authority_end + i);
+    let mut out = format!("{}/{database}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_are_replaced_in_urls() {
+        assert_eq!(with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_database("postgres://u@h1:1,h2:2?a=b", "x"), "postgres://u@h1:1,h2:2/x?a=b");
+    }
+}
