@@ -29,7 +29,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
-    /// PostgreSQL connection string; the PostgreSQL backend is not in this build yet.
+    /// PostgreSQL connection string (several hosts allowed); when set, the store is PostgreSQL
+    /// and `data_dir` is not used.
     pub database_url: Option<String>,
     /// NATS URL; the JetStream bus is not in this build yet.
     pub nats_url: Option<String>,
@@ -118,16 +119,15 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        for (name, value) in [
-            ("database_url", &self.database_url),
-            ("nats_url", &self.nats_url),
-            ("redis_url", &self.redis_url),
-        ] {
+        for (name, value) in [("nats_url", &self.nats_url), ("redis_url", &self.redis_url)] {
             if value.is_some() {
-                bail!(
-                    "{name} is set, but this build runs only on the embedded defaults (SQLite, in-process)"
-                );
+                bail!("{name} is set, but this build has no bus or rate-limit backend but the embedded ones");
             }
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bail!("database_url must be a postgres:// or postgresql:// URL");
         }
         if self.bootstrap_token.as_deref().is_some_and(str::is_empty) {
             bail!("bootstrap_token must not be empty");
@@ -171,6 +171,13 @@ mod tests {
             jail.create_file("zero.toml", "[store]\nqueue_capacity = 0\n")?;
             assert!(Config::load(Some(Path::new("zero.toml")), Overrides::default()).is_err());
             assert!(Config::load(Some(Path::new("missing.toml")), Overrides::default()).is_err());
+            jail.set_env("COFFER_DATABASE_URL", "mysql://localhost/x");
+            assert!(Config::load(None, Overrides::default()).is_err());
+            jail.set_env(
+                "COFFER_DATABASE_URL",
+                "postgres://h1:5432,h2:5432/coffer?target_session_attrs=read-write",
+            );
+            assert!(Config::load(None, Overrides::default()).unwrap().database_url.is_some());
             Ok(())
         });
     }

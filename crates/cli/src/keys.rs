@@ -1,10 +1,13 @@
 //! `coffer keys create|list|revoke`: manage API keys directly in the store, server running or not.
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use coffer_store::{KeyId, NewApiKey, Scope, sqlite_admin};
+use coffer_store::{ApiKey, KeyId, NewApiKey, PgStore, Scope, Store, StoreResult, sqlite_admin};
+
+use crate::config::Config;
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
@@ -25,7 +28,51 @@ pub enum KeysCommand {
     Revoke { id: uuid::Uuid },
 }
 
-pub fn run(data_dir: &Path, command: KeysCommand) -> anyhow::Result<()> {
+/// Where the keys are: a SQLite data dir, written beside a running server without its lock, or
+/// the PostgreSQL database every replica shares.
+enum Keys {
+    DataDir(PathBuf),
+    Database(Arc<PgStore>),
+}
+
+impl Keys {
+    async fn create(&self, key: NewApiKey) -> StoreResult<ApiKey> {
+        match self {
+            Keys::DataDir(dir) => sqlite_admin::create_key(dir, key),
+            Keys::Database(store) => store.create_key(key).await,
+        }
+    }
+
+    async fn list(&self) -> StoreResult<Vec<ApiKey>> {
+        match self {
+            Keys::DataDir(dir) => sqlite_admin::list_keys(dir),
+            Keys::Database(store) => store.keys().await,
+        }
+    }
+
+    async fn revoke(&self, id: KeyId) -> StoreResult<bool> {
+        match self {
+            Keys::DataDir(dir) => sqlite_admin::revoke_key(dir, id),
+            Keys::Database(store) => store.revoke_key(id).await,
+        }
+    }
+}
+
+pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let keys = match &config.database_url {
+        Some(url) => Keys::Database(
+            PgStore::connect(url, config.store.clone()).await.context("cannot open the PostgreSQL store")?,
+        ),
+        None => Keys::DataDir(config.data_dir.clone()),
+    };
+    let result = manage(&keys, command).await;
+    if let Keys::Database(store) = &keys {
+        store.shutdown().await;
+    }
+    result
+}
+
+async fn manage(keys: &Keys, command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Create { scopes, name, rate_limit_per_second } => {
             let scopes = scopes
@@ -38,21 +85,20 @@ pub fn run(data_dir: &Path, command: KeysCommand) -> anyhow::Result<()> {
                 bail!("--rate-limit-per-second must be at least 1");
             }
             let token = coffer_api::generate_token();
-            let key = sqlite_admin::create_key(
-                data_dir,
-                NewApiKey {
+            let key = keys
+                .create(NewApiKey {
                     id: KeyId(uuid::Uuid::now_v7()),
                     name,
                     scopes,
                     rate_limit_per_second,
                     token_hash: coffer_api::hash_token(&token),
-                },
-            )?;
+                })
+                .await?;
             println!("id:    {}", key.id.0);
             println!("token: {token}");
         }
         KeysCommand::List => {
-            for key in sqlite_admin::list_keys(data_dir)? {
+            for key in keys.list().await? {
                 let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
                 let state = if key.revoked_at.is_some() { "revoked" } else { "active" };
                 println!(
@@ -66,7 +112,7 @@ pub fn run(data_dir: &Path, command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id } => {
-            if !sqlite_admin::revoke_key(data_dir, KeyId(id))? {
+            if !keys.revoke(KeyId(id)).await? {
                 bail!("no key with id {id}");
             }
             println!("revoked {id}");

@@ -6,6 +6,7 @@ mod config;
 mod keys;
 mod logging;
 mod serve;
+mod store;
 
 use std::path::PathBuf;
 
@@ -63,11 +64,16 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Migrate { data_dir } => {
             let config = load(None, data_dir)?;
-            let version = coffer_store::sqlite_admin::migrate(&config.data_dir)?;
-            println!("store at {} is at schema version {version}", config.data_dir.display());
+            let version = match &config.database_url {
+                Some(url) => runtime()?.block_on(coffer_store::postgres_migrate(url))?,
+                None => i64::from(coffer_store::sqlite_admin::migrate(&config.data_dir)?),
+            };
+            println!("store at {} is at schema version {version}", store::describe(&config));
             Ok(())
         }
-        Command::Keys { data_dir, command } => keys::run(&load(None, data_dir)?.data_dir, command),
+        Command::Keys { data_dir, command } => {
+            runtime()?.block_on(keys::run(&load(None, data_dir)?, command))
+        }
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
     }
 }

@@ -5,15 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use coffer_store::{SqliteStore, Store};
+use coffer_store::Store;
 use tracing::{info, warn};
 
 use crate::config::Config;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let store: Arc<dyn Store> = SqliteStore::open(&config.data_dir, config.store.clone())
-        .await
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let store: Arc<dyn Store> = crate::store::open(&config).await?;
     if let Some(token) = coffer_api::bootstrap(store.as_ref(), config.bootstrap_token.as_deref()).await? {
         // Printed once, on standard output and never in a log line.
         println!("Created the first admin key. Its token, shown only now: {token}");
@@ -22,7 +20,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    info!(listen = %config.listen, data_dir = %config.data_dir.display(), "coffer is serving");
+    info!(listen = %config.listen, store = %crate::store::describe(&config), "coffer is serving");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {

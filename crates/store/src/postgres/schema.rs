@@ -107,14 +107,28 @@ const MIGRATION_LOCK: i64 = 0x636f_6666_6572; // "coffer"
 
 /// Brings the database to [`SCHEMA_VERSION`], answering the version it is at.
 pub(crate) async fn migrate(client: &mut Client) -> StoreResult<i64> {
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS coffer_schema (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+    let exists: bool = client
+        .query_one("SELECT to_regclass('coffer_schema') IS NOT NULL", &[])
         .await
-        .or_else(|e| {
-            // Two migrators creating the table at once: the loser's error is harmless.
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) { Ok(()) } else { Err(e) }
-        })
-        .map_err(pg_error)?;
+        .map_err(pg_error)?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS coffer_schema \
+                 (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            )
+            .await
+            .or_else(|e| {
+                // Two migrators creating the table at once: the loser's error is harmless.
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(pg_error)?;
+    }
     loop {
         let tx = client.transaction().await.map_err(pg_error)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg_error)?;

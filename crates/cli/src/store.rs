@@ -1,0 +1,28 @@
+//! Which store this process runs on: PostgreSQL when `database_url` is set, else the embedded
+//! SQLite store in `data_dir`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use coffer_store::{PgStore, SqliteStore, Store};
+
+use crate::config::Config;
+
+pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &config.database_url {
+        Some(url) => PgStore::connect(url, config.store.clone())
+            .await
+            .context("cannot open the PostgreSQL store (database_url)")?,
+        None => SqliteStore::open(&config.data_dir, config.store.clone())
+            .await
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
+    })
+}
+
+/// Where the store is, for log lines: never the URL, which may hold a password.
+pub fn describe(config: &Config) -> String {
+    match config.database_url {
+        Some(_) => "postgresql (database_url)".to_owned(),
+        None => config.data_dir.display().to_string(),
+    }
+}
