@@ -8,8 +8,7 @@ use common::*;
 
 #[tokio::test]
 async fn one_outcome_per_command_in_order_and_a_rejection_does_not_fail_the_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let Some(store) = fresh().await else { return };
     let [a, b] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
     let (t1, t2) = (TransferId::generate(), TransferId::generate());
     let commands = vec![
@@ -38,8 +37,7 @@ async fn one_outcome_per_command_in_order_and_a_rejection_does_not_fail_the_batc
 
 #[tokio::test]
 async fn an_atomic_submission_that_fails_applies_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let Some(store) = fresh().await else { return };
     let [bank, shop] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
     let alice = AccountId::generate();
     created(store.as_ref(), wallet(alice, "USD")).await;
@@ -76,8 +74,7 @@ async fn an_atomic_submission_that_fails_applies_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submissions_are_all_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let Some(store) = fresh().await else { return };
     let accounts = setup(store.as_ref(), 2).await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..500 {
@@ -95,9 +92,8 @@ async fn concurrent_submissions_are_all_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_overloaded_and_applies_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig { queue_capacity: 1, batch_size_max: 1, ..StoreConfig::default() };
-    let store = open_with(dir.path(), config).await;
+    let Some(store) = fresh_with(config).await else { return };
     let accounts = setup(store.as_ref(), 2).await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..400 {
@@ -119,9 +115,8 @@ async fn a_full_queue_answers_overloaded_and_applies_the_rest() {
 
 #[tokio::test]
 async fn a_batch_bigger_than_the_limit_still_applies_whole() {
-    let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig { batch_size_max: 4, ..StoreConfig::default() };
-    let store = open_with(dir.path(), config).await;
+    let Some(store) = fresh_with(config).await else { return };
     let [a, b] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
     let commands = (0..10).map(|_| transfer(TransferId::generate(), a, b, 1, "USD")).collect();
     let outcomes = store.submit(Submission { commands, atomic: true }).await.unwrap();
@@ -131,8 +126,7 @@ async fn a_batch_bigger_than_the_limit_still_applies_whole() {
 
 #[tokio::test]
 async fn ledgers_are_created_once_and_listed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let Some(store) = fresh().await else { return };
     created(store.as_ref(), ledger("USD")).await;
     assert!(matches!(one(store.as_ref(), ledger("USD")).await, Outcome::Exists(_)));
     created(store.as_ref(), ledger("EUR")).await;
@@ -155,8 +149,7 @@ async fn ledgers_are_created_once_and_listed() {
 /// reused id must still be answered as the core's rules say, whatever else the command meets.
 #[tokio::test]
 async fn a_reused_id_is_answered_as_existing_even_where_it_would_now_be_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let Some(store) = fresh().await else { return };
     let [bank, shop] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
     let alice = AccountId::generate();
     created(store.as_ref(), wallet(alice, "USD")).await;

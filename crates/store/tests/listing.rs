@@ -40,8 +40,7 @@ fn transfer_ids(transfers: &[Transfer]) -> Vec<TransferId> {
 
 #[tokio::test]
 async fn accounts_page_through_each_filter() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let Some(store) = fresh().await else { return };
     created(store.as_ref(), ledger("USD")).await;
     created(store.as_ref(), ledger("EUR")).await;
     let mut usd = Vec::new();
@@ -89,8 +88,7 @@ async fn accounts_page_through_each_filter() {
 
 #[tokio::test]
 async fn transfers_page_by_account_on_both_sides_and_by_ledger() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let Some(store) = fresh().await else { return };
     let accounts = setup(store.as_ref(), 4).await;
     created(store.as_ref(), ledger("EUR")).await;
     let (e1, e2) = (AccountId::generate(), AccountId::generate());

@@ -33,14 +33,37 @@ pub struct TestStore {
     _place: Place,
 }
 
-/// Held only for its `Drop`, which removes the store's files or database.
-#[allow(dead_code)]
+/// Where the store lives; its `Drop` removes the files or the database.
 enum Place {
     Dir(tempfile::TempDir),
     Database(TestDatabase),
 }
 
+impl std::ops::Deref for TestStore {
+    type Target = Arc<dyn Store>;
+
+    fn deref(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}
+
 impl TestStore {
+    /// Shuts the store down and opens it again on the same files or database: what a restart
+    /// of the server sees.
+    pub async fn reopen(self, config: StoreConfig) -> TestStore {
+        self.store.shutdown().await;
+        let TestStore { store, _place: place } = self;
+        // The SQLite store's data dir lock is released with its last handle.
+        drop(store);
+        let store: Arc<dyn Store> = match &place {
+            Place::Dir(dir) => SqliteStore::open(dir.path(), config).await.expect("reopen the SQLite store"),
+            Place::Database(db) => {
+                PgStore::connect(&db.url, config).await.expect("reconnect the PostgreSQL store")
+            }
+        };
+        TestStore { store, _place: place }
+    }
+
     /// A fresh store on `backend`, or `None` (after printing why) when its service is missing
     /// and the test may be skipped.
     pub async fn open(backend: Backend, config: StoreConfig) -> Option<TestStore> {

@@ -10,7 +10,7 @@ use coffer_ledger::Timestamp;
 use deadpool_postgres::Client;
 
 use super::pg_error;
-use crate::{Fingerprint, IdempotencyBegin, IdempotencyScope, StoreResult, StoredResponse};
+use crate::{Fingerprint, IdempotencyBegin, IdempotencyScope, StoreError, StoreResult, StoredResponse};
 
 /// How long a request may hold its key before a retry may take it over: longer than any request
 /// may run, so it only frees a key whose request vanished (its process died).
@@ -78,13 +78,16 @@ pub(super) async fn complete(
         .await
         .map_err(pg_error)?;
     let status = i32::from(response.status);
-    client
+    let stored = client
         .execute(
             &statement,
             &[&scope.principal.0, &scope.key, &status, &response.content_type, &response.body],
         )
         .await
         .map_err(pg_error)?;
+    if stored == 0 {
+        return Err(StoreError::Unavailable("no request with this Idempotency-Key is in flight".into()));
+    }
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use coffer_ledger::{
     NewTransfer, Outcome, Record, Resolution, Scale, Submission, Transfer, TransferId,
 };
 use coffer_store::{SqliteStore, Store, StoreConfig};
+use coffer_testkit::{Backend, TestStore};
 
 pub async fn open(dir: &Path) -> Arc<SqliteStore> {
     open_with(dir, StoreConfig::default()).await
@@ -16,6 +17,16 @@ pub async fn open(dir: &Path) -> Arc<SqliteStore> {
 
 pub async fn open_with(dir: &Path, config: StoreConfig) -> Arc<SqliteStore> {
     SqliteStore::open(dir, config).await.expect("open the store")
+}
+
+/// A fresh store on this test binary's backend (the `*_postgres` targets run on PostgreSQL);
+/// `None` when that backend's service is missing and the test is skipped.
+pub async fn fresh() -> Option<TestStore> {
+    fresh_with(StoreConfig::default()).await
+}
+
+pub async fn fresh_with(config: StoreConfig) -> Option<TestStore> {
+    TestStore::open(Backend::of_test_target(env!("CARGO_CRATE_NAME")), config).await
 }
 
 pub fn code(s: &str) -> LedgerCode {
