@@ -35,6 +35,14 @@ impl Server {
         Self::run(command, data_dir.to_path_buf(), port).await
     }
 
+    /// A server on the PostgreSQL database at `database_url` (`data_dir` only holds nothing).
+    pub async fn start_on_database(data_dir: &Path, database_url: &str) -> Self {
+        let port = free_port();
+        let mut command = Self::command(data_dir, port);
+        command.env("COFFER_DATABASE_URL", database_url);
+        Self::run(command, data_dir.to_path_buf(), port).await
+    }
+
     async fn spawn(data_dir: PathBuf, port: u16) -> Self {
         Self::run(Self::command(&data_dir, port), data_dir, port).await
     }
