@@ -5,7 +5,7 @@ mod common;
 use std::future::Future;
 
 use coffer_ledger::{Account, AccountId, Command, Submission, Transfer, TransferId};
-use coffer_store::{AccountFilter, Cursor, Page, PageRequest, Store, StoreResult, TransferFilter};
+use coffer_store::{AccountFilter, Cursor, Page, PageRequest, StoreResult, TransferFilter};
 use common::*;
 
 /// Reads every page of `limit` items, checking that only a full page points further.
