@@ -3,7 +3,7 @@
 mod common;
 
 use coffer_ledger::{AccountId, Outcome, Record, RejectCode, Submission, TransferId};
-use coffer_store::{Store, StoreConfig, StoreError};
+use coffer_store::{StoreConfig, StoreError};
 use common::*;
 
 #[tokio::test]
