@@ -143,12 +143,13 @@ impl PgCluster {
     }
 
     /// Kills the primary's postmaster and all its children with SIGKILL (no shutdown, no flush
-    /// beyond what was already written), and returns once its port refuses connections.
+    /// beyond what was already written), and returns once its port refuses connections. Blocks
+    /// the calling thread (at most about 30 s).
     pub fn kill_primary(&mut self) {
         assert!(self.primary.running, "kill_primary: the primary is not running");
-        // Whatever happens next, there is nothing left for `Drop` to stop gracefully.
-        self.primary.running = false;
         kill(&self.primary).unwrap_or_else(|why| panic!("kill -9 of the primary: {why}"));
+        // Only now: had the kill failed, `Drop` would still have to stop what is left.
+        self.primary.running = false;
     }
 
     /// Promotes the standby and returns once it commits a write.
