@@ -119,10 +119,19 @@ pub struct Http {
 
 impl Http {
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Result<(u16, Value)> {
+        self.post_with_headers(path, body).await.map(|(status, _, answer)| (status, answer))
+    }
+
+    /// A POST answered with its headers too (say, to read Retry-After).
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> reqwest::Result<(u16, reqwest::header::HeaderMap, Value)> {
         let response =
             self.inner.post(format!("{}{path}", self.base)).bearer_auth(TOKEN).json(body).send().await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        Ok((status, headers, response.json().await.unwrap_or(Value::Null)))
     }
 
     pub async fn post_ok(&self, path: &str, body: Value) -> Value {
