@@ -22,7 +22,7 @@ pid=
 stop() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; pid=; }
 trap 'stop; rm -rf "$work"' EXIT
 
-fresh_db() { psql "$admin_url" -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
+fresh_db() { psql "$admin_url" -q -o /dev/null -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
 
 coffer_tps() { # ARGS...: one coffer bench run on a fresh database; prints the transfers/s
   fresh_db $coffer_db
@@ -35,7 +35,7 @@ coffer_tps() { # ARGS...: one coffer bench run on a fresh database; prints the t
   "$bin" bench --url "http://127.0.0.1:$port" --token $token --seconds "$seconds" \
     --connections "$clients" --ledger BENCH --json "$@" 2>/dev/null > "$work/report.json"
   stop
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"{r[\"transfers_per_second\"]:.0f} transfers/s, p99 {r[\"latency_ms\"][\"p99\"]:.1f} ms, errors {r[\"errors\"]}")' "$work/report.json" >&2
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); l=r['latency_ms']; print('  coffer: %.0f transfers/s, p99 %.1f ms, errors %d' % (r['transfers_per_second'], l['p99'], r['errors']))" "$work/report.json" >&2
   python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["transfers_per_second"]))' "$work/report.json"
 }
 

@@ -21,6 +21,9 @@ pub struct StoreConfig {
     /// Read-only connections serving reads beside the single writer (SQLite); on PostgreSQL,
     /// the pooled connections serving reads and keys beside the writer's.
     pub read_connections: usize,
+    /// PostgreSQL: batches applied at once, each on its own connection (SQLite always applies
+    /// one at a time).
+    pub write_connections: usize,
     /// PostgreSQL: how long opening a connection may take (per host of a multi-host URL),
     /// unless the URL sets `connect_timeout` itself.
     pub connect_timeout_ms: u64,
@@ -40,6 +43,7 @@ impl Default for StoreConfig {
             expiry_interval_ms: 1000,
             idempotency_retention_hours: 24,
             read_connections: 4,
+            write_connections: 4,
             connect_timeout_ms: 2000,
             statement_timeout_ms: 10_000,
             commit_timeout_ms: 5000,
@@ -58,8 +62,8 @@ impl StoreConfig {
             "expiry_interval_ms must be at least 1"
         } else if self.idempotency_retention_hours == 0 {
             "idempotency_retention_hours must be at least 1"
-        } else if self.read_connections == 0 {
-            "read_connections must be at least 1"
+        } else if self.read_connections == 0 || self.write_connections == 0 {
+            "read_connections and write_connections must be at least 1"
         } else if self.connect_timeout_ms == 0
             || self.statement_timeout_ms == 0
             || self.commit_timeout_ms == 0

@@ -6,12 +6,13 @@
 //! costs one row update per batch, not one per transfer. The backend is generic so the SQLite and
 //! PostgreSQL stores share this loop.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use coffer_ledger::{Command, Outcome, Record, Submission, Timestamp};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
 use crate::{StoreError, StoreResult};
@@ -33,6 +34,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
 pub(crate) struct BatchLimits {
     pub commands: usize,
     pub wait: Duration,
+    /// Batches applied at once. SQLite has one writer, so 1; on PostgreSQL several batches in
+    /// flight overlap one's round trips and commit with the next one's, and row locks keep
+    /// them as correct as batches from different processes.
+    pub in_flight: usize,
 }
 
 type Reply = oneshot::Sender<StoreResult<Vec<Outcome>>>;
@@ -104,18 +109,42 @@ async fn write_loop<B: Backend>(
     mut closing: watch::Receiver<bool>,
     limits: BatchLimits,
 ) {
+    let backend = Arc::new(backend);
+    let mut running = JoinSet::new();
     let mut carried: Option<Job> = None;
     loop {
         let first = match carried.take() {
             Some(job) => job,
             None => match next_job(&mut jobs, &mut closing).await {
                 Some(job) => job,
-                None => return,
+                None => break,
             },
         };
+        // Wait for a free slot before gathering: while every slot is busy, submissions pile up
+        // in the queue, so a busy store makes bigger batches.
+        while running.len() >= limits.in_flight.max(1) {
+            finished(running.join_next().await);
+        }
+        while let Some(done) = running.try_join_next() {
+            finished(Some(done));
+        }
         let (batch, rest) = gather(first, &mut jobs, limits).await;
         carried = rest;
-        run_batch(&backend, batch).await;
+        let backend = backend.clone();
+        running.spawn(async move { run_batch(backend.as_ref(), batch).await });
+    }
+    // Closing: every batch already taken still completes and answers its waiters.
+    while let Some(done) = running.join_next().await {
+        finished(Some(done));
+    }
+}
+
+/// A batch task that panicked broke an invariant in the core: stop the writer rather than go on.
+fn finished(done: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = done
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
     }
 }
 

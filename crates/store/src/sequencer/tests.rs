@@ -81,7 +81,7 @@ fn codes(outcomes: &[Outcome]) -> Vec<String> {
 }
 
 fn limits(commands: usize) -> BatchLimits {
-    BatchLimits { commands, wait: Duration::from_millis(2) }
+    BatchLimits { commands, wait: Duration::from_millis(2), in_flight: 1 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

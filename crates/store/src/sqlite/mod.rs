@@ -79,6 +79,7 @@ impl SqliteStore {
         let limits = BatchLimits {
             commands: config.batch_size_max,
             wait: Duration::from_micros(config.batch_wait_us),
+            in_flight: 1,
         };
         let backend = SqliteBackend { writer: writer.clone() };
         let sequencer = Arc::new(Sequencer::start(backend, limits, config.queue_capacity));
