@@ -43,7 +43,7 @@ impl Default for StoreConfig {
             expiry_interval_ms: 1000,
             idempotency_retention_hours: 24,
             read_connections: 4,
-            write_connections: 4,
+            write_connections: 2,
             connect_timeout_ms: 2000,
             statement_timeout_ms: 10_000,
             commit_timeout_ms: 5000,

@@ -11,6 +11,9 @@
 //! committed and the core answers `exists` like for any retry.
 
 use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,7 +21,8 @@ use async_trait::async_trait;
 use coffer_ledger::{
     AccountId, Changes, Ledger, LedgerCode, Outcome, State, Submission, Timestamp, TransferId,
 };
-use deadpool_postgres::{Object, Pool, Transaction};
+use deadpool_postgres::{Client, Object, Pool};
+use tokio_postgres::Statement;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -92,45 +96,82 @@ impl Backend for PgBackend {
 
 impl PgBackend {
     async fn attempt(&self, submissions: &[Submission], now: Timestamp) -> Result<Vec<Vec<Outcome>>, Failed> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        match self.in_transaction(&client, submissions, now).await {
+            Ok(outcomes) => Ok(outcomes),
+            Err(Failed::Store(StoreError::OutcomeUnknown(why))) => Err(unknown(client, why)),
+            Err(failed) => {
+                // The transaction failed before its COMMIT: end it before the connection goes
+                // back to the pool, or drop the connection if even that fails.
+                if client.batch_execute("ROLLBACK").await.is_err() {
+                    drop(Object::take(client));
+                }
+                Err(failed)
+            }
+        }
+    }
+
+    /// One transaction, driven by hand rather than through `Transaction` so that BEGIN travels
+    /// with the first query: a batch costs four round trips (BEGIN and the transfers, the
+    /// accounts, the writes, COMMIT).
+    async fn in_transaction(
+        &self,
+        client: &Client,
+        submissions: &[Submission],
+        now: Timestamp,
+    ) -> Result<Vec<Vec<Outcome>>, Failed> {
         let started = Instant::now();
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client.transaction().await?;
         let mut state = State::new();
-        self.load_ledgers(&tx, submissions, &mut state).await?;
-        lock_transfers(&tx, submissions, &mut state).await?;
-        lock_accounts(&tx, submissions, &mut state).await?;
+        let begin = async { client.batch_execute("BEGIN").await.map_err(Failed::from) };
+        let prepare = async { Writes::prepare(client).await.map_err(Failed::from) };
+        let (_, (), writes) = tokio::try_join!(begin, lock_transfers(client, submissions, &mut state), prepare)?;
+        self.load_ledgers(client, submissions, &mut state).await?;
+        lock_accounts(client, submissions, &mut state).await?;
         let loaded = started.elapsed();
 
         let outcomes = coffer_ledger::apply(&mut state, submissions, now);
         let changes = state.take_changes();
-        write_changes(&tx, &changes, now).await?;
-        let written = started.elapsed();
 
-        // Everything before the COMMIT failed cleanly: an aborted or lost transaction is rolled
-        // back by the server. From here on, only an answer from the server says what happened.
-        match tokio::time::timeout(self.commit_timeout, tx.commit()).await {
+        // The writes and the COMMIT go out together, so the batch holds its row locks for one
+        // round trip less. The first poll sends every write; only then is the COMMIT sent.
+        let mut written = pin!(write_changes(client, &writes, &changes, now));
+        let early = poll_fn(|cx| Poll::Ready(written.as_mut().poll(cx))).await;
+        let commit = tokio::time::timeout(self.commit_timeout, client.batch_execute("COMMIT"));
+        let (written, committed) = match early {
+            Poll::Ready(written) => (written, commit.await),
+            Poll::Pending => tokio::join!(written, commit),
+        };
+        match written {
+            Ok(()) => {}
+            // A statement the server refused aborted the transaction: the COMMIT behind it
+            // could only roll back.
+            Err(e) if e.code().is_some() => return Err(e.into()),
+            Err(e) => return Err(Failed::Store(StoreError::OutcomeUnknown(format!("commit lost: {e}")))),
+        }
+        // Only the server's answer to the COMMIT says whether it happened.
+        match committed {
             Ok(Ok(())) => {}
             Ok(Err(e)) if e.code().is_some() => return Err(e.into()),
-            Ok(Err(e)) => return Err(unknown(client, format!("commit lost: {e}"))),
+            Ok(Err(e)) => return Err(Failed::Store(StoreError::OutcomeUnknown(format!("commit lost: {e}")))),
             Err(_) => {
-                return Err(unknown(client, format!("commit unanswered after {:?}", self.commit_timeout)));
+                let why = format!("commit unanswered after {:?}", self.commit_timeout);
+                return Err(Failed::Store(StoreError::OutcomeUnknown(why)));
             }
         }
         tracing::debug!(
             transfers = changes.transfers_created.len(),
             load_us = loaded.as_micros(),
-            write_us = (written - loaded).as_micros(),
-            commit_us = (started.elapsed() - written).as_micros(),
+            write_and_commit_us = (started.elapsed() - loaded).as_micros(),
             "batch committed"
         );
         let mut cache = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
-        cache.extend(changes.ledgers.into_iter().map(|l| (l.code, l)));
+        cache.extend(changes.ledgers.iter().map(|l| (l.code, l.clone())));
         Ok(outcomes)
     }
 
     async fn load_ledgers(
         &self,
-        tx: &Transaction<'_>,
+        client: &Client,
         submissions: &[Submission],
         state: &mut State,
     ) -> Result<(), Failed> {
@@ -151,7 +192,7 @@ impl PgBackend {
             return Ok(());
         }
         let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledgers WHERE code = ANY($1)");
-        let rows = tx.query(&tx.prepare_cached(&sql).await?, &[&missing]).await?;
+        let rows = client.query(&client.prepare_cached(&sql).await?, &[&missing]).await?;
         let mut cache = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
         for row in rows {
             let (_, ledger) = codec::ledger(&row)?;
@@ -164,7 +205,7 @@ impl PgBackend {
 
 /// A commit whose answer never came: the connection cannot be trusted again, so it leaves the
 /// pool, and the client settles the outcome by retrying with the same ids.
-fn unknown(client: Object, why: String) -> Failed {
+fn unknown(client: Client, why: String) -> Failed {
     drop(Object::take(client));
     Failed::Store(StoreError::OutcomeUnknown(why))
 }
@@ -172,7 +213,7 @@ fn unknown(client: Object, why: String) -> Failed {
 /// Locks and loads every transfer the commands name: the holds they resolve (which must not
 /// change under them) and their own ids (which, when taken, make the command a retry).
 async fn lock_transfers(
-    tx: &Transaction<'_>,
+    client: &Client,
     submissions: &[Submission],
     state: &mut State,
 ) -> Result<(), Failed> {
@@ -184,7 +225,7 @@ async fn lock_transfers(
     ids.sort_unstable();
     ids.dedup();
     let sql = format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = ANY($1) ORDER BY id FOR UPDATE");
-    for row in tx.query(&tx.prepare_cached(&sql).await?, &[&ids]).await? {
+    for row in client.query(&client.prepare_cached(&sql).await?, &[&ids]).await? {
         state.load_transfer(codec::transfer(&row)?.1);
     }
     Ok(())
@@ -192,7 +233,7 @@ async fn lock_transfers(
 
 /// Locks and loads the accounts the commands name and those of the loaded holds, in id order.
 async fn lock_accounts(
-    tx: &Transaction<'_>,
+    client: &Client,
     submissions: &[Submission],
     state: &mut State,
 ) -> Result<(), Failed> {
@@ -209,105 +250,172 @@ async fn lock_accounts(
     ids.sort_unstable();
     ids.dedup();
     let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE");
-    for row in tx.query(&tx.prepare_cached(&sql).await?, &[&ids]).await? {
+    for row in client.query(&client.prepare_cached(&sql).await?, &[&ids]).await? {
         state.load_account(codec::account(&row)?.1);
     }
     Ok(())
 }
 
-/// Writes a batch's changes, one statement per kind of change, each row set passed as arrays.
+const INSERT_LEDGERS: &str = "INSERT INTO ledgers (code, scale, created_at) SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])";
+const INSERT_ACCOUNTS: &str = "INSERT INTO accounts (id, ledger, code, flags, external_ref, metadata, debits_pending, \
+               debits_posted, credits_pending, credits_posted, created_at) \
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], \
+               $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])";
+const UPDATE_BALANCES: &str = "UPDATE accounts AS a SET debits_pending = u.dp, debits_posted = u.dpo, \
+               credits_pending = u.cp, credits_posted = u.cpo \
+               FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS u(id, dp, dpo, cp, cpo) \
+               WHERE a.id = u.id";
+const INSERT_TRANSFERS: &str = "INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, ledger, code, pending, \
+               status, pending_id, timeout_at, external_ref, metadata, created_at) \
+               SELECT id, dr, cr, amount, ledger, code, pending, status, pending_id, timeout_at, ext, meta, created \
+               FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::int8[], $7::bool[], \
+               $8::text[], $9::uuid[], $10::int8[], $11::text[], $12::text[], $13::int8[]) WITH ORDINALITY \
+               AS u(id, dr, cr, amount, ledger, code, pending, status, pending_id, timeout_at, ext, meta, created, n) \
+               ORDER BY n";
+const UPDATE_STATUSES: &str = "UPDATE transfers AS t SET status = u.status FROM unnest($1::uuid[], $2::text[]) AS u(id, status) \
+               WHERE t.id = u.id";
+const INSERT_EVENTS: &str = "INSERT INTO outbox (id, type, subject, time, data) \
+               SELECT id, type, subject, $4, data FROM unnest($1::uuid[], $2::text[], $3::uuid[], $5::text[]) \
+               WITH ORDINALITY AS u(id, type, subject, data, n) ORDER BY n";
+
+/// The statements a batch writes with, prepared before the batch sends any of them (see
+/// [`write_changes`]).
+struct Writes([Statement; 6]);
+
+impl Writes {
+    async fn prepare(client: &Client) -> Result<Writes, tokio_postgres::Error> {
+        let [a, b, c, d, e, f] =
+            [INSERT_LEDGERS, INSERT_ACCOUNTS, UPDATE_BALANCES, INSERT_TRANSFERS, UPDATE_STATUSES, INSERT_EVENTS];
+        let (a, b, c, d, e, f) = tokio::try_join!(
+            client.prepare_cached(a),
+            client.prepare_cached(b),
+            client.prepare_cached(c),
+            client.prepare_cached(d),
+            client.prepare_cached(e),
+            client.prepare_cached(f),
+        )?;
+        Ok(Writes([a, b, c, d, e, f]))
+    }
+}
+
+/// Writes a batch's changes: one statement per kind of change, each row set passed as arrays.
+/// Every statement is already prepared, so each one goes out on the connection the first time
+/// its future is polled, without waiting for anything: the caller relies on that to send the
+/// COMMIT right behind them.
 async fn write_changes(
-    tx: &Transaction<'_>,
+    client: &Client,
+    writes: &Writes,
     changes: &Changes,
     now: Timestamp,
 ) -> Result<(), tokio_postgres::Error> {
-    if !changes.ledgers.is_empty() {
-        let codes: Vec<&str> = changes.ledgers.iter().map(|l| l.code.as_str()).collect();
-        let scales: Vec<i64> = changes.ledgers.iter().map(|l| i64::from(l.scale.get())).collect();
-        let created: Vec<i64> = changes.ledgers.iter().map(|l| l.created_at.as_micros()).collect();
-        let sql = "INSERT INTO ledgers (code, scale, created_at) SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])";
-        tx.execute(&tx.prepare_cached(sql).await?, &[&codes, &scales, &created]).await?;
+    let [ledgers, accounts, balances, transfers, statuses, events] = &writes.0;
+    tokio::try_join!(
+        insert_ledgers(client, ledgers, changes),
+        insert_accounts(client, accounts, changes),
+        update_balances(client, balances, changes),
+        insert_transfers(client, transfers, changes),
+        update_statuses(client, statuses, changes),
+        write_events(client, events, changes, now),
+    )?;
+    Ok(())
+}
+
+/// New ledgers.
+async fn insert_ledgers(client: &Client, statement: &Statement, changes: &Changes) -> Result<(), tokio_postgres::Error> {
+    if changes.ledgers.is_empty() {
+        return Ok(());
     }
-    if !changes.accounts_created.is_empty() {
-        let a = &changes.accounts_created;
-        let ids: Vec<Uuid> = a.iter().map(|a| a.id.0).collect();
-        let ledgers: Vec<&str> = a.iter().map(|a| a.ledger.as_str()).collect();
-        let codes: Vec<i64> = a.iter().map(|a| i64::from(a.code)).collect();
-        let flags: Vec<i64> = a.iter().map(|a| flags_bits(a.flags)).collect();
-        let refs: Vec<Option<&str>> = a.iter().map(|a| a.external_ref.as_ref().map(|r| r.as_str())).collect();
-        let metadata: Vec<Option<String>> = a.iter().map(|a| metadata_json(&a.metadata)).collect();
-        let [dp, dpo, cp, cpo] = balance_columns(a.iter().map(|a| &a.balance));
-        let created: Vec<i64> = a.iter().map(|a| a.created_at.as_micros()).collect();
-        let sql = "INSERT INTO accounts (id, ledger, code, flags, external_ref, metadata, debits_pending, \
-                   debits_posted, credits_pending, credits_posted, created_at) \
-                   SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], \
-                   $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])";
-        tx.execute(
-            &tx.prepare_cached(sql).await?,
-            &[&ids, &ledgers, &codes, &flags, &refs, &metadata, &dp, &dpo, &cp, &cpo, &created],
-        )
-        .await?;
+    let codes: Vec<&str> = changes.ledgers.iter().map(|l| l.code.as_str()).collect();
+    let scales: Vec<i64> = changes.ledgers.iter().map(|l| i64::from(l.scale.get())).collect();
+    let created: Vec<i64> = changes.ledgers.iter().map(|l| l.created_at.as_micros()).collect();
+    client.execute(statement, &[&codes, &scales, &created]).await?;
+    Ok(())
+}
+
+/// New accounts.
+async fn insert_accounts(client: &Client, statement: &Statement, changes: &Changes) -> Result<(), tokio_postgres::Error> {
+    if changes.accounts_created.is_empty() {
+        return Ok(());
     }
-    if !changes.balances.is_empty() {
-        let ids: Vec<Uuid> = changes.balances.iter().map(|a| a.id.0).collect();
-        let [dp, dpo, cp, cpo] = balance_columns(changes.balances.iter().map(|a| &a.balance));
-        let sql = "UPDATE accounts AS a SET debits_pending = u.dp, debits_posted = u.dpo, \
-                   credits_pending = u.cp, credits_posted = u.cpo \
-                   FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS u(id, dp, dpo, cp, cpo) \
-                   WHERE a.id = u.id";
-        tx.execute(&tx.prepare_cached(sql).await?, &[&ids, &dp, &dpo, &cp, &cpo]).await?;
+    let a = &changes.accounts_created;
+    let ids: Vec<Uuid> = a.iter().map(|a| a.id.0).collect();
+    let ledgers: Vec<&str> = a.iter().map(|a| a.ledger.as_str()).collect();
+    let codes: Vec<i64> = a.iter().map(|a| i64::from(a.code)).collect();
+    let flags: Vec<i64> = a.iter().map(|a| flags_bits(a.flags)).collect();
+    let refs: Vec<Option<&str>> = a.iter().map(|a| a.external_ref.as_ref().map(|r| r.as_str())).collect();
+    let metadata: Vec<Option<String>> = a.iter().map(|a| metadata_json(&a.metadata)).collect();
+    let [dp, dpo, cp, cpo] = balance_columns(a.iter().map(|a| &a.balance));
+    let created: Vec<i64> = a.iter().map(|a| a.created_at.as_micros()).collect();
+    client.execute(
+        statement,
+        &[&ids, &ledgers, &codes, &flags, &refs, &metadata, &dp, &dpo, &cp, &cpo, &created],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The balances of accounts that existed before the batch.
+async fn update_balances(client: &Client, statement: &Statement, changes: &Changes) -> Result<(), tokio_postgres::Error> {
+    if changes.balances.is_empty() {
+        return Ok(());
     }
-    if !changes.transfers_created.is_empty() {
-        let t = &changes.transfers_created;
-        let ids: Vec<Uuid> = t.iter().map(|t| t.id.0).collect();
-        let debits: Vec<Uuid> = t.iter().map(|t| t.debit_account_id.0).collect();
-        let credits: Vec<Uuid> = t.iter().map(|t| t.credit_account_id.0).collect();
-        let amounts: Vec<i64> = t.iter().map(|t| int(t.amount.get())).collect();
-        let ledgers: Vec<&str> = t.iter().map(|t| t.ledger.as_str()).collect();
-        let codes: Vec<i64> = t.iter().map(|t| i64::from(t.code)).collect();
-        let pending: Vec<bool> = t.iter().map(|t| t.pending).collect();
-        let statuses: Vec<&str> = t.iter().map(|t| t.status.as_str()).collect();
-        let pending_ids: Vec<Option<Uuid>> = t.iter().map(|t| t.pending_id.map(|id| id.0)).collect();
-        let timeouts: Vec<Option<i64>> = t.iter().map(|t| t.timeout_at.map(|at| at.as_micros())).collect();
-        let refs: Vec<Option<&str>> = t.iter().map(|t| t.external_ref.as_ref().map(|r| r.as_str())).collect();
-        let metadata: Vec<Option<String>> = t.iter().map(|t| metadata_json(&t.metadata)).collect();
-        let created: Vec<i64> = t.iter().map(|t| t.created_at.as_micros()).collect();
-        // WITH ORDINALITY and ORDER BY: sequence numbers follow the order the core created them.
-        let sql = "INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, ledger, code, pending, \
-                   status, pending_id, timeout_at, external_ref, metadata, created_at) \
-                   SELECT id, dr, cr, amount, ledger, code, pending, status, pending_id, timeout_at, ext, meta, created \
-                   FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::int8[], $7::bool[], \
-                   $8::text[], $9::uuid[], $10::int8[], $11::text[], $12::text[], $13::int8[]) WITH ORDINALITY \
-                   AS u(id, dr, cr, amount, ledger, code, pending, status, pending_id, timeout_at, ext, meta, created, n) \
-                   ORDER BY n";
-        tx.execute(
-            &tx.prepare_cached(sql).await?,
-            &[
-                &ids,
-                &debits,
-                &credits,
-                &amounts,
-                &ledgers,
-                &codes,
-                &pending,
-                &statuses,
-                &pending_ids,
-                &timeouts,
-                &refs,
-                &metadata,
-                &created,
-            ],
-        )
-        .await?;
+    let ids: Vec<Uuid> = changes.balances.iter().map(|a| a.id.0).collect();
+    let [dp, dpo, cp, cpo] = balance_columns(changes.balances.iter().map(|a| &a.balance));
+    client.execute(statement, &[&ids, &dp, &dpo, &cp, &cpo]).await?;
+    Ok(())
+}
+
+/// New transfers, with sequence numbers in the order the core made them.
+async fn insert_transfers(client: &Client, statement: &Statement, changes: &Changes) -> Result<(), tokio_postgres::Error> {
+    if changes.transfers_created.is_empty() {
+        return Ok(());
     }
-    if !changes.statuses.is_empty() {
-        let ids: Vec<Uuid> = changes.statuses.iter().map(|(id, _): &(TransferId, _)| id.0).collect();
-        let statuses: Vec<&str> = changes.statuses.iter().map(|(_, s)| s.as_str()).collect();
-        let sql = "UPDATE transfers AS t SET status = u.status FROM unnest($1::uuid[], $2::text[]) AS u(id, status) \
-                   WHERE t.id = u.id";
-        tx.execute(&tx.prepare_cached(sql).await?, &[&ids, &statuses]).await?;
+    let t = &changes.transfers_created;
+    let ids: Vec<Uuid> = t.iter().map(|t| t.id.0).collect();
+    let debits: Vec<Uuid> = t.iter().map(|t| t.debit_account_id.0).collect();
+    let credits: Vec<Uuid> = t.iter().map(|t| t.credit_account_id.0).collect();
+    let amounts: Vec<i64> = t.iter().map(|t| int(t.amount.get())).collect();
+    let ledgers: Vec<&str> = t.iter().map(|t| t.ledger.as_str()).collect();
+    let codes: Vec<i64> = t.iter().map(|t| i64::from(t.code)).collect();
+    let pending: Vec<bool> = t.iter().map(|t| t.pending).collect();
+    let statuses: Vec<&str> = t.iter().map(|t| t.status.as_str()).collect();
+    let pending_ids: Vec<Option<Uuid>> = t.iter().map(|t| t.pending_id.map(|id| id.0)).collect();
+    let timeouts: Vec<Option<i64>> = t.iter().map(|t| t.timeout_at.map(|at| at.as_micros())).collect();
+    let refs: Vec<Option<&str>> = t.iter().map(|t| t.external_ref.as_ref().map(|r| r.as_str())).collect();
+    let metadata: Vec<Option<String>> = t.iter().map(|t| metadata_json(&t.metadata)).collect();
+    let created: Vec<i64> = t.iter().map(|t| t.created_at.as_micros()).collect();
+    // WITH ORDINALITY and ORDER BY: sequence numbers follow the order the core created them.
+    client.execute(
+        statement,
+        &[
+            &ids,
+            &debits,
+            &credits,
+            &amounts,
+            &ledgers,
+            &codes,
+            &pending,
+            &statuses,
+            &pending_ids,
+            &timeouts,
+            &refs,
+            &metadata,
+            &created,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Holds the batch posted, voided or expired.
+async fn update_statuses(client: &Client, statement: &Statement, changes: &Changes) -> Result<(), tokio_postgres::Error> {
+    if changes.statuses.is_empty() {
+        return Ok(());
     }
-    write_events(tx, changes, now).await
+    let ids: Vec<Uuid> = changes.statuses.iter().map(|(id, _): &(TransferId, _)| id.0).collect();
+    let statuses: Vec<&str> = changes.statuses.iter().map(|(_, s)| s.as_str()).collect();
+    client.execute(statement, &[&ids, &statuses]).await?;
+    Ok(())
 }
 
 fn balance_columns<'a>(balances: impl Iterator<Item = &'a coffer_ledger::Balance>) -> [Vec<i64>; 4] {
@@ -322,7 +430,8 @@ fn balance_columns<'a>(balances: impl Iterator<Item = &'a coffer_ledger::Balance
 }
 
 async fn write_events(
-    tx: &Transaction<'_>,
+    client: &Client,
+    statement: &Statement,
     changes: &Changes,
     now: Timestamp,
 ) -> Result<(), tokio_postgres::Error> {
@@ -337,9 +446,6 @@ async fn write_events(
         subjects.push(e.subject);
         data.push(e.data);
     }
-    let sql = "INSERT INTO outbox (id, type, subject, time, data) \
-               SELECT id, type, subject, $4, data FROM unnest($1::uuid[], $2::text[], $3::uuid[], $5::text[]) \
-               WITH ORDINALITY AS u(id, type, subject, data, n) ORDER BY n";
-    tx.execute(&tx.prepare_cached(sql).await?, &[&ids, &kinds, &subjects, &now.as_micros(), &data]).await?;
+    client.execute(statement, &[&ids, &kinds, &subjects, &now.as_micros(), &data]).await?;
     Ok(())
 }
