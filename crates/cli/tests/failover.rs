@@ -163,3 +163,50 @@ async fn failover_to_the_synchronous_standby_loses_and_doubles_nothing() {
     assert_eq!(transfers.len(), seen.sent.len(), "every body sent is applied once, after its retries");
     invariants_hold(&http, "FAIL").await;
 }
+
+/// A COMMIT whose answer never comes — here because the synchronous standby is gone — is answered
+/// 503 with Retry-After, never 500; once the primary may commit alone again, the client's retry
+/// with the same id settles it: the transfer exists once and the money moved once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_of_unknown_outcome_is_a_503_settled_by_the_retry() {
+    if let Some(why) = PgCluster::binaries_missing() {
+        return coffer_testkit::missing::<()>("PostgreSQL server binaries", why).unwrap_or(());
+    }
+    let mut cluster = PgCluster::start().await;
+    cluster.create_database("unknown").await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings =
+        [("COFFER_STORE__COMMIT_TIMEOUT_MS", "1000"), ("COFFER_STORE__STATEMENT_TIMEOUT_MS", "3000")];
+    let server = Server::start_on_database_with(dir.path(), &cluster.url("unknown"), &settings).await;
+    let http = server.client();
+    http.post_ok("/v1/ledgers", json!({"code": "UNK", "scale": 2})).await;
+    let (from, to) = (Uuid::now_v7(), Uuid::now_v7());
+    for id in [from, to] {
+        http.post_ok("/v1/accounts", json!({"id": id, "ledger": "UNK"})).await;
+    }
+
+    tokio::task::block_in_place(|| cluster.kill_standby());
+    let body = json!({"id": Uuid::now_v7(), "debit_account_id": from, "credit_account_id": to,
+                      "amount": 700, "ledger": "UNK"});
+    let (status, headers, answer) = http.post_with_headers("/v1/transfers", &body).await.unwrap();
+    assert_eq!(status, 503, "a commit the standby never confirmed: {answer}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+
+    cluster.commit_without_standby().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let settled = loop {
+        let (status, answer) = http.post("/v1/transfers", &body).await.unwrap();
+        if status != 503 || Instant::now() > deadline {
+            break (status, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(settled.0 == 200 || settled.0 == 201, "the retry answered {settled:?}");
+    assert_eq!(settled.1["amount"], 700);
+    let transfers = list_all(&http, "/v1/transfers?ledger=UNK").await;
+    assert_eq!(transfers.len(), 1, "{transfers:?}");
+    let (_, account) = http.get(&format!("/v1/accounts/{to}")).await;
+    assert_eq!(account["balance"]["credits_posted"], 700, "the money moved once: {account}");
+    invariants_hold(&http, "UNK").await;
+}

@@ -37,9 +37,14 @@ impl Server {
 
     /// A server on the PostgreSQL database at `database_url` (`data_dir` only holds nothing).
     pub async fn start_on_database(data_dir: &Path, database_url: &str) -> Self {
+        Self::start_on_database_with(data_dir, database_url, &[]).await
+    }
+
+    /// The same, with more settings in the environment (`COFFER_STORE__…`).
+    pub async fn start_on_database_with(data_dir: &Path, database_url: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut command = Self::command(data_dir, port);
-        command.env("COFFER_DATABASE_URL", database_url);
+        command.env("COFFER_DATABASE_URL", database_url).envs(env.iter().copied());
         Self::run(command, data_dir.to_path_buf(), port).await
     }
 

@@ -152,6 +152,28 @@ impl PgCluster {
         self.primary.running = false;
     }
 
+    /// Kills the standby like [`PgCluster::kill_primary`] kills the primary: from then on every
+    /// commit on the primary waits for a standby that is gone.
+    pub fn kill_standby(&mut self) {
+        assert!(self.standby.running, "kill_standby: the standby is not running");
+        kill(&self.standby).unwrap_or_else(|why| panic!("kill -9 of the standby: {why}"));
+        self.standby.running = false;
+    }
+
+    /// Lets the primary commit alone (`synchronous_standby_names = ''`, reloaded): what an
+    /// operator does to restore write availability when the synchronous standby is lost, at the
+    /// price of RPO 0. Commits waiting for the standby complete.
+    pub async fn commit_without_standby(&self) {
+        let config: tokio_postgres::Config = self.url("postgres").parse().expect("a valid URL");
+        let client = connect(&config).await.unwrap_or_else(|e| panic!("connect to the primary: {e}"));
+        // Two statements: ALTER SYSTEM refuses to run inside the implicit block of a multi-statement query.
+        for sql in ["ALTER SYSTEM SET synchronous_standby_names = ''", "SELECT pg_reload_conf()"] {
+            bounded(client.batch_execute(sql))
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}\n{}", self.primary.log_tail()));
+        }
+    }
+
     /// Promotes the standby and returns once it commits a write.
     pub async fn promote_standby(&mut self) {
         assert!(self.standby.running, "promote_standby: the standby is not running");

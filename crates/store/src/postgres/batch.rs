@@ -13,8 +13,8 @@
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::task::Poll;
 use std::sync::Mutex;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -124,7 +124,8 @@ impl PgBackend {
         let mut state = State::new();
         let begin = async { client.batch_execute("BEGIN").await.map_err(Failed::from) };
         let prepare = async { Writes::prepare(client).await.map_err(Failed::from) };
-        let (_, (), writes) = tokio::try_join!(begin, lock_transfers(client, submissions, &mut state), prepare)?;
+        let (_, (), writes) =
+            tokio::try_join!(begin, lock_transfers(client, submissions, &mut state), prepare)?;
         self.load_ledgers(client, submissions, &mut state).await?;
         lock_accounts(client, submissions, &mut state).await?;
         let loaded = started.elapsed();
@@ -232,11 +233,7 @@ async fn lock_transfers(
 }
 
 /// Locks and loads the accounts the commands name and those of the loaded holds, in id order.
-async fn lock_accounts(
-    client: &Client,
-    submissions: &[Submission],
-    state: &mut State,
-) -> Result<(), Failed> {
+async fn lock_accounts(client: &Client, submissions: &[Submission], state: &mut State) -> Result<(), Failed> {
     let mut ids: Vec<Uuid> = submissions
         .iter()
         .flat_map(|s| &s.commands)
@@ -256,7 +253,8 @@ async fn lock_accounts(
     Ok(())
 }
 
-const INSERT_LEDGERS: &str = "INSERT INTO ledgers (code, scale, created_at) SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])";
+const INSERT_LEDGERS: &str =
+    "INSERT INTO ledgers (code, scale, created_at) SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])";
 const INSERT_ACCOUNTS: &str = "INSERT INTO accounts (id, ledger, code, flags, external_ref, metadata, debits_pending, \
                debits_posted, credits_pending, credits_posted, created_at) \
                SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], \
@@ -284,8 +282,14 @@ struct Writes([Statement; 6]);
 
 impl Writes {
     async fn prepare(client: &Client) -> Result<Writes, tokio_postgres::Error> {
-        let [a, b, c, d, e, f] =
-            [INSERT_LEDGERS, INSERT_ACCOUNTS, UPDATE_BALANCES, INSERT_TRANSFERS, UPDATE_STATUSES, INSERT_EVENTS];
+        let [a, b, c, d, e, f] = [
+            INSERT_LEDGERS,
+            INSERT_ACCOUNTS,
+            UPDATE_BALANCES,
+            INSERT_TRANSFERS,
+            UPDATE_STATUSES,
+            INSERT_EVENTS,
+        ];
         let (a, b, c, d, e, f) = tokio::try_join!(
             client.prepare_cached(a),
             client.prepare_cached(b),
@@ -321,7 +325,11 @@ async fn write_changes(
 }
 
 /// New ledgers.
-async fn insert_ledgers(client: &Client, statement: &Statement, changes: &Changes) -> Result<(), tokio_postgres::Error> {
+async fn insert_ledgers(
+    client: &Client,
+    statement: &Statement,
+    changes: &Changes,
+) -> Result<(), tokio_postgres::Error> {
     if changes.ledgers.is_empty() {
         return Ok(());
     }
@@ -333,7 +341,11 @@ async fn insert_ledgers(client: &Client, statement: &Statement, changes: &Change
 }
 
 /// New accounts.
-async fn insert_accounts(client: &Client, statement: &Statement, changes: &Changes) -> Result<(), tokio_postgres::Error> {
+async fn insert_accounts(
+    client: &Client,
+    statement: &Statement,
+    changes: &Changes,
+) -> Result<(), tokio_postgres::Error> {
     if changes.accounts_created.is_empty() {
         return Ok(());
     }
@@ -346,16 +358,21 @@ async fn insert_accounts(client: &Client, statement: &Statement, changes: &Chang
     let metadata: Vec<Option<String>> = a.iter().map(|a| metadata_json(&a.metadata)).collect();
     let [dp, dpo, cp, cpo] = balance_columns(a.iter().map(|a| &a.balance));
     let created: Vec<i64> = a.iter().map(|a| a.created_at.as_micros()).collect();
-    client.execute(
-        statement,
-        &[&ids, &ledgers, &codes, &flags, &refs, &metadata, &dp, &dpo, &cp, &cpo, &created],
-    )
-    .await?;
+    client
+        .execute(
+            statement,
+            &[&ids, &ledgers, &codes, &flags, &refs, &metadata, &dp, &dpo, &cp, &cpo, &created],
+        )
+        .await?;
     Ok(())
 }
 
 /// The balances of accounts that existed before the batch.
-async fn update_balances(client: &Client, statement: &Statement, changes: &Changes) -> Result<(), tokio_postgres::Error> {
+async fn update_balances(
+    client: &Client,
+    statement: &Statement,
+    changes: &Changes,
+) -> Result<(), tokio_postgres::Error> {
     if changes.balances.is_empty() {
         return Ok(());
     }
@@ -366,7 +383,11 @@ async fn update_balances(client: &Client, statement: &Statement, changes: &Chang
 }
 
 /// New transfers, with sequence numbers in the order the core made them.
-async fn insert_transfers(client: &Client, statement: &Statement, changes: &Changes) -> Result<(), tokio_postgres::Error> {
+async fn insert_transfers(
+    client: &Client,
+    statement: &Statement,
+    changes: &Changes,
+) -> Result<(), tokio_postgres::Error> {
     if changes.transfers_created.is_empty() {
         return Ok(());
     }
@@ -385,30 +406,35 @@ async fn insert_transfers(client: &Client, statement: &Statement, changes: &Chan
     let metadata: Vec<Option<String>> = t.iter().map(|t| metadata_json(&t.metadata)).collect();
     let created: Vec<i64> = t.iter().map(|t| t.created_at.as_micros()).collect();
     // WITH ORDINALITY and ORDER BY: sequence numbers follow the order the core created them.
-    client.execute(
-        statement,
-        &[
-            &ids,
-            &debits,
-            &credits,
-            &amounts,
-            &ledgers,
-            &codes,
-            &pending,
-            &statuses,
-            &pending_ids,
-            &timeouts,
-            &refs,
-            &metadata,
-            &created,
-        ],
-    )
-    .await?;
+    client
+        .execute(
+            statement,
+            &[
+                &ids,
+                &debits,
+                &credits,
+                &amounts,
+                &ledgers,
+                &codes,
+                &pending,
+                &statuses,
+                &pending_ids,
+                &timeouts,
+                &refs,
+                &metadata,
+                &created,
+            ],
+        )
+        .await?;
     Ok(())
 }
 
 /// Holds the batch posted, voided or expired.
-async fn update_statuses(client: &Client, statement: &Statement, changes: &Changes) -> Result<(), tokio_postgres::Error> {
+async fn update_statuses(
+    client: &Client,
+    statement: &Statement,
+    changes: &Changes,
+) -> Result<(), tokio_postgres::Error> {
     if changes.statuses.is_empty() {
         return Ok(());
     }
