@@ -113,6 +113,15 @@ async fn write_loop<B: Backend>(
     let mut running = JoinSet::new();
     let mut carried: Option<Job> = None;
     loop {
+        // Wait for a free slot before taking anything from the queue: while every slot is busy,
+        // submissions pile up there (and the queue's bound holds), so a busy store makes bigger
+        // batches.
+        while running.len() >= limits.in_flight.max(1) {
+            finished(running.join_next().await);
+        }
+        while let Some(done) = running.try_join_next() {
+            finished(Some(done));
+        }
         let first = match carried.take() {
             Some(job) => job,
             None => match next_job(&mut jobs, &mut closing).await {
@@ -120,14 +129,6 @@ async fn write_loop<B: Backend>(
                 None => break,
             },
         };
-        // Wait for a free slot before gathering: while every slot is busy, submissions pile up
-        // in the queue, so a busy store makes bigger batches.
-        while running.len() >= limits.in_flight.max(1) {
-            finished(running.join_next().await);
-        }
-        while let Some(done) = running.try_join_next() {
-            finished(Some(done));
-        }
         let (batch, rest) = gather(first, &mut jobs, limits).await;
         carried = rest;
         let backend = backend.clone();

@@ -13,6 +13,8 @@ struct Fake {
     batches: Mutex<Vec<Vec<usize>>>,
     gate: Semaphore,
     entered: Notify,
+    /// Batches that entered the backend so far.
+    entries: std::sync::atomic::AtomicUsize,
     fail: bool,
 }
 
@@ -27,6 +29,7 @@ impl Backend for Shared {
         now: Timestamp,
     ) -> StoreResult<Vec<Vec<Outcome>>> {
         self.0.entered.notify_one();
+        self.0.entries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.0.gate.acquire().await.expect("gate open").forget();
         self.0.batches.lock().unwrap().push(submissions.iter().map(|s| s.commands.len()).collect());
         if self.0.fail {
@@ -56,6 +59,7 @@ fn fake(permits: usize, fail: bool) -> Shared {
         batches: Mutex::default(),
         gate: Semaphore::new(permits),
         entered: Notify::new(),
+        entries: 0.into(),
         fail,
     }))
 }
@@ -175,4 +179,30 @@ async fn shutdown_applies_what_was_queued_then_refuses_new_work() {
     assert!(!sequencer.is_open());
     assert!(matches!(sequencer.submit(ledgers(9, 1)).await, Err(StoreError::Unavailable(_))));
     assert_eq!(sequencer.submit(Submission { commands: vec![], atomic: false }).await, Ok(vec![]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_run_side_by_side_up_to_the_in_flight_limit() {
+    let backend = fake(0, false);
+    let limits = BatchLimits { in_flight: 2, ..limits(1) };
+    let sequencer = Arc::new(Sequencer::start(backend.clone(), limits, 10));
+    let waiters: Vec<_> = (0..3)
+        .map(|i| {
+            let s = sequencer.clone();
+            tokio::spawn(async move { s.submit(ledgers(i, 1)).await })
+        })
+        .collect();
+    let entries = || backend.0.entries.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while entries() < 2 && Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(entries(), 2, "two batches run at once while neither may finish");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(entries(), 2, "a third waits for a free slot");
+    backend.0.gate.add_permits(10);
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap().unwrap().len(), 1);
+    }
+    assert_eq!(entries(), 3);
 }
