@@ -101,6 +101,9 @@ async fn failover_to_the_synchronous_standby_loses_and_doubles_nothing() {
     let killed_at = Instant::now();
     // Blocks on process waits; let the runtime move the clients to the other workers.
     tokio::task::block_in_place(|| cluster.kill_primary());
+    // With no writable node left, the replica says it is not ready.
+    let (status, readiness) = http.get("/readyz").await;
+    assert_eq!(status, 503, "/readyz with the primary gone: {readiness}");
     cluster.promote_standby().await;
     let promoted_at = Instant::now();
     // Keep the load on until writes have resumed for a while (or clearly never will).
@@ -143,6 +146,7 @@ async fn failover_to_the_synchronous_standby_loses_and_doubles_nothing() {
         seen.unavailable
     );
     assert!(outage <= OUTAGE_MAX, "the write outage was {outage:?}");
+    assert_eq!(http.get("/readyz").await.0, 200, "ready again on the promoted node");
 
     // Every acknowledged transfer exactly once, and the retries of every body sent apply nothing new.
     for body in &seen.sent {

@@ -15,14 +15,7 @@ const DATABASE: &str = "selftest";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_rows_survive_kill_9_of_the_primary_and_promotion() {
     if let Some(why) = PgCluster::binaries_missing() {
-        if std::env::var("COFFER_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-            panic!("PostgreSQL server binaries are required (COFFER_TEST_REQUIRE_SERVICES=1): {why}");
-        }
-        eprintln!(
-            "SKIPPED: PostgreSQL server binaries are missing ({why}); \
-             set COFFER_TEST_REQUIRE_SERVICES=1 to fail instead"
-        );
-        return;
+        return coffer_testkit::missing::<()>("PostgreSQL server binaries", why).unwrap_or(());
     }
     let started = Instant::now();
     let mut cluster = PgCluster::start().await;
