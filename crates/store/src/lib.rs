@@ -17,6 +17,7 @@ mod sqlite;
 
 pub use config::StoreConfig;
 pub use keys::{ApiKey, KeyId, NewApiKey, Scope, TokenHash};
+pub use outbox::OutboxEvent;
 pub use page::{AccountFilter, Cursor, Page, PageRequest, TransferFilter};
 pub use postgres::PgStore;
 /// Schema management of a PostgreSQL database (`coffer migrate`).
@@ -116,6 +117,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Forgets an in-flight key whose request ended without an answer worth keeping (a 5xx).
     async fn idempotency_abandon(&self, scope: &IdempotencyScope) -> StoreResult<()>;
+
+    /// The outbox's events after `position`, in position order, at most `limit`: what the relay
+    /// reads. See [`OutboxEvent::position`] for why resuming after the last position read never
+    /// skips an event.
+    async fn events_after(&self, position: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
 
     /// Answers Ok when the database can be reached (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;

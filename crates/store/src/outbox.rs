@@ -4,8 +4,26 @@
 
 use std::ops::Range;
 
-use coffer_ledger::Event;
+use coffer_ledger::{Event, Timestamp};
 use uuid::Uuid;
+
+/// An event as the outbox holds it: a CloudEvents envelope and its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Where the event is in the outbox: positions only grow, in the order the changes
+    /// committed, and a smaller one never appears after a larger one was read (there may be
+    /// gaps). The relay publishes by position and resumes after the last one it published.
+    pub position: i64,
+    pub id: Uuid,
+    pub source: String,
+    /// The CloudEvents `type`, e.g. `coffer.transfer.created`.
+    pub kind: String,
+    /// The account or transfer the event is about.
+    pub subject: Uuid,
+    pub time: Timestamp,
+    /// The record's JSON, as the API shows it.
+    pub data: String,
+}
 
 /// The envelopes of one batch: every event's JSON in one buffer, each at its own range.
 pub(crate) struct Envelopes {

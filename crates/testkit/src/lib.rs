@@ -64,6 +64,18 @@ impl TestStore {
         TestStore { store, _place: place }
     }
 
+    /// Another process's view of the same store, for tests of several writers: on PostgreSQL a
+    /// second `PgStore` (its own pool and sequencer) on the same database; `None` on SQLite,
+    /// where one process owns a data dir.
+    pub async fn another_writer(&self, config: StoreConfig) -> Option<Arc<dyn Store>> {
+        match &self._place {
+            Place::Dir(_) => None,
+            Place::Database(db) => {
+                Some(PgStore::connect(&db.url, config).await.expect("connect another store"))
+            }
+        }
+    }
+
     /// A fresh store on `backend`, or `None` (after printing why) when its service is missing
     /// and the test may be skipped.
     pub async fn open(backend: Backend, config: StoreConfig) -> Option<TestStore> {

@@ -135,13 +135,8 @@ impl PgBackend {
 
         // The writes and the COMMIT go out together, so the batch holds its row locks for one
         // round trip less. The first poll sends every write; only then is the COMMIT sent.
-        let mut written = pin!(write_changes(client, &writes, &changes, now));
-        let early = poll_fn(|cx| Poll::Ready(written.as_mut().poll(cx))).await;
-        let commit = tokio::time::timeout(self.commit_timeout, client.batch_execute("COMMIT"));
-        let (written, committed) = match early {
-            Poll::Ready(written) => (written, commit.await),
-            Poll::Pending => tokio::join!(written, commit),
-        };
+        let commit = || tokio::time::timeout(self.commit_timeout, client.batch_execute("COMMIT"));
+        let (written, committed) = in_order(write_changes(client, &writes, &changes, now), commit).await;
         match written {
             Ok(()) => {}
             // A statement the server refused aborted the transaction: the COMMIT behind it
@@ -272,9 +267,10 @@ const INSERT_TRANSFERS: &str = "INSERT INTO transfers (id, debit_account_id, cre
                ORDER BY n";
 const UPDATE_STATUSES: &str = "UPDATE transfers AS t SET status = u.status FROM unnest($1::uuid[], $2::text[]) AS u(id, status) \
                WHERE t.id = u.id";
-const INSERT_EVENTS: &str = "INSERT INTO outbox (id, type, subject, time, data) \
-               SELECT id, type, subject, $4, data FROM unnest($1::uuid[], $2::text[], $3::uuid[], $5::text[]) \
-               WITH ORDINALITY AS u(id, type, subject, data, n) ORDER BY n";
+const INSERT_EVENTS: &str = "WITH clock AS (UPDATE outbox_clock SET position = position + $6 WHERE single RETURNING position) \
+     INSERT INTO outbox (position, id, type, subject, time, data) \
+     SELECT clock.position - $6 + u.n, u.id, u.type, u.subject, $4, u.data \
+     FROM clock, unnest($1::uuid[], $2::text[], $3::uuid[], $5::text[]) WITH ORDINALITY AS u(id, type, subject, data, n)";
 
 /// The statements a batch writes with, prepared before the batch sends any of them (see
 /// [`write_changes`]).
@@ -313,15 +309,34 @@ async fn write_changes(
     now: Timestamp,
 ) -> Result<(), tokio_postgres::Error> {
     let [ledgers, accounts, balances, transfers, statuses, events] = &writes.0;
-    tokio::try_join!(
-        insert_ledgers(client, ledgers, changes),
-        insert_accounts(client, accounts, changes),
-        update_balances(client, balances, changes),
-        insert_transfers(client, transfers, changes),
-        update_statuses(client, statuses, changes),
-        write_events(client, events, changes, now),
-    )?;
-    Ok(())
+    let records = async {
+        tokio::try_join!(
+            insert_ledgers(client, ledgers, changes),
+            insert_accounts(client, accounts, changes),
+            update_balances(client, balances, changes),
+            insert_transfers(client, transfers, changes),
+            update_statuses(client, statuses, changes),
+        )
+    };
+    // The events go last: their statement takes the outbox clock, which must come after every
+    // other lock the batch takes (a new transfer id's index entry included), or two batches
+    // racing on one id could wait on each other.
+    let (records, events) = in_order(records, || write_events(client, events, changes, now)).await;
+    records?;
+    events
+}
+
+/// Runs `first` and `then()` concurrently, but polls `first` once before `then()` is even made,
+/// so whatever `first` sends on its first poll — every statement here sends at once — reaches
+/// the connection before anything `then` sends. tokio-postgres runs requests in the order sent.
+async fn in_order<A: Future, B: Future>(first: A, then: impl FnOnce() -> B) -> (A::Output, B::Output) {
+    let mut first = pin!(first);
+    let early = poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx))).await;
+    let then = then();
+    match early {
+        Poll::Ready(done) => (done, then.await),
+        Poll::Pending => tokio::join!(first, then),
+    }
 }
 
 /// New ledgers.
@@ -472,6 +487,7 @@ async fn write_events(
         subjects.push(e.subject);
         data.push(e.data);
     }
-    client.execute(statement, &[&ids, &kinds, &subjects, &now.as_micros(), &data]).await?;
+    let count = ids.len() as i64;
+    client.execute(statement, &[&ids, &kinds, &subjects, &now.as_micros(), &data, &count]).await?;
     Ok(())
 }

@@ -60,12 +60,14 @@ CREATE INDEX transfers_by_debit_account ON transfers (debit_account_id, seq);
 CREATE INDEX transfers_by_credit_account ON transfers (credit_account_id, seq);
 CREATE INDEX transfers_to_expire ON transfers (timeout_at) WHERE status = 'pending';
 
--- CloudEvents 1.0 envelopes, written in the transaction that made the change. `xid` is that
--- transaction's id: a relay reads only rows whose xid is below the oldest transaction still
--- running, so a row that commits late is never skipped.
+-- CloudEvents 1.0 envelopes, written in the transaction that made the change. `position`
+-- comes from outbox_clock, whose one row every writing transaction updates last, after its
+-- account locks, and holds until it commits: positions are therefore handed out in commit
+-- order, so a reader that has seen position N will never later see a smaller one appear (a
+-- transaction that rolls back leaves a gap, never a late row), and two transactions touching
+-- the same account get positions in the order they changed it.
 CREATE TABLE outbox (
-    seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    xid             XID8   NOT NULL DEFAULT pg_current_xact_id(),
+    position        BIGINT PRIMARY KEY,
     id              UUID   NOT NULL,
     source          TEXT   NOT NULL DEFAULT 'coffer',
     type            TEXT   NOT NULL,
@@ -74,6 +76,11 @@ CREATE TABLE outbox (
     datacontenttype TEXT   NOT NULL DEFAULT 'application/json',
     data            TEXT   NOT NULL
 );
+CREATE TABLE outbox_clock (
+    single   BOOLEAN PRIMARY KEY DEFAULT true CHECK (single),
+    position BIGINT  NOT NULL
+);
+INSERT INTO outbox_clock (position) VALUES (0);
 
 CREATE TABLE api_keys (
     id                    UUID   PRIMARY KEY,

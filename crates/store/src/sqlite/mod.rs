@@ -36,8 +36,9 @@ use self::idempotency::Idempotency;
 use self::read::ReadPool;
 use crate::sequencer::{BatchLimits, Sequencer};
 use crate::{
-    AccountFilter, ApiKey, Fingerprint, IdempotencyBegin, IdempotencyScope, KeyId, NewApiKey, Page,
-    PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse, TokenHash, TransferFilter,
+    AccountFilter, ApiKey, Fingerprint, IdempotencyBegin, IdempotencyScope, KeyId, NewApiKey, OutboxEvent,
+    Page, PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse, TokenHash,
+    TransferFilter,
 };
 
 /// A database error: the statement did not apply.
@@ -225,6 +226,10 @@ impl Store for SqliteStore {
     async fn idempotency_abandon(&self, scope: &IdempotencyScope) -> StoreResult<()> {
         self.idempotency.abandon(scope);
         Ok(())
+    }
+
+    async fn events_after(&self, position: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+        self.reads.run(move |c| read::events_after(c, position, limit)).await
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 
 use super::codec::{self, ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS};
 use super::{db_error, postings, schema};
-use crate::{AccountFilter, Cursor, Page, PageRequest, StoreError, StoreResult, TransferFilter};
+use crate::{AccountFilter, Cursor, OutboxEvent, Page, PageRequest, StoreError, StoreResult, TransferFilter};
 
 /// Read-only connections, each used by one blocking task at a time.
 pub(crate) struct ReadPool {
@@ -215,6 +215,30 @@ pub(crate) fn due_pending(conn: &Connection, now: i64, limit: usize) -> rusqlite
     )?;
     let ids = stmt.query_map(rusqlite::params![now, limit as i64], |row| row.get::<_, [u8; 16]>(0))?;
     ids.map(|id| id.map(|bytes| TransferId(uuid::Uuid::from_bytes(bytes)))).collect()
+}
+
+/// The outbox after `position`: one writer commits batches one after another, so the outbox's
+/// `seq` is already in commit order and is the position.
+pub(crate) fn events_after(
+    conn: &Connection,
+    position: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<OutboxEvent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, source, type, subject, time, data FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![position, limit as i64], |row| {
+        Ok(OutboxEvent {
+            position: row.get(0)?,
+            id: uuid::Uuid::from_bytes(row.get(1)?),
+            source: row.get(2)?,
+            kind: row.get(3)?,
+            subject: uuid::Uuid::from_bytes(row.get(4)?),
+            time: coffer_ledger::Timestamp::from_micros(row.get(5)?),
+            data: row.get(6)?,
+        })
+    })?;
+    rows.collect()
 }
 
 #[cfg(test)]
