@@ -1,0 +1,101 @@
+//! The CloudEvents 1.0 envelope, JSON structured mode, of an outbox row.
+//!
+//! `data` is the record's JSON exactly as the outbox holds it (the API's own form), embedded
+//! without being parsed and written again. The `sequence` extension is the outbox position,
+//! zero-padded to 19 digits: the extension requires a lexicographically ordered string, and 19
+//! digits hold every positive 64-bit position.
+
+use coffer_store::OutboxEvent;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// Every event type Coffer emits (DESIGN.md §3). A breaking change to one is a new type.
+pub const EVENT_TYPES: [&str; 5] = [
+    "coffer.account.created",
+    "coffer.transfer.created",
+    "coffer.transfer.posted",
+    "coffer.transfer.voided",
+    "coffer.transfer.expired",
+];
+
+#[derive(Serialize)]
+struct CloudEvent<'a> {
+    specversion: &'static str,
+    id: uuid::Uuid,
+    source: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    subject: uuid::Uuid,
+    time: String,
+    datacontenttype: &'static str,
+    sequence: String,
+    data: &'a RawValue,
+}
+
+/// The `sequence` extension value of a position.
+pub fn sequence(position: i64) -> String {
+    format!("{position:019}")
+}
+
+/// The event's CloudEvents JSON. Fails only if the outbox holds data that is not JSON, which
+/// the store never writes.
+pub fn encode(event: &OutboxEvent) -> Result<Vec<u8>, serde_json::Error> {
+    let data: &RawValue = serde_json::from_str(&event.data)?;
+    serde_json::to_vec(&CloudEvent {
+        specversion: "1.0",
+        id: event.id,
+        source: &event.source,
+        kind: &event.kind,
+        subject: event.subject,
+        time: event.time.to_rfc3339(),
+        datacontenttype: "application/json",
+        sequence: sequence(event.position),
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use coffer_ledger::Timestamp;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[test]
+    fn an_outbox_row_becomes_a_structured_cloud_event() {
+        let event = OutboxEvent {
+            position: 42,
+            id: uuid::Uuid::from_u128(1),
+            source: "coffer".into(),
+            kind: "coffer.transfer.created".into(),
+            subject: uuid::Uuid::from_u128(2),
+            time: Timestamp::from_micros(1_700_000_000_123_456),
+            data: r#"{"id":"00000000-0000-0000-0000-000000000002","amount":5}"#.into(),
+        };
+        let json: Value = serde_json::from_slice(&encode(&event).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            json!({
+                "specversion": "1.0",
+                "id": "00000000-0000-0000-0000-000000000001",
+                "source": "coffer",
+                "type": "coffer.transfer.created",
+                "subject": "00000000-0000-0000-0000-000000000002",
+                "time": "2023-11-14T22:13:20.123456Z",
+                "datacontenttype": "application/json",
+                "sequence": "0000000000000000042",
+                "data": {"id": "00000000-0000-0000-0000-000000000002", "amount": 5},
+            })
+        );
+    }
+
+    #[test]
+    fn sequences_sort_as_strings_like_positions_sort_as_numbers() {
+        let positions = [1, 9, 10, 99, 100, 123_456_789, i64::MAX];
+        let mut strings: Vec<String> = positions.iter().map(|p| sequence(*p)).collect();
+        let sorted = strings.clone();
+        strings.sort();
+        assert_eq!(strings, sorted);
+        assert!(strings.iter().all(|s| s.len() == 19));
+    }
+}
