@@ -123,6 +123,12 @@ pub trait Store: Send + Sync + 'static {
     /// skips an event.
     async fn events_after(&self, position: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
 
+    /// The last position the relay `name` published (0 before its first).
+    async fn relay_position(&self, name: &str) -> StoreResult<i64>;
+    /// Records that the relay `name` published everything up to `position`. Positions only move
+    /// forward: an older one (a relay that fell behind another) is ignored.
+    async fn save_relay_position(&self, name: &str, position: i64) -> StoreResult<()>;
+
     /// Answers Ok when the database can be reached (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
     /// Stops taking submissions, finishes the batches in flight, and stops background tasks.

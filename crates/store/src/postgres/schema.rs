@@ -11,7 +11,8 @@ use super::pg_error;
 use crate::{StoreError, StoreResult};
 
 /// The schema, one script per version; version N is `MIGRATIONS[N - 1]`. Append only.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE ledgers (
     seq        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     code       TEXT   NOT NULL UNIQUE,
@@ -106,7 +107,15 @@ CREATE TABLE idempotency (
     PRIMARY KEY (principal, key)
 );
 CREATE INDEX idempotency_by_age ON idempotency (created_at);
-"#];
+"#,
+    r#"
+-- How far each relay has published the outbox.
+CREATE TABLE relay_positions (
+    name     TEXT   PRIMARY KEY,
+    position BIGINT NOT NULL
+);
+"#,
+];
 
 /// The schema version this binary writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -232,6 +232,24 @@ impl Store for SqliteStore {
         self.reads.run(move |c| read::events_after(c, position, limit)).await
     }
 
+    async fn relay_position(&self, name: &str) -> StoreResult<i64> {
+        let name = name.to_owned();
+        self.reads.run(move |c| read::relay_position(c, &name)).await
+    }
+
+    async fn save_relay_position(&self, name: &str, position: i64) -> StoreResult<()> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO relay_positions (name, position) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET position = max(position, excluded.position)",
+                rusqlite::params![name, position],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         if !self.sequencer.is_open() {
             return Err(StoreError::Unavailable("the store's writer is stopped".into()));

@@ -68,7 +68,8 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// The schema, one script per version; version N is `MIGRATIONS[N - 1]`. Append only.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE ledgers (
     seq        INTEGER PRIMARY KEY,
     code       TEXT    NOT NULL UNIQUE,
@@ -158,7 +159,15 @@ CREATE TABLE idempotency (
     PRIMARY KEY (principal, key)
 );
 CREATE INDEX idempotency_by_age ON idempotency (created_at);
-"#];
+"#,
+    r#"
+-- How far each relay has published the outbox.
+CREATE TABLE relay_positions (
+    name     TEXT    PRIMARY KEY,
+    position INTEGER NOT NULL
+);
+"#,
+];
 
 /// The schema version this binary writes.
 pub(crate) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
