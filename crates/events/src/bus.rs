@@ -1,0 +1,110 @@
+//! Where the relay publishes: a [`Bus`], and its NATS JetStream implementation.
+//!
+//! JetStream subjects are `<prefix>.<entity>.<action>` (`coffer.transfer.created` with the
+//! default prefix), so consumers filter by event type with subject wildcards. Every message
+//! carries `Nats-Msg-Id` = the event id: a re-publication inside the stream's duplicate window
+//! (a relay that crashed after publishing but before saving its position) is dropped by the
+//! server, and consumers deduplicate on the id beyond it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_trait::async_trait;
+use coffer_store::OutboxEvent;
+
+use crate::encode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("an outbox row is not a valid event: {0}")]
+    Encoding(#[from] serde_json::Error),
+}
+
+/// A broker that stores events durably before it acknowledges them.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes `events` in order and returns once the broker has stored all of them. On an
+    /// error, any of them may or may not be stored: the caller publishes them again.
+    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), BusError>;
+}
+
+/// The stream the events go to.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub name: String,
+    /// The first subject token, `coffer` by default.
+    pub subject_prefix: String,
+    /// How long JetStream remembers message ids to drop re-published events.
+    pub duplicate_window: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            name: "COFFER_EVENTS".into(),
+            subject_prefix: "coffer".into(),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+pub struct JetStreamBus {
+    context: jetstream::Context,
+    prefix: String,
+}
+
+impl JetStreamBus {
+    /// Connects and creates the stream (file storage, the duplicate window) unless it exists.
+    pub async fn connect(url: &str, settings: &StreamSettings) -> Result<Self, BusError> {
+        let client = async_nats::connect(url)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("connect {url}: {e}")))?;
+        let context = jetstream::new(client);
+        context
+            .get_or_create_stream(stream::Config {
+                name: settings.name.clone(),
+                subjects: vec![format!("{}.>", settings.subject_prefix)],
+                storage: stream::StorageType::File,
+                duplicate_window: settings.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Unavailable(format!("stream {}: {e}", settings.name)))?;
+        Ok(Self { context, prefix: settings.subject_prefix.clone() })
+    }
+
+    /// The subject of an event type: `coffer.transfer.created` → `<prefix>.transfer.created`.
+    pub fn subject(&self, kind: &str) -> String {
+        format!("{}.{}", self.prefix, kind.strip_prefix("coffer.").unwrap_or(kind))
+    }
+
+    pub fn context(&self) -> &jetstream::Context {
+        &self.context
+    }
+}
+
+#[async_trait]
+impl Bus for JetStreamBus {
+    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), BusError> {
+        let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
+        // Send them all, then wait for the acknowledgements: one round trip per batch, not per event.
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
+            let payload = encode(event)?.into();
+            let ack = self
+                .context
+                .publish_with_headers(self.subject(&event.kind), headers, payload)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| unavailable(&e))?;
+        }
+        Ok(())
+    }
+}
