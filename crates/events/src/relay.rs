@@ -39,14 +39,14 @@ impl Relay {
     /// Publishes everything after the saved position, up to the current end of the outbox;
     /// answers how many events it published.
     pub async fn catch_up(&self) -> Result<usize, RelayError> {
-        let mut position = self.store.relay_position(&self.name).await?;
+        let mut position = self.store.position(&self.name).await?;
         let mut published = 0;
         loop {
             let events = self.store.events_after(position, self.batch).await?;
             let Some(last) = events.last() else { return Ok(published) };
             self.bus.publish(&events).await?;
             position = last.position;
-            self.store.save_relay_position(&self.name, position).await?;
+            self.store.save_position(&self.name, position, None).await?;
             published += events.len();
         }
     }

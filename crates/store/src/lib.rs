@@ -7,24 +7,34 @@
 
 mod columns;
 mod config;
+mod coordination;
+mod dead_letters;
 mod expiry;
 mod keys;
 mod outbox;
 mod page;
 mod postgres;
+mod projection;
 mod sequencer;
 mod sqlite;
+mod webhooks;
 
 pub use config::StoreConfig;
+pub use coordination::Coordination;
+pub use dead_letters::{DeadLetter, DeadLetters};
 pub use keys::{ApiKey, KeyId, NewApiKey, Scope, TokenHash};
 pub use outbox::OutboxEvent;
 pub use page::{AccountFilter, Cursor, Page, PageRequest, TransferFilter};
 pub use postgres::PgStore;
 /// Schema management of a PostgreSQL database (`coffer migrate`).
 pub use postgres::migrate as postgres_migrate;
+pub use projection::{Projections, VolumeEntry, VolumeRow};
 pub use sqlite::SqliteStore;
 /// Offline, synchronous administration of a SQLite data dir (no lock; safe beside a server).
 pub use sqlite::admin as sqlite_admin;
+pub use webhooks::{
+    AttemptResult, Delivery, DeliveryAttempt, DeliveryStatus, Webhook, WebhookEvent, Webhooks,
+};
 
 use async_trait::async_trait;
 use coffer_ledger::{Account, AccountId, Ledger, LedgerCode, Outcome, Submission, Transfer, TransferId};
@@ -82,9 +92,10 @@ pub enum IdempotencyBegin {
 /// Persistence of ledgers, accounts, transfers, API keys and idempotency records.
 ///
 /// Every change to money goes through [`Store::submit`], which queues the submission on the
-/// sequencer; reads go straight to the database.
+/// sequencer; reads go straight to the database. The event pipeline's state (positions and
+/// leases, the projection, dead letters, webhooks) has a trait of its own per room.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Coordination + Projections + DeadLetters + Webhooks + Send + Sync + 'static {
     /// Applies one submission through the sequencer and answers one outcome per command.
     async fn submit(&self, submission: Submission) -> StoreResult<Vec<Outcome>>;
 
@@ -122,12 +133,6 @@ pub trait Store: Send + Sync + 'static {
     /// reads. See [`OutboxEvent::position`] for why resuming after the last position read never
     /// skips an event.
     async fn events_after(&self, position: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
-
-    /// The last position the relay `name` published (0 before its first).
-    async fn relay_position(&self, name: &str) -> StoreResult<i64>;
-    /// Records that the relay `name` published everything up to `position`. Positions only move
-    /// forward: an older one (a relay that fell behind another) is ignored.
-    async fn save_relay_position(&self, name: &str, position: i64) -> StoreResult<()>;
 
     /// Answers Ok when the database can be reached (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;

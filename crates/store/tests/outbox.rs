@@ -138,13 +138,13 @@ async fn a_tailing_reader_sees_every_event_once_in_commit_order() {
 #[tokio::test]
 async fn relay_positions_start_at_zero_and_only_move_forward() {
     let Some(store) = fresh().await else { return };
-    assert_eq!(store.relay_position("jetstream").await.unwrap(), 0);
-    store.save_relay_position("jetstream", 10).await.unwrap();
-    store.save_relay_position("jetstream", 7).await.unwrap();
-    store.save_relay_position("other", 3).await.unwrap();
-    assert_eq!(store.relay_position("jetstream").await.unwrap(), 10, "a stale position is ignored");
-    assert_eq!(store.relay_position("other").await.unwrap(), 3);
+    assert_eq!(store.position("jetstream").await.unwrap(), 0);
+    store.save_position("jetstream", 10, None).await.unwrap();
+    store.save_position("jetstream", 7, None).await.unwrap();
+    store.save_position("other", 3, None).await.unwrap();
+    assert_eq!(store.position("jetstream").await.unwrap(), 10, "a stale position is ignored");
+    assert_eq!(store.position("other").await.unwrap(), 3);
     let store = store.reopen(StoreConfig::default()).await;
-    assert_eq!(store.relay_position("jetstream").await.unwrap(), 10, "positions are durable");
+    assert_eq!(store.position("jetstream").await.unwrap(), 10, "positions are durable");
     store.shutdown().await;
 }

@@ -11,6 +11,7 @@ mod batch;
 mod codec;
 mod idempotency;
 mod keys;
+mod pipeline;
 mod read;
 mod schema;
 
@@ -258,29 +259,6 @@ impl Store for PgStore {
 
     async fn events_after(&self, position: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
         read::events_after(&self.client().await?, position, limit).await
-    }
-
-    async fn relay_position(&self, name: &str) -> StoreResult<i64> {
-        let row = self
-            .client()
-            .await?
-            .query_opt("SELECT position FROM relay_positions WHERE name = $1", &[&name])
-            .await
-            .map_err(pg_error)?;
-        Ok(row.map_or(0, |row| row.get(0)))
-    }
-
-    async fn save_relay_position(&self, name: &str, position: i64) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO relay_positions (name, position) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET position = greatest(relay_positions.position, excluded.position)",
-                &[&name, &position],
-            )
-            .await
-            .map_err(pg_error)?;
-        Ok(())
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -12,6 +12,7 @@ mod checkpoint;
 mod codec;
 mod idempotency;
 mod keys;
+mod pipeline;
 mod postings;
 mod read;
 mod schema;
@@ -230,24 +231,6 @@ impl Store for SqliteStore {
 
     async fn events_after(&self, position: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
         self.reads.run(move |c| read::events_after(c, position, limit)).await
-    }
-
-    async fn relay_position(&self, name: &str) -> StoreResult<i64> {
-        let name = name.to_owned();
-        self.reads.run(move |c| read::relay_position(c, &name)).await
-    }
-
-    async fn save_relay_position(&self, name: &str, position: i64) -> StoreResult<()> {
-        let name = name.to_owned();
-        self.write(move |c| {
-            c.execute(
-                "INSERT INTO relay_positions (name, position) VALUES (?1, ?2) \
-                 ON CONFLICT (name) DO UPDATE SET position = max(position, excluded.position)",
-                rusqlite::params![name, position],
-            )
-            .map(|_| ())
-        })
-        .await
     }
 
     async fn ping(&self) -> StoreResult<()> {
