@@ -50,6 +50,11 @@ impl Default for StreamSettings {
     }
 }
 
+/// The JetStream subject of an event type: `coffer.transfer.created` → `<prefix>.transfer.created`.
+pub(crate) fn subject(prefix: &str, kind: &str) -> String {
+    format!("{prefix}.{}", kind.strip_prefix("coffer.").unwrap_or(kind))
+}
+
 pub struct JetStreamBus {
     context: jetstream::Context,
     prefix: String,
@@ -77,7 +82,7 @@ impl JetStreamBus {
 
     /// The subject of an event type: `coffer.transfer.created` → `<prefix>.transfer.created`.
     pub fn subject(&self, kind: &str) -> String {
-        format!("{}.{}", self.prefix, kind.strip_prefix("coffer.").unwrap_or(kind))
+        subject(&self.prefix, kind)
     }
 
     pub fn context(&self) -> &jetstream::Context {

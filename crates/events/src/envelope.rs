@@ -5,8 +5,9 @@
 //! zero-padded to 19 digits: the extension requires a lexicographically ordered string, and 19
 //! digits hold every positive 64-bit position.
 
+use coffer_ledger::Timestamp;
 use coffer_store::OutboxEvent;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// Every event type Coffer emits (DESIGN.md §3). A breaking change to one is a new type.
@@ -32,6 +33,22 @@ struct CloudEvent<'a> {
     data: &'a RawValue,
 }
 
+/// The fields [`decode`] reads back; others (a `traceparent`) are ignored.
+#[derive(Deserialize)]
+struct Received<'a> {
+    id: uuid::Uuid,
+    #[serde(borrow)]
+    source: std::borrow::Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    subject: uuid::Uuid,
+    time: Timestamp,
+    #[serde(borrow)]
+    sequence: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
 /// The `sequence` extension value of a position.
 pub fn sequence(position: i64) -> String {
     format!("{position:019}")
@@ -54,9 +71,29 @@ pub fn encode(event: &OutboxEvent) -> Result<Vec<u8>, serde_json::Error> {
     })
 }
 
+/// The outbox row a CloudEvent (as [`encode`] wrote it) came from: what consumers of the bus
+/// get back.
+pub fn decode(json: &[u8]) -> Result<OutboxEvent, serde_json::Error> {
+    let event: Received = serde_json::from_slice(json)?;
+    let position = event.sequence.parse().map_err(|_| {
+        <serde_json::Error as serde::de::Error>::custom(format!(
+            "sequence {:?} is not a position",
+            event.sequence
+        ))
+    })?;
+    Ok(OutboxEvent {
+        position,
+        id: event.id,
+        source: event.source.into_owned(),
+        kind: event.kind.into_owned(),
+        subject: event.subject,
+        time: event.time,
+        data: event.data.get().to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use coffer_ledger::Timestamp;
     use serde_json::{Value, json};
 
     use super::*;
@@ -87,6 +124,7 @@ mod tests {
                 "data": {"id": "00000000-0000-0000-0000-000000000002", "amount": 5},
             })
         );
+        assert_eq!(decode(&encode(&event).unwrap()).unwrap(), event, "decode reverses encode");
     }
 
     #[test]

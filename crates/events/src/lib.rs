@@ -1,11 +1,21 @@
 //! Coffer's events (DESIGN.md §1 and §3): every change the store commits is an outbox row; this
-//! crate turns those rows into CloudEvents and relays them, in commit order and at least once,
-//! to the bus (NATS JetStream). The in-process bus and the consumer runtime come next.
+//! crate turns those rows into CloudEvents, relays them in commit order and at least once to the
+//! bus (NATS JetStream), and runs consumers — over JetStream, or straight off the outbox in the
+//! embedded mode — with retries, dead letters and replay.
 
 mod bus;
+mod consumer;
+mod dlq;
 mod envelope;
+mod projection;
 mod relay;
 
 pub use bus::{Bus, BusError, JetStreamBus, StreamSettings};
-pub use envelope::{EVENT_TYPES, encode, sequence};
+pub use consumer::{
+    Consumer, DEAD_LETTERED, Delivery, Handler, HandlerError, JetStreamSource, JetStreamSourceSettings, LAG,
+    OutboxSource, REDELIVERIES, RetryPolicy, Source,
+};
+pub use dlq::{DeadLetterEntry, DeadLetterQueue, DeadLetterStream, StoreDeadLetters};
+pub use envelope::{EVENT_TYPES, decode, encode, sequence};
+pub use projection::{LedgerVolumes, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, day_of};
 pub use relay::{Relay, RelayError};

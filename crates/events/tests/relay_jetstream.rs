@@ -78,13 +78,13 @@ async fn every_event_reaches_the_stream_once_and_in_order() {
     assert_eq!(outbox.len(), 2 + TRANSFERS);
 
     let relay = Relay::new(store.store.clone(), bus.clone() as Arc<dyn Bus>, "jetstream");
-    assert_eq!(relay.catch_up().await.unwrap(), outbox.len());
-    assert_eq!(relay.catch_up().await.unwrap(), 0, "nothing new to publish");
+    assert_eq!(relay.catch_up(None).await.unwrap(), outbox.len());
+    assert_eq!(relay.catch_up(None).await.unwrap(), 0, "nothing new to publish");
     assert_eq!(store.position("jetstream").await.unwrap(), outbox.last().unwrap().position);
 
     // A relay that lost its position publishes everything again: the stream keeps one of each.
     let again = Relay::new(store.store.clone(), bus.clone() as Arc<dyn Bus>, "jetstream-restarted");
-    assert_eq!(again.catch_up().await.unwrap(), outbox.len());
+    assert_eq!(again.catch_up(None).await.unwrap(), outbox.len());
 
     let mut stream = bus.context().get_stream(&settings.name).await.unwrap();
     let info = stream.info().await.unwrap();

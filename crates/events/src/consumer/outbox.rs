@@ -1,0 +1,186 @@
+//! The in-process bus: a consumer that tails the outbox itself, for the embedded mode.
+//!
+//! The outbox already is an ordered, durable log, so no broker is needed in one process: the
+//! source reads `events_after` its position and keeps that position in the store, under
+//! `consumer.<name>`. The position saved is just below the oldest delivery not yet settled, so
+//! a crash re-delivers everything that was not acknowledged (and perhaps some that was; the
+//! handlers are idempotent). Retries wait in memory; dead letters and replays are the store's.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coffer_ledger::Timestamp;
+use coffer_store::{DeadLetter, Store};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::{Delivery, HandlerError, Source};
+use crate::BusError;
+
+pub struct OutboxSource {
+    store: Arc<dyn Store>,
+    consumer: String,
+    /// The position's name in the store.
+    position_name: String,
+    /// The event types delivered; empty for all.
+    types: Vec<String>,
+    /// How often to look for new events when there were none.
+    poll: Duration,
+    /// The last position read from the outbox.
+    read: i64,
+    /// The last position saved in the store.
+    saved: i64,
+    /// Positions delivered and not yet acknowledged or dead-lettered (retries included).
+    unsettled: BTreeSet<i64>,
+    /// Failed deliveries waiting for their next attempt, with the time it is due.
+    retries: Vec<(Instant, Delivery<Token>)>,
+    /// Dead letters being replayed right now, so a replay is not handed out twice.
+    replaying: HashSet<Uuid>,
+}
+
+/// Where a delivery came from.
+pub enum Token {
+    /// The outbox's tail.
+    Outbox,
+    /// A dead letter an operator asked to replay.
+    Replay(Uuid),
+}
+
+impl OutboxSource {
+    /// A source for the consumer `consumer`, resuming from its saved position.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        consumer: &str,
+        types: Vec<String>,
+        poll: Duration,
+    ) -> Result<Self, BusError> {
+        let position_name = format!("consumer.{consumer}");
+        let saved = store.position(&position_name).await.map_err(unavailable)?;
+        Ok(Self {
+            store,
+            consumer: consumer.to_owned(),
+            position_name,
+            types,
+            poll,
+            read: saved,
+            saved,
+            unsettled: BTreeSet::new(),
+            retries: Vec::new(),
+            replaying: HashSet::new(),
+        })
+    }
+
+    /// Saves the position below the oldest unsettled delivery, when it moved.
+    async fn save_position(&mut self) -> Result<(), BusError> {
+        let settled_up_to = self.unsettled.first().map_or(self.read, |oldest| oldest - 1);
+        if settled_up_to > self.saved {
+            self.store.save_position(&self.position_name, settled_up_to, None).await.map_err(unavailable)?;
+            self.saved = settled_up_to;
+        }
+        Ok(())
+    }
+
+    fn due_retries(&mut self, max: usize) -> Vec<Delivery<Token>> {
+        let now = Instant::now();
+        self.retries.sort_by_key(|(due, _)| *due);
+        let due = self.retries.iter().take(max).take_while(|(at, _)| *at <= now).count();
+        self.retries.drain(..due).map(|(_, d)| Delivery { attempt: d.attempt + 1, ..d }).collect()
+    }
+
+    async fn replays(&mut self, max: usize) -> Result<Vec<Delivery<Token>>, BusError> {
+        let letters = self.store.replays_requested(&self.consumer, max).await.map_err(unavailable)?;
+        let fresh = letters.into_iter().filter(|l| self.replaying.insert(l.id));
+        Ok(fresh.map(|l| Delivery { event: l.event, attempt: 1, token: Token::Replay(l.id) }).collect())
+    }
+
+    async fn tail(&mut self, max: usize) -> Result<Vec<Delivery<Token>>, BusError> {
+        let events = self.store.events_after(self.read, max).await.map_err(unavailable)?;
+        let Some(last) = events.last() else { return Ok(Vec::new()) };
+        self.read = last.position;
+        let wanted = events.into_iter().filter(|e| self.types.is_empty() || self.types.contains(&e.kind));
+        let deliveries: Vec<_> =
+            wanted.map(|event| Delivery { event, attempt: 1, token: Token::Outbox }).collect();
+        self.unsettled.extend(deliveries.iter().map(|d| d.event.position));
+        Ok(deliveries)
+    }
+
+    fn settled(&mut self, delivery: &Delivery<Token>) {
+        match delivery.token {
+            Token::Outbox => self.unsettled.remove(&delivery.event.position),
+            Token::Replay(id) => self.replaying.remove(&id),
+        };
+    }
+
+    /// How long to sleep when nothing is ready: the poll interval, or less if a retry is due sooner.
+    fn idle(&self) -> Duration {
+        let next_retry =
+            self.retries.iter().map(|(due, _)| due.saturating_duration_since(Instant::now())).min();
+        next_retry.map_or(self.poll, |due| due.min(self.poll))
+    }
+}
+
+#[async_trait]
+impl Source for OutboxSource {
+    type Token = Token;
+
+    async fn next(&mut self, max: usize) -> Result<Vec<Delivery<Token>>, BusError> {
+        loop {
+            self.save_position().await?;
+            let due = self.due_retries(max);
+            if !due.is_empty() {
+                return Ok(due);
+            }
+            let replays = self.replays(max).await?;
+            if !replays.is_empty() {
+                return Ok(replays);
+            }
+            let read_before = self.read;
+            let fresh = self.tail(max).await?;
+            if !fresh.is_empty() {
+                return Ok(fresh);
+            }
+            // A page of other types only: there may be more behind it, so look again at once.
+            if self.read == read_before {
+                tokio::time::sleep(self.idle()).await;
+            }
+        }
+    }
+
+    async fn ack(&mut self, delivery: Delivery<Token>) -> Result<(), BusError> {
+        if let Token::Replay(id) = delivery.token {
+            self.store.remove_dead_letter(id).await.map_err(unavailable)?;
+        }
+        self.settled(&delivery);
+        Ok(())
+    }
+
+    async fn retry(&mut self, delivery: Delivery<Token>, delay: Duration) -> Result<(), BusError> {
+        self.retries.push((Instant::now() + delay, delivery));
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, delivery: Delivery<Token>, error: &HandlerError) -> Result<(), BusError> {
+        let id = match delivery.token {
+            Token::Replay(id) => id,
+            Token::Outbox => Uuid::now_v7(),
+        };
+        let letter = DeadLetter {
+            id,
+            consumer: self.consumer.clone(),
+            event: delivery.event.clone(),
+            error: error.0.clone(),
+            attempts: delivery.attempt,
+            failed_at: Timestamp::now(),
+            replay_requested: false,
+        };
+        self.store.add_dead_letter(letter).await.map_err(unavailable)?;
+        self.settled(&delivery);
+        Ok(())
+    }
+}
+
+fn unavailable(e: coffer_store::StoreError) -> BusError {
+    BusError::Unavailable(format!("store: {e}"))
+}

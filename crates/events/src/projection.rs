@@ -1,0 +1,72 @@
+//! The first projection (the data aggregator): per ledger and day, the count and volume of
+//! posted transfers by transfer code, served at `GET /v1/ledgers/{code}/stats`.
+//!
+//! It counts `coffer.transfer.created` events of transfers created posted: direct transfers and
+//! the posts of holds (a post is a transfer of its own). A hold counts when it is posted, never
+//! when it is made, voided or expires, so the figures are money that actually moved. It is
+//! rebuilt from scratch by resetting it and replaying the events from the start.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use coffer_ledger::{Timestamp, Transfer, TransferStatus};
+use coffer_store::{OutboxEvent, Store, VolumeEntry};
+
+use crate::{Handler, HandlerError};
+
+/// The projection's consumer name: its position, processed records and dead letters.
+pub const VOLUMES_CONSUMER: &str = "ledger-volumes";
+
+/// The event type it reads.
+pub const VOLUMES_EVENT_TYPE: &str = "coffer.transfer.created";
+
+pub struct LedgerVolumes {
+    store: Arc<dyn Store>,
+    consumer: String,
+}
+
+impl LedgerVolumes {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, consumer: VOLUMES_CONSUMER.into() }
+    }
+}
+
+/// Days since 1970-01-01 (UTC) of a time.
+pub fn day_of(time: Timestamp) -> i32 {
+    const MICROS_PER_DAY: i64 = 86_400_000_000;
+    i32::try_from(time.as_micros().div_euclid(MICROS_PER_DAY)).unwrap_or(i32::MAX)
+}
+
+/// What an event adds to the projection, if anything.
+fn entry(event: &OutboxEvent) -> Result<Option<VolumeEntry>, HandlerError> {
+    if event.kind != VOLUMES_EVENT_TYPE {
+        return Ok(None);
+    }
+    let transfer: Transfer = serde_json::from_str(&event.data)
+        .map_err(|e| HandlerError::new(format!("event {} holds no transfer: {e}", event.id)))?;
+    if transfer.status != TransferStatus::Posted {
+        return Ok(None);
+    }
+    Ok(Some(VolumeEntry {
+        event_id: event.id,
+        ledger: transfer.ledger,
+        day: day_of(transfer.created_at),
+        code: transfer.code,
+        amount: transfer.amount.get(),
+    }))
+}
+
+#[async_trait]
+impl Handler for LedgerVolumes {
+    async fn handle(&self, events: &[OutboxEvent]) -> Result<(), HandlerError> {
+        let mut entries = Vec::with_capacity(events.len());
+        for event in events {
+            entries.extend(entry(event)?);
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.store.record_volumes(&self.consumer, &entries).await.map_err(HandlerError::new)?;
+        Ok(())
+    }
+}
