@@ -191,6 +191,13 @@ impl ApiError {
     }
 }
 
+impl From<coffer_events::BusError> for ApiError {
+    fn from(err: coffer_events::BusError) -> Self {
+        tracing::warn!(reason = %err, "event bus unavailable");
+        Self::new(ErrorCode::Unavailable, "the event bus is unavailable; nothing was changed").retry_after(1)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         // Internals of the store are logged, never sent: the client needs to know only whether

@@ -42,6 +42,7 @@ use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use coffer_events::{DeadLetterQueue, StoreDeadLetters};
 use coffer_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -55,14 +56,33 @@ use auth::Authenticator;
 use ratelimit::RateLimits;
 use state::{AppState, Shared};
 
-/// The whole API over `store`. `metrics` renders `/metrics`; get it from [`install_metrics`].
+/// What the API reaches beside the store.
+pub struct Services {
+    /// The consumers' dead letters: in the store with the in-process bus, or JetStream's.
+    pub dead_letters: Arc<dyn DeadLetterQueue>,
+}
+
+/// The whole API over `store` with the in-process bus's services. `metrics` renders
+/// `/metrics`; get it from [`install_metrics`].
 pub fn router(store: Arc<dyn Store>, config: ApiConfig, metrics: PrometheusHandle) -> Router {
+    let services = Services { dead_letters: Arc::new(StoreDeadLetters(store.clone())) };
+    router_with(store, config, metrics, services)
+}
+
+/// The whole API over `store` and `services`.
+pub fn router_with(
+    store: Arc<dyn Store>,
+    config: ApiConfig,
+    metrics: PrometheusHandle,
+    services: Services,
+) -> Router {
     let (routes, api) = routes::api_routes().split_for_parts();
     let openapi_json = Bytes::from(api.to_json().unwrap_or_default());
     let limits = RateLimits::new(config.rate_limit_per_second, config.rate_limit_burst);
     let auth = Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits);
     let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
-    let state = AppState::new(Shared { store, config, auth, metrics, openapi_json });
+    let Services { dead_letters } = services;
+    let state = AppState::new(Shared { store, dead_letters, config, auth, metrics, openapi_json });
 
     routes
         .route_layer(from_fn_with_state(state.clone(), idempotency::layer))

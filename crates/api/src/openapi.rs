@@ -31,6 +31,7 @@ use crate::error::{FieldError, PROBLEM_JSON, Problem};
         (name = "accounts", description = "Where money sits"),
         (name = "transfers", description = "Movements of money, holds, posts and voids"),
         (name = "keys", description = "API keys"),
+        (name = "events", description = "Dead letters of the event consumers"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]

@@ -4,6 +4,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use coffer_events::DeadLetterQueue;
 use coffer_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -16,6 +17,8 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub store: Arc<dyn Store>,
+    /// The consumers' dead letters, on whichever bus runs them.
+    pub dead_letters: Arc<dyn DeadLetterQueue>,
     pub config: ApiConfig,
     pub auth: Authenticator,
     pub metrics: PrometheusHandle,

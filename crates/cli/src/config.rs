@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use coffer_api::ApiConfig;
+use coffer_events::EventsConfig;
 use coffer_store::StoreConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -22,9 +23,23 @@ pub enum LogFormat {
     Text,
 }
 
+/// What a `coffer serve` process does (DESIGN §1); every role unless told otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The HTTP API.
+    Api,
+    /// Publishes the outbox to NATS JetStream (with `nats_url`; the in-process bus needs none).
+    Relay,
+    /// Runs the consumers: the projection and the webhook deliveries.
+    Worker,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The roles this process runs.
+    pub roles: Vec<Role>,
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
     /// Where the embedded store keeps its files.
@@ -32,7 +47,7 @@ pub struct Config {
     /// PostgreSQL connection string (several hosts allowed); when set, the store is PostgreSQL
     /// and `data_dir` is not used.
     pub database_url: Option<String>,
-    /// NATS URL; the JetStream bus is not in this build yet.
+    /// NATS URL; when set, events go through NATS JetStream instead of the in-process bus.
     pub nats_url: Option<String>,
     /// Redis URL; distributed rate limits are not in this build yet.
     pub redis_url: Option<String>,
@@ -45,11 +60,13 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     pub store: StoreConfig,
     pub api: ApiConfig,
+    pub events: EventsConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
+            roles: vec![Role::Api, Role::Relay, Role::Worker],
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./coffer-data"),
             database_url: None,
@@ -61,6 +78,7 @@ impl Default for Config {
             shutdown_timeout_ms: 30_000,
             store: StoreConfig::default(),
             api: ApiConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -68,6 +86,8 @@ impl Default for Config {
 /// Values given on the command line; they win over everything else.
 #[derive(Debug, Default, Serialize)]
 pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<Role>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,6 +97,7 @@ pub struct Overrides {
 /// The top-level keys an environment variable may set. Other `COFFER_*` variables (the test
 /// suite's, say) are not configuration and are left alone rather than refused.
 const ENV_KEYS: &[&str] = &[
+    "roles",
     "listen",
     "data_dir",
     "database_url",
@@ -88,6 +109,7 @@ const ENV_KEYS: &[&str] = &[
     "shutdown_timeout_ms",
     "store",
     "api",
+    "events",
 ];
 
 /// Whether an environment key (lower-cased, prefix stripped) sets `known` or one of its fields.
@@ -119,11 +141,18 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        for (name, value) in [("nats_url", &self.nats_url), ("redis_url", &self.redis_url)] {
-            if value.is_some() {
-                bail!("{name} is set, but this build has no bus or rate-limit backend but the embedded ones");
-            }
+        if self.redis_url.is_some() {
+            bail!("redis_url is set, but this build has no rate-limit backend but the embedded one");
         }
+        if self.roles.is_empty() {
+            bail!("roles must name at least one of api, relay, worker");
+        }
+        if let Some(url) = &self.nats_url
+            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+        {
+            bail!("nats_url must be a nats:// or tls:// URL");
+        }
+        self.events.validate().map_err(anyhow::Error::msg)?;
         if let Some(url) = &self.database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {

@@ -3,8 +3,11 @@
 
 mod bench;
 mod config;
+mod dlq;
+mod events;
 mod keys;
 mod logging;
+mod pipeline;
 mod serve;
 mod store;
 
@@ -34,6 +37,9 @@ enum Command {
         /// Directory of the embedded store (env COFFER_DATA_DIR).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Roles to run, comma-separated (default all: api,relay,worker).
+        #[arg(long, value_delimiter = ',')]
+        roles: Option<Vec<config::Role>>,
     },
     /// Create or upgrade the store's schema, then exit.
     Migrate {
@@ -49,16 +55,27 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Dead letters of the consumers, through a running server's admin endpoints.
+    Dlq(dlq::DlqArgs),
+    /// The outbox and the bus.
+    Events {
+        /// Directory of the embedded store (env COFFER_DATA_DIR).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: events::EventsCommand,
+    },
     /// Load-test a running Coffer over HTTP and report throughput and latency.
     Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let load = |listen, data_dir| Config::load(cli.config.as_deref(), Overrides { listen, data_dir });
+    let load_with = |overrides| Config::load(cli.config.as_deref(), overrides);
+    let load = |listen, data_dir| load_with(Overrides { listen, data_dir, roles: None });
     match cli.command {
-        Command::Serve { listen, data_dir } => {
-            let config = load(listen, data_dir)?;
+        Command::Serve { listen, data_dir, roles } => {
+            let config = load_with(Overrides { listen, data_dir, roles })?;
             logging::init(config.log_format, &config.log_level)?;
             runtime()?.block_on(serve::run(config))
         }
@@ -73,6 +90,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Keys { data_dir, command } => {
             runtime()?.block_on(keys::run(&load(None, data_dir)?, command))
+        }
+        Command::Dlq(args) => runtime()?.block_on(dlq::run(args)),
+        Command::Events { data_dir, command } => {
+            let config = load(None, data_dir)?;
+            logging::init(config.log_format, &config.log_level)?;
+            runtime()?.block_on(events::run(&config, command))
         }
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
     }

@@ -1,5 +1,5 @@
-//! `coffer serve`: open the store, make sure an admin key exists, serve the API until a signal,
-//! then finish what is in flight.
+//! `coffer serve`: open the store, make sure an admin key exists, start the roles asked for (the
+//! API, the relay, the worker), run until a signal, then finish what is in flight.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use anyhow::Context;
 use coffer_store::Store;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = crate::store::open(&config).await?;
@@ -16,11 +16,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // Printed once, on standard output and never in a log line.
         println!("Created the first admin key. Its token, shown only now: {token}");
     }
-    let app = coffer_api::router(store.clone(), config.api.clone(), coffer_api::install_metrics());
+    let pipeline = crate::pipeline::start(&config, store.clone()).await?;
+    info!(roles = ?config.roles, bus = if config.nats_url.is_some() { "jetstream" } else { "in-process" }, "roles started");
+    if config.roles.contains(&Role::Api) {
+        let services = coffer_api::Services { dead_letters: pipeline.dead_letters.clone() };
+        let app = coffer_api::router_with(
+            store.clone(),
+            config.api.clone(),
+            coffer_api::install_metrics(),
+            services,
+        );
+        serve_http(&config, app).await?;
+    } else {
+        shutdown_signal().await;
+        info!("shutting down");
+    }
+    pipeline.shutdown().await;
+    store.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Serves the API until a signal, then lets in-flight requests finish.
+async fn serve_http(config: &Config, app: axum::Router) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    info!(listen = %config.listen, store = %crate::store::describe(&config), "coffer is serving");
+    info!(listen = %config.listen, store = %crate::store::describe(config), "coffer is serving");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -37,8 +59,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(result) => result.context("server task failed")?.context("server failed")?,
         Err(_) => warn!("in-flight requests did not finish in time"),
     }
-    store.shutdown().await;
-    info!("stopped");
     Ok(())
 }
 

@@ -38,6 +38,8 @@ pub struct StreamSettings {
     pub subject_prefix: String,
     /// How long JetStream remembers message ids to drop re-published events.
     pub duplicate_window: Duration,
+    /// Copies of the stream in a cluster: 3 in production (R3), 1 on a single server.
+    pub replicas: usize,
 }
 
 impl Default for StreamSettings {
@@ -46,6 +48,7 @@ impl Default for StreamSettings {
             name: "COFFER_EVENTS".into(),
             subject_prefix: "coffer".into(),
             duplicate_window: Duration::from_secs(120),
+            replicas: 1,
         }
     }
 }
@@ -55,24 +58,27 @@ pub(crate) fn subject(prefix: &str, kind: &str) -> String {
     format!("{prefix}.{}", kind.strip_prefix("coffer.").unwrap_or(kind))
 }
 
+#[derive(Clone)]
 pub struct JetStreamBus {
     context: jetstream::Context,
     prefix: String,
 }
 
 impl JetStreamBus {
-    /// Connects and creates the stream (file storage, the duplicate window) unless it exists.
+    /// Connects, and creates the stream (file storage, the duplicate window, the replicas) or
+    /// brings an existing one to these settings.
     pub async fn connect(url: &str, settings: &StreamSettings) -> Result<Self, BusError> {
         let client = async_nats::connect(url)
             .await
             .map_err(|e| BusError::Unavailable(format!("connect {url}: {e}")))?;
         let context = jetstream::new(client);
         context
-            .get_or_create_stream(stream::Config {
+            .create_or_update_stream(stream::Config {
                 name: settings.name.clone(),
                 subjects: vec![format!("{}.>", settings.subject_prefix)],
                 storage: stream::StorageType::File,
                 duplicate_window: settings.duplicate_window,
+                num_replicas: settings.replicas,
                 ..Default::default()
             })
             .await

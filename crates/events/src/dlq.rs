@@ -142,6 +142,7 @@ impl DeadLetterStream {
                 subjects: vec![format!("{prefix}.>")],
                 storage: stream::StorageType::File,
                 retention: stream::RetentionPolicy::WorkQueue,
+                num_replicas: events.replicas,
                 ..Default::default()
             })
             .await

@@ -4,6 +4,7 @@
 //! embedded mode — with retries, dead letters and replay.
 
 mod bus;
+mod config;
 mod consumer;
 mod dlq;
 mod envelope;
@@ -11,6 +12,7 @@ mod projection;
 mod relay;
 
 pub use bus::{Bus, BusError, JetStreamBus, StreamSettings};
+pub use config::EventsConfig;
 pub use consumer::{
     Consumer, DEAD_LETTERED, Delivery, Handler, HandlerError, JetStreamSource, JetStreamSourceSettings, LAG,
     OutboxSource, REDELIVERIES, RetryPolicy, Source,

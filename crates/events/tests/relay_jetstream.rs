@@ -69,6 +69,7 @@ async fn every_event_reaches_the_stream_once_and_in_order() {
         name: format!("COFFER_TEST_{}", tag.to_uppercase()),
         subject_prefix: format!("coffer_test_{tag}"),
         duplicate_window: Duration::from_secs(120),
+        replicas: 1,
     };
     let Some(bus) = bus(&settings).await else { return };
     let bus = Arc::new(bus);

@@ -3,9 +3,11 @@
 
 mod accounts;
 mod batch;
+mod dead_letters;
 mod keys;
 mod ledgers;
 mod ops;
+mod stats;
 mod transfers;
 
 use axum::extract::MatchedPath;
@@ -30,6 +32,7 @@ use crate::state::AppState;
 pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/ledgers", &["get", "post"]),
     ("/v1/ledgers/{code}", &["get"]),
+    ("/v1/ledgers/{code}/stats", &["get"]),
     ("/v1/accounts", &["get", "post"]),
     ("/v1/accounts/{id}", &["get"]),
     ("/v1/accounts/{id}/transfers", &["get"]),
@@ -40,6 +43,9 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     (BATCH_ROUTE, &["post"]),
     ("/v1/keys", &["get", "post"]),
     ("/v1/keys/{id}", &["delete"]),
+    ("/v1/admin/dead-letters", &["get"]),
+    ("/v1/admin/dead-letters/{id}", &["get", "delete"]),
+    ("/v1/admin/dead-letters/{id}/replay", &["post"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),
@@ -54,6 +60,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(ledgers::create_ledger, ledgers::list_ledgers))
         .routes(routes!(ledgers::get_ledger))
+        .routes(routes!(stats::ledger_stats))
         .routes(routes!(accounts::create_account, accounts::list_accounts))
         .routes(routes!(accounts::get_account))
         .routes(routes!(accounts::account_transfers))
@@ -64,6 +71,9 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(batch::create_batch))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::revoke_key))
+        .routes(routes!(dead_letters::list_dead_letters))
+        .routes(routes!(dead_letters::get_dead_letter, dead_letters::discard_dead_letter))
+        .routes(routes!(dead_letters::replay_dead_letter))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -44,6 +44,13 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, events: &[OutboxEvent]) -> Result<(), HandlerError>;
 }
 
+#[async_trait]
+impl<H: Handler + ?Sized> Handler for std::sync::Arc<H> {
+    async fn handle(&self, events: &[OutboxEvent]) -> Result<(), HandlerError> {
+        (**self).handle(events).await
+    }
+}
+
 /// One event as a source delivered it.
 pub struct Delivery<T> {
     pub event: OutboxEvent,

@@ -1,0 +1,157 @@
+//! The consumers' dead letters (admin): list, show, replay, discard — what `coffer dlq` calls.
+//! They live in the store with the in-process bus and in the dead-letter stream on JetStream;
+//! the [`coffer_events::DeadLetterQueue`] behind `state.dead_letters` hides which.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use coffer_events::DeadLetterEntry;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
+
+use super::json;
+use crate::auth::{AdminScope, Caller};
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery, PathParam};
+use crate::openapi::{LookupProblems, ReadProblems, WriteProblems};
+use crate::state::AppState;
+
+/// A dead letter's id: a UUID (in-process bus) or a stream sequence (JetStream).
+pub struct DeadLetterId(String);
+
+impl PathParam for DeadLetterId {
+    const NAME: &'static str = "id";
+    fn parse(raw: &str) -> Result<Self, &'static str> {
+        let shape =
+            !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        if shape { Ok(Self(raw.to_owned())) } else { Err("must be a dead letter id") }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterQuery {
+    /// Only this consumer's dead letters.
+    pub consumer: Option<String>,
+    /// 1..=1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterView {
+    pub id: String,
+    /// The consumer that gave up on the event.
+    pub consumer: String,
+    /// The handler's last error.
+    pub error: String,
+    /// Attempts made.
+    pub attempts: u32,
+    pub failed_at: coffer_ledger::Timestamp,
+    /// The event as a CloudEvent (its `sequence` is the outbox position); null when the
+    /// message was not an event at all.
+    #[schema(value_type = Option<Object>)]
+    pub event: Option<Box<RawValue>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterList {
+    pub data: Vec<DeadLetterView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn view(entry: DeadLetterEntry) -> DeadLetterView {
+    let event = entry
+        .event
+        .as_ref()
+        .and_then(|e| coffer_events::encode(e).ok())
+        .and_then(|bytes| RawValue::from_string(String::from_utf8(bytes).ok()?).ok());
+    DeadLetterView {
+        id: entry.id,
+        consumer: entry.consumer,
+        error: entry.error,
+        attempts: entry.attempts,
+        failed_at: entry.failed_at,
+        event,
+    }
+}
+
+/// List dead letters, oldest first (admin).
+#[utoipa::path(
+    get, path = "/v1/admin/dead-letters", tag = "events",
+    params(DeadLetterQuery),
+    responses((status = 200, description = "A page of dead letters", body = DeadLetterList), ReadProblems)
+)]
+pub async fn list_dead_letters(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+    ApiQuery(query): ApiQuery<DeadLetterQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_field("limit", "must be between 1 and 1000"));
+    }
+    if let Some(cursor) = &query.cursor {
+        DeadLetterId::parse(cursor).map_err(|m| ApiError::invalid_field("cursor", m))?;
+    }
+    let entries =
+        state.dead_letters.list(query.consumer.as_deref(), query.cursor.as_deref(), limit as usize).await?;
+    let next_cursor =
+        (entries.len() == limit as usize).then(|| entries.last().map(|e| e.id.clone())).flatten();
+    Ok(json(StatusCode::OK, &DeadLetterList { data: entries.into_iter().map(view).collect(), next_cursor }))
+}
+
+/// Get one dead letter with its event (admin).
+#[utoipa::path(
+    get, path = "/v1/admin/dead-letters/{id}", tag = "events",
+    params(("id" = String, Path, description = "The dead letter's id")),
+    responses((status = 200, description = "The dead letter", body = DeadLetterView), LookupProblems)
+)]
+pub async fn get_dead_letter(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+    ApiPath(DeadLetterId(id)): ApiPath<DeadLetterId>,
+) -> Result<Response, ApiError> {
+    let entry =
+        state.dead_letters.show(&id).await?.ok_or_else(|| ApiError::not_found("no such dead letter"))?;
+    Ok(json(StatusCode::OK, &view(entry)))
+}
+
+/// Hand a dead letter back to its consumer, which tries it again from its first attempt (admin).
+#[utoipa::path(
+    post, path = "/v1/admin/dead-letters/{id}/replay", tag = "events",
+    params(("id" = String, Path, description = "The dead letter's id")),
+    responses((status = 202, description = "Handed back; the consumer takes it shortly"), WriteProblems)
+)]
+pub async fn replay_dead_letter(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+    ApiPath(DeadLetterId(id)): ApiPath<DeadLetterId>,
+) -> Result<Response, ApiError> {
+    if !state.dead_letters.replay(&id).await? {
+        return Err(ApiError::not_found("no such dead letter"));
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// Delete a dead letter for good (admin).
+#[utoipa::path(
+    delete, path = "/v1/admin/dead-letters/{id}", tag = "events",
+    params(("id" = String, Path, description = "The dead letter's id")),
+    responses((status = 204, description = "Discarded"), LookupProblems)
+)]
+pub async fn discard_dead_letter(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+    ApiPath(DeadLetterId(id)): ApiPath<DeadLetterId>,
+) -> Result<Response, ApiError> {
+    if !state.dead_letters.discard(&id).await? {
+        return Err(ApiError::not_found("no such dead letter"));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,142 @@
+//! The event pipeline's roles in a `coffer serve` process: the relay (outbox → JetStream) and
+//! the worker (the consumers: the ledger-volumes projection), each on the bus the configuration
+//! picks — JetStream when `nats_url` is set, else the in-process bus that tails the outbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use coffer_events::{
+    Consumer, DeadLetterQueue, DeadLetterStream, EventsConfig, Handler, JetStreamBus, JetStreamSource,
+    JetStreamSourceSettings, LedgerVolumes, OutboxSource, Relay, StoreDeadLetters, VOLUMES_CONSUMER,
+    VOLUMES_EVENT_TYPE,
+};
+use coffer_ledger::Timestamp;
+use coffer_store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Role};
+
+/// The relay's name: its position and its lease in the store.
+pub const RELAY_NAME: &str = "jetstream";
+
+/// The running background roles.
+pub struct Pipeline {
+    /// Where the API finds the dead letters.
+    pub dead_letters: Arc<dyn DeadLetterQueue>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What each consumer is: its durable name, the event types it reads, and its handler.
+fn consumers(store: &Arc<dyn Store>) -> Vec<(&'static str, Vec<String>, Arc<dyn Handler>)> {
+    vec![(VOLUMES_CONSUMER, vec![VOLUMES_EVENT_TYPE.to_owned()], Arc::new(LedgerVolumes::new(store.clone())))]
+}
+
+pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Pipeline> {
+    let (stop, stopped) = watch::channel(false);
+    let events = &config.events;
+    let mut tasks = Vec::new();
+    let dead_letters: Arc<dyn DeadLetterQueue> = match &config.nats_url {
+        None => {
+            if config.roles.contains(&Role::Worker) {
+                for (name, types, handler) in consumers(&store) {
+                    let source =
+                        OutboxSource::open(store.clone(), name, types, events.poll_interval()).await?;
+                    let consumer = Consumer::new(name, source, handler, events.retry_policy());
+                    tasks.push(tokio::spawn(consumer.run(stopped.clone())));
+                }
+                tasks.push(tokio::spawn(prune(
+                    store.clone(),
+                    events.clone(),
+                    in_process_readers(),
+                    stopped.clone(),
+                )));
+            }
+            Arc::new(StoreDeadLetters(store.clone()))
+        }
+        Some(url) => {
+            let settings = events.stream_settings();
+            let bus = JetStreamBus::connect(url, &settings)
+                .await
+                .context("cannot reach NATS JetStream (nats_url)")?;
+            if config.roles.contains(&Role::Relay) {
+                let relay = Relay::new(store.clone(), Arc::new(bus.clone()), RELAY_NAME)
+                    .with_lease(Duration::from_millis(events.relay_lease_ms));
+                tasks.push(tokio::spawn(relay.run(events.poll_interval(), stopped.clone())));
+                tasks.push(tokio::spawn(prune(
+                    store.clone(),
+                    events.clone(),
+                    vec![RELAY_NAME.into()],
+                    stopped.clone(),
+                )));
+            }
+            if config.roles.contains(&Role::Worker) {
+                for (name, types, handler) in consumers(&store) {
+                    let source_settings = JetStreamSourceSettings {
+                        consumer: name.to_owned(),
+                        types,
+                        ack_wait: Duration::from_millis(events.ack_wait_ms),
+                        max_ack_pending: events.max_ack_pending,
+                    };
+                    let source = JetStreamSource::open(bus.context(), &settings, source_settings).await?;
+                    let consumer = Consumer::new(name, source, handler, events.retry_policy());
+                    tasks.push(tokio::spawn(consumer.run(stopped.clone())));
+                }
+            }
+            Arc::new(DeadLetterStream::open(bus.context(), &settings).await?)
+        }
+    };
+    Ok(Pipeline { dead_letters, stop, tasks })
+}
+
+/// The positions the in-process bus's readers keep: the outbox is pruned below the lowest.
+fn in_process_readers() -> Vec<String> {
+    vec![format!("consumer.{VOLUMES_CONSUMER}")]
+}
+
+/// Deletes outbox rows every reader has passed once they are older than the retention window.
+async fn prune(
+    store: Arc<dyn Store>,
+    events: EventsConfig,
+    readers: Vec<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    const EVERY: Duration = Duration::from_secs(60);
+    let retention_micros =
+        i64::try_from(events.outbox_retention_hours.saturating_mul(3_600_000_000)).unwrap_or(i64::MAX);
+    while !*stop.borrow() {
+        let mut lowest = i64::MAX;
+        for reader in &readers {
+            match store.position(reader).await {
+                Ok(position) => lowest = lowest.min(position),
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox retention: could not read a position");
+                    lowest = 0;
+                }
+            }
+        }
+        let older_than = Timestamp::now().as_micros().saturating_sub(retention_micros);
+        match store.prune_outbox(lowest, older_than).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "outbox retention: deleted relayed rows past the window"),
+            Err(e) => tracing::warn!(error = %e, "outbox retention: prune failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+impl Pipeline {
+    /// Stops the roles and waits for them: a relay gives its lease up, consumers finish the
+    /// batch in hand.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
