@@ -23,6 +23,8 @@ pub struct ApiConfig {
     /// How long a verified API key is trusted before the store is asked again. Revocation through
     /// this process's own `DELETE /v1/keys/{id}` takes effect at once regardless.
     pub key_cache_ttl_ms: u64,
+    /// Event streams (`GET /v1/events/stream`) open at once in this process; more are a 503.
+    pub max_event_streams: usize,
 }
 
 impl Default for ApiConfig {
@@ -34,6 +36,7 @@ impl Default for ApiConfig {
             batch_body_limit_bytes: 8 * 1024 * 1024,
             request_timeout_ms: 30_000,
             key_cache_ttl_ms: 1_000,
+            max_event_streams: 256,
         }
     }
 }
@@ -54,6 +57,8 @@ impl ApiConfig {
             "body_limit_bytes must be at least 1"
         } else if self.batch_body_limit_bytes < self.body_limit_bytes {
             "batch_body_limit_bytes must be at least body_limit_bytes"
+        } else if self.max_event_streams == 0 {
+            "max_event_streams must be at least 1"
         } else if self.request_timeout_ms == 0 {
             "request_timeout_ms must be at least 1"
         } else {

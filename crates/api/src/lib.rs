@@ -82,7 +82,8 @@ pub fn router_with(
     let auth = Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits);
     let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
     let Services { dead_letters } = services;
-    let state = AppState::new(Shared { store, dead_letters, config, auth, metrics, openapi_json });
+    let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));
+    let state = AppState::new(Shared { store, dead_letters, config, auth, metrics, streams, openapi_json });
 
     routes
         .route_layer(from_fn_with_state(state.clone(), idempotency::layer))

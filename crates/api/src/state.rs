@@ -22,6 +22,8 @@ pub struct Shared {
     pub config: ApiConfig,
     pub auth: Authenticator,
     pub metrics: PrometheusHandle,
+    /// One permit per open event stream: their number is bounded.
+    pub streams: Arc<tokio::sync::Semaphore>,
     /// `/openapi.json`, serialized once at start.
     pub openapi_json: Bytes,
 }

@@ -134,6 +134,10 @@ pub trait Store: Coordination + Projections + DeadLetters + Webhooks + Send + Sy
     /// skips an event.
     async fn events_after(&self, position: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
 
+    /// The position of the newest event in the outbox (0 when it is empty): where a reader
+    /// that wants only new events starts.
+    async fn last_event_position(&self) -> StoreResult<i64>;
+
     /// Answers Ok when the database can be reached (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
     /// Stops taking submissions, finishes the batches in flight, and stops background tasks.

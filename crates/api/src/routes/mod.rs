@@ -8,6 +8,7 @@ mod keys;
 mod ledgers;
 mod ops;
 mod stats;
+mod stream;
 mod transfers;
 
 use axum::extract::MatchedPath;
@@ -43,6 +44,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     (BATCH_ROUTE, &["post"]),
     ("/v1/keys", &["get", "post"]),
     ("/v1/keys/{id}", &["delete"]),
+    ("/v1/events/stream", &["get"]),
     ("/v1/admin/dead-letters", &["get"]),
     ("/v1/admin/dead-letters/{id}", &["get", "delete"]),
     ("/v1/admin/dead-letters/{id}/replay", &["post"]),
@@ -71,6 +73,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(batch::create_batch))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::revoke_key))
+        .routes(routes!(stream::event_stream))
         .routes(routes!(dead_letters::list_dead_letters))
         .routes(routes!(dead_letters::get_dead_letter, dead_letters::discard_dead_letter))
         .routes(routes!(dead_letters::replay_dead_letter))

@@ -261,6 +261,13 @@ impl Store for PgStore {
         read::events_after(&self.client().await?, position, limit).await
     }
 
+    async fn last_event_position(&self) -> StoreResult<i64> {
+        let client = self.client().await?;
+        let row =
+            client.query_one("SELECT coalesce(max(position), 0) FROM outbox", &[]).await.map_err(pg_error)?;
+        Ok(row.get(0))
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         if !self.sequencer.is_open() {
             return Err(StoreError::Unavailable("the store's writer is stopped".into()));

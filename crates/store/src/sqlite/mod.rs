@@ -233,6 +233,12 @@ impl Store for SqliteStore {
         self.reads.run(move |c| read::events_after(c, position, limit)).await
     }
 
+    async fn last_event_position(&self) -> StoreResult<i64> {
+        self.reads
+            .run(|c| c.query_row("SELECT coalesce(max(seq), 0) FROM outbox", [], |row| row.get(0)))
+            .await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         if !self.sequencer.is_open() {
             return Err(StoreError::Unavailable("the store's writer is stopped".into()));
