@@ -12,11 +12,11 @@ use super::pg_error;
 use crate::columns::flags;
 use crate::{StoreError, StoreResult};
 
-fn damaged(column: &str, why: impl std::fmt::Display) -> StoreError {
+pub(super) fn damaged(column: &str, why: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("a stored row is damaged: column {column}: {why}"))
 }
 
-fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, column: usize) -> StoreResult<T> {
+pub(super) fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, column: usize) -> StoreResult<T> {
     row.try_get(column).map_err(pg_error)
 }
 

@@ -115,6 +115,83 @@ CREATE TABLE relay_positions (
     position BIGINT NOT NULL
 );
 "#,
+    r#"
+-- The event pipeline's state.
+
+-- Which relay is the active one. `token` only grows: every take-over (another holder, or a
+-- lease taken again after it expired) adds one, so a position saved with an older token is
+-- refused. A released lease keeps its row (holder NULL) so the next token is still larger.
+CREATE TABLE leases (
+    name       TEXT   PRIMARY KEY,
+    holder     TEXT,
+    token      BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+
+-- The events each at-least-once consumer has applied, written with their effect.
+CREATE TABLE processed_events (
+    consumer TEXT NOT NULL,
+    event_id UUID NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+);
+
+-- Posted transfers per ledger, day (since 1970-01-01 UTC) and code. A volume is a sum of u64
+-- amounts, so it may outgrow BIGINT: NUMERIC holds any u128.
+CREATE TABLE ledger_volumes (
+    ledger TEXT          NOT NULL,
+    day    INTEGER       NOT NULL,
+    code   INTEGER       NOT NULL,
+    count  BIGINT        NOT NULL,
+    volume NUMERIC(39,0) NOT NULL,
+    PRIMARY KEY (ledger, day, code)
+);
+
+-- Events the in-process bus gave up on, one per consumer and event.
+CREATE TABLE dead_letters (
+    id               UUID    PRIMARY KEY,
+    consumer         TEXT    NOT NULL,
+    position         BIGINT  NOT NULL,
+    event_id         UUID    NOT NULL,
+    source           TEXT    NOT NULL,
+    type             TEXT    NOT NULL,
+    subject          UUID    NOT NULL,
+    time             BIGINT  NOT NULL,
+    data             TEXT    NOT NULL,
+    error            TEXT    NOT NULL,
+    attempts         BIGINT  NOT NULL,
+    failed_at        BIGINT  NOT NULL,
+    replay_requested BOOLEAN NOT NULL,
+    UNIQUE (consumer, event_id)
+);
+CREATE INDEX dead_letters_to_replay ON dead_letters (consumer, id) WHERE replay_requested;
+
+CREATE TABLE webhooks (
+    id          UUID   PRIMARY KEY,
+    url         TEXT   NOT NULL,
+    event_types TEXT[] NOT NULL CHECK (cardinality(event_types) > 0),
+    secret      TEXT   NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+
+CREATE TABLE webhook_deliveries (
+    id               UUID    PRIMARY KEY,
+    webhook_id       UUID    NOT NULL REFERENCES webhooks ON DELETE CASCADE,
+    event_id         UUID    NOT NULL,
+    event_type       TEXT    NOT NULL,
+    payload          TEXT    NOT NULL,
+    status           TEXT    NOT NULL CHECK (status IN ('pending', 'succeeded', 'dead')),
+    attempts         BIGINT  NOT NULL,
+    next_attempt_at  BIGINT,
+    last_status_code INTEGER,
+    last_error       TEXT,
+    created_at       BIGINT  NOT NULL,
+    updated_at       BIGINT  NOT NULL,
+    UNIQUE (webhook_id, event_id)
+);
+-- What the dispatchers claim from: only pending rows, oldest due first.
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at, id) WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries (webhook_id, id);
+"#,
 ];
 
 /// The schema version this binary writes.
