@@ -6,7 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use coffer_events::{Consumer, LedgerVolumes, OutboxSource, RetryPolicy, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE};
+use coffer_events::{
+    Consumer, LedgerVolumes, OutboxSource, RetryPolicy, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE,
+};
 use coffer_ledger::Timestamp;
 use coffer_store::{DeadLetter, OutboxEvent};
 use common::*;
@@ -113,7 +115,10 @@ async fn the_stream_resumes_after_a_disconnect_without_a_gap_or_a_duplicate() {
     for event in &got {
         assert_eq!(event.event, "coffer.transfer.created");
         assert_eq!(event.data["type"], "coffer.transfer.created");
-        assert_eq!(event.id.parse::<i64>().unwrap(), event.data["sequence"].as_str().unwrap().parse::<i64>().unwrap());
+        assert_eq!(
+            event.id.parse::<i64>().unwrap(),
+            event.data["sequence"].as_str().unwrap().parse::<i64>().unwrap()
+        );
     }
     let positions: Vec<i64> = got.iter().map(|e| e.id.parse().unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "ids grow: {positions:?}");
@@ -154,7 +159,12 @@ async fn projection_consumer(app: &App) {
     .await
     .unwrap();
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let consumer = Consumer::new(VOLUMES_CONSUMER, source, LedgerVolumes::new(app.store.clone()), RetryPolicy::default());
+    let consumer = Consumer::new(
+        VOLUMES_CONSUMER,
+        source,
+        LedgerVolumes::new(app.store.clone()),
+        RetryPolicy::default(),
+    );
     tokio::spawn(async move {
         let _stop = _stop;
         consumer.run(stopped).await
@@ -170,7 +180,7 @@ async fn stats_count_posted_volume_per_day_and_code() {
     transfer(&app, &a, &b, 250, 1).await;
     transfer(&app, &a, &b, 7, 2).await;
     // A hold counts when posted (by the amount posted), never when held or voided.
-    let hold = |amount| json!({"debit_account_id": a, "credit_account_id": b, "amount": amount, "ledger": "USD", "code": 3, "pending": {"timeout_seconds": 60}});
+    let hold = |amount| json!({"debit_account_id": a, "credit_account_id": b, "amount": amount, "ledger": "USD", "code": 3, "pending": true, "timeout_seconds": 60});
     let posted = app.post("/v1/transfers", hold(40)).await.body["id"].as_str().unwrap().to_owned();
     let voided = app.post("/v1/transfers", hold(99)).await.body["id"].as_str().unwrap().to_owned();
     assert_eq!(app.post(&format!("/v1/transfers/{posted}/post"), json!({"amount": 30})).await.status, 201);
@@ -208,7 +218,13 @@ fn time_today() -> String {
 async fn bad_stats_requests_are_refused() {
     let Some(app) = spawn().await else { return };
     app.ledger("USD").await;
-    for query in ["?from=2026-13-01", "?from=yesterday", "?from=2026-11-30&to=2026-11-01", "?from=2020-01-01&to=2026-01-01", "?day=1"] {
+    for query in [
+        "?from=2026-13-01",
+        "?from=yesterday",
+        "?from=2026-11-30&to=2026-11-01",
+        "?from=2020-01-01&to=2026-01-01",
+        "?day=1",
+    ] {
         app.get(&format!("/v1/ledgers/USD/stats{query}")).await.assert_problem(400, "invalid_request");
     }
     app.get("/v1/ledgers/usd/stats").await.assert_problem(400, "invalid_request");
@@ -259,7 +275,8 @@ async fn dead_letters_are_listed_shown_replayed_and_discarded_by_admins() {
 
     let r = app.get(&format!("/v1/admin/dead-letters/{}", two.id)).await;
     assert_eq!(r.body["consumer"], "ledger-volumes");
-    let r = app.send("POST", &format!("/v1/admin/dead-letters/{}/replay", one.id), Some(ADMIN), None, &[]).await;
+    let r =
+        app.send("POST", &format!("/v1/admin/dead-letters/{}/replay", one.id), Some(ADMIN), None, &[]).await;
     assert_eq!(r.status, 202, "{}", r.text);
     assert!(app.store.dead_letter(one.id).await.unwrap().unwrap().replay_requested);
     let r = app.send("DELETE", &format!("/v1/admin/dead-letters/{}", two.id), Some(ADMIN), None, &[]).await;
@@ -274,7 +291,8 @@ async fn bad_dead_letter_requests_are_refused() {
     let Some(app) = spawn().await else { return };
     let missing = uuid::Uuid::now_v7();
     app.get(&format!("/v1/admin/dead-letters/{missing}")).await.assert_problem(404, "not_found");
-    let r = app.send("POST", &format!("/v1/admin/dead-letters/{missing}/replay"), Some(ADMIN), None, &[]).await;
+    let r =
+        app.send("POST", &format!("/v1/admin/dead-letters/{missing}/replay"), Some(ADMIN), None, &[]).await;
     r.assert_problem(404, "not_found");
     app.get("/v1/admin/dead-letters/not%20an%20id").await.assert_problem(400, "invalid_request");
     for query in ["?limit=0", "?limit=1001", "?limit=x", "?cursor=zz", "?colour=red"] {
