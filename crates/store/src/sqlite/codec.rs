@@ -16,11 +16,11 @@ pub(crate) use crate::columns::{
     ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS, flags, flags_bits, int, metadata_json,
 };
 
-fn invalid(column: usize, why: InvalidValue) -> rusqlite::Error {
+pub(super) fn invalid(column: usize, why: InvalidValue) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(column, Type::Integer, Box::new(why))
 }
 
-fn uuid(row: &Row<'_>, column: usize) -> rusqlite::Result<Uuid> {
+pub(super) fn uuid(row: &Row<'_>, column: usize) -> rusqlite::Result<Uuid> {
     let bytes: [u8; 16] = row.get(column)?;
     Ok(Uuid::from_bytes(bytes))
 }
@@ -38,11 +38,11 @@ fn unsigned(row: &Row<'_>, column: usize) -> rusqlite::Result<u64> {
     u64::try_from(row.get::<_, i64>(column)?).map_err(|_| invalid(column, InvalidValue("negative amount")))
 }
 
-fn small(row: &Row<'_>, column: usize) -> rusqlite::Result<u16> {
+pub(super) fn small(row: &Row<'_>, column: usize) -> rusqlite::Result<u16> {
     u16::try_from(row.get::<_, i64>(column)?).map_err(|_| invalid(column, InvalidValue("code out of range")))
 }
 
-fn timestamp(row: &Row<'_>, column: usize) -> rusqlite::Result<Timestamp> {
+pub(super) fn timestamp(row: &Row<'_>, column: usize) -> rusqlite::Result<Timestamp> {
     Ok(Timestamp::from_micros(row.get(column)?))
 }
 

@@ -241,11 +241,6 @@ pub(crate) fn events_after(
     rows.collect()
 }
 
-pub(crate) fn relay_position(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
-    let mut stmt = conn.prepare_cached("SELECT position FROM relay_positions WHERE name = ?1")?;
-    Ok(stmt.query_row([name], |row| row.get(0)).optional()?.unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -167,6 +167,80 @@ CREATE TABLE relay_positions (
     position INTEGER NOT NULL
 );
 "#,
+    r#"
+-- The event pipeline's state (see pipeline/). Times are INTEGER microseconds, ids 16-byte BLOBs.
+
+-- One row per lease name, kept after a release so the next token is still larger than all before.
+CREATE TABLE leases (
+    name       TEXT    PRIMARY KEY,
+    holder     TEXT    NOT NULL,
+    token      INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+
+-- The events each at-least-once consumer has applied, written with their effect.
+CREATE TABLE processed_events (
+    consumer TEXT NOT NULL,
+    event_id BLOB NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+) WITHOUT ROWID;
+
+-- The volume projection. `volume` is the exact u128 sum as decimal TEXT: it outgrows INTEGER.
+CREATE TABLE ledger_volumes (
+    ledger TEXT    NOT NULL,
+    day    INTEGER NOT NULL,
+    code   INTEGER NOT NULL,
+    count  INTEGER NOT NULL,
+    volume TEXT    NOT NULL,
+    PRIMARY KEY (ledger, day, code)
+) WITHOUT ROWID;
+
+CREATE TABLE dead_letters (
+    id               BLOB    PRIMARY KEY,
+    consumer         TEXT    NOT NULL,
+    position         INTEGER NOT NULL,
+    event_id         BLOB    NOT NULL,
+    source           TEXT    NOT NULL,
+    type             TEXT    NOT NULL,
+    subject          BLOB    NOT NULL,
+    time             INTEGER NOT NULL,
+    data             TEXT    NOT NULL,
+    error            TEXT    NOT NULL,
+    attempts         INTEGER NOT NULL,
+    failed_at        INTEGER NOT NULL,
+    replay_requested INTEGER NOT NULL,
+    UNIQUE (consumer, event_id)
+);
+CREATE INDEX dead_letters_by_consumer ON dead_letters (consumer, id);
+
+CREATE TABLE webhooks (
+    id          BLOB    PRIMARY KEY,
+    url         TEXT    NOT NULL,
+    event_types TEXT    NOT NULL,
+    secret      TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+
+CREATE TABLE webhook_deliveries (
+    id               BLOB    PRIMARY KEY,
+    webhook_id       BLOB    NOT NULL,
+    event_id         BLOB    NOT NULL,
+    event_type       TEXT    NOT NULL,
+    payload          TEXT    NOT NULL,
+    status           TEXT    NOT NULL,
+    attempts         INTEGER NOT NULL,
+    next_attempt_at  INTEGER,
+    last_status_code INTEGER,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    UNIQUE (webhook_id, event_id)
+);
+-- What the dispatcher claims: pending ones by due time (id breaks ties without a sort).
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at, id);
+-- An endpoint's deliveries, newest first.
+CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries (webhook_id, id);
+"#,
 ];
 
 /// The schema version this binary writes.
