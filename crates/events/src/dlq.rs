@@ -241,10 +241,10 @@ impl DeadLetterQueue for DeadLetterStream {
             if letters.len() >= limit {
                 break;
             }
-            if let Some((entry, _)) = self.get(sequence).await? {
-                if consumer.is_none_or(|c| c == entry.consumer) {
-                    letters.push(entry);
-                }
+            if let Some((entry, _)) = self.get(sequence).await?
+                && consumer.is_none_or(|c| c == entry.consumer)
+            {
+                letters.push(entry);
             }
         }
         Ok(letters)

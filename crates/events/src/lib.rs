@@ -1,7 +1,8 @@
 //! Coffer's events (DESIGN.md §1 and §3): every change the store commits is an outbox row; this
 //! crate turns those rows into CloudEvents, relays them in commit order and at least once to the
 //! bus (NATS JetStream), and runs consumers — over JetStream, or straight off the outbox in the
-//! embedded mode — with retries, dead letters and replay.
+//! embedded mode — with retries, dead letters and replay; and the webhook engine, which posts
+//! events to the endpoints subscribed to them.
 
 mod bus;
 mod config;
@@ -10,6 +11,7 @@ mod dlq;
 mod envelope;
 mod projection;
 mod relay;
+mod webhooks;
 
 pub use bus::{Bus, BusError, JetStreamBus, StreamSettings};
 pub use config::EventsConfig;
@@ -21,3 +23,8 @@ pub use dlq::{DeadLetterEntry, DeadLetterQueue, DeadLetterStream, StoreDeadLette
 pub use envelope::{EVENT_TYPES, decode, encode, sequence};
 pub use projection::{LedgerVolumes, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, day_of};
 pub use relay::{Relay, RelayError};
+pub use webhooks::{
+    AddressKind, Dispatcher, DispatcherError, SecretError, SettingsError, SignatureHeaders, SigningSecret,
+    UrlError, VerifyError, WEBHOOK_DELIVERIES, WEBHOOKS_CONSUMER, WebhookFanout, WebhookSettings, new_secret,
+    sign, validate_url, verify,
+};

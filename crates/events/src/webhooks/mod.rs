@@ -1,0 +1,22 @@
+//! The webhook engine (the notification service): every event, posted to each endpoint
+//! subscribed to its type, signed, at least once, retried for about a day.
+//!
+//! Two halves meet in the store's delivery table (`coffer_store::Webhooks`):
+//! - [`WebhookFanout`] is a consumer [`Handler`](crate::Handler): events in, one pending
+//!   delivery per subscribed endpoint out, in the store's transaction;
+//! - [`Dispatcher`] claims the due deliveries and posts them ([`transport`]), with the
+//!   Standard Webhooks signature ([`signature`]), to addresses checked against SSRF
+//!   ([`target`]), and records each attempt, retrying on the [`WebhookSettings`] schedule.
+
+mod dispatcher;
+mod fanout;
+mod settings;
+mod signature;
+mod target;
+mod transport;
+
+pub use dispatcher::{Dispatcher, DispatcherError, WEBHOOK_DELIVERIES};
+pub use fanout::{WEBHOOKS_CONSUMER, WebhookFanout};
+pub use settings::{SettingsError, WebhookSettings};
+pub use signature::{SecretError, SignatureHeaders, SigningSecret, VerifyError, new_secret, sign, verify};
+pub use target::{AddressKind, UrlError, validate_url};
