@@ -209,6 +209,22 @@ impl<T: PathParam, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
     }
 }
 
+/// Two path parameters (`/{id}/…/{other}`), each parsed into its domain type.
+pub struct ApiPath2<A, B>(pub A, pub B);
+
+impl<A: PathParam, B: PathParam, S: Send + Sync> FromRequestParts<S> for ApiPath2<A, B> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((a, b)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::invalid_field(A::NAME, "is not a valid path segment"))?;
+        let a = A::parse(&a).map_err(|message| ApiError::invalid_field(A::NAME, message))?;
+        let b = B::parse(&b).map_err(|message| ApiError::invalid_field(B::NAME, message))?;
+        Ok(ApiPath2(a, b))
+    }
+}
+
 /// Query parameters deserialized strictly into `T` (unknown or repeated parameters are a 400).
 pub struct ApiQuery<T>(pub T);
 

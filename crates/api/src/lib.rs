@@ -60,12 +60,16 @@ use state::{AppState, Shared};
 pub struct Services {
     /// The consumers' dead letters: in the store with the in-process bus, or JetStream's.
     pub dead_letters: Arc<dyn DeadLetterQueue>,
+    /// Whether webhook URLs may point at loopback and private addresses (tests, private
+    /// deployments); refused by default against server-side request forgery.
+    pub webhook_allow_private_networks: bool,
 }
 
 /// The whole API over `store` with the in-process bus's services. `metrics` renders
 /// `/metrics`; get it from [`install_metrics`].
 pub fn router(store: Arc<dyn Store>, config: ApiConfig, metrics: PrometheusHandle) -> Router {
-    let services = Services { dead_letters: Arc::new(StoreDeadLetters(store.clone())) };
+    let dead_letters = Arc::new(StoreDeadLetters(store.clone()));
+    let services = Services { dead_letters, webhook_allow_private_networks: false };
     router_with(store, config, metrics, services)
 }
 
@@ -81,9 +85,18 @@ pub fn router_with(
     let limits = RateLimits::new(config.rate_limit_per_second, config.rate_limit_burst);
     let auth = Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits);
     let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
-    let Services { dead_letters } = services;
+    let Services { dead_letters, webhook_allow_private_networks } = services;
     let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));
-    let state = AppState::new(Shared { store, dead_letters, config, auth, metrics, streams, openapi_json });
+    let state = AppState::new(Shared {
+        store,
+        dead_letters,
+        webhook_allow_private_networks,
+        config,
+        auth,
+        metrics,
+        streams,
+        openapi_json,
+    });
 
     routes
         .route_layer(from_fn_with_state(state.clone(), idempotency::layer))

@@ -31,7 +31,8 @@ use crate::error::{FieldError, PROBLEM_JSON, Problem};
         (name = "accounts", description = "Where money sits"),
         (name = "transfers", description = "Movements of money, holds, posts and voids"),
         (name = "keys", description = "API keys"),
-        (name = "events", description = "Dead letters of the event consumers"),
+        (name = "events", description = "The live event stream and the consumers' dead letters"),
+        (name = "webhooks", description = "Endpoints the events are posted to, signed (Standard Webhooks)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]

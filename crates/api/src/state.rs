@@ -22,6 +22,8 @@ pub struct Shared {
     pub config: ApiConfig,
     pub auth: Authenticator,
     pub metrics: PrometheusHandle,
+    /// Whether webhook URLs may point at loopback and private addresses.
+    pub webhook_allow_private_networks: bool,
     /// One permit per open event stream: their number is bounded.
     pub streams: Arc<tokio::sync::Semaphore>,
     /// `/openapi.json`, serialized once at start.

@@ -51,6 +51,9 @@ pub struct Config {
     pub nats_url: Option<String>,
     /// Redis URL; distributed rate limits are not in this build yet.
     pub redis_url: Option<String>,
+    /// Lets webhook URLs point at loopback and private addresses (refused by default against
+    /// server-side request forgery): for tests and closed networks.
+    pub webhook_allow_private_networks: bool,
     /// Becomes an admin key when the store has none.
     pub bootstrap_token: Option<String>,
     pub log_format: LogFormat,
@@ -72,6 +75,7 @@ impl Default for Config {
             database_url: None,
             nats_url: None,
             redis_url: None,
+            webhook_allow_private_networks: false,
             bootstrap_token: None,
             log_format: LogFormat::Auto,
             log_level: "info".to_owned(),
@@ -104,6 +108,7 @@ const ENV_KEYS: &[&str] = &[
     "nats_url",
     "redis_url",
     "bootstrap_token",
+    "webhook_allow_private_networks",
     "log_format",
     "log_level",
     "shutdown_timeout_ms",

@@ -1,15 +1,16 @@
 //! The event pipeline's roles in a `coffer serve` process: the relay (outbox → JetStream) and
-//! the worker (the consumers: the ledger-volumes projection), each on the bus the configuration
-//! picks — JetStream when `nats_url` is set, else the in-process bus that tails the outbox.
+//! the worker (the consumers — the ledger-volumes projection and the webhook fan-out — and the
+//! webhook dispatcher), each on the bus the configuration picks: JetStream when `nats_url` is
+//! set, else the in-process bus that tails the outbox.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use coffer_events::{
-    Consumer, DeadLetterQueue, DeadLetterStream, EventsConfig, Handler, JetStreamBus, JetStreamSource,
-    JetStreamSourceSettings, LedgerVolumes, OutboxSource, Relay, StoreDeadLetters, VOLUMES_CONSUMER,
-    VOLUMES_EVENT_TYPE,
+    Consumer, DeadLetterQueue, DeadLetterStream, Dispatcher, EventsConfig, Handler, JetStreamBus,
+    JetStreamSource, JetStreamSourceSettings, LedgerVolumes, OutboxSource, Relay, StoreDeadLetters,
+    VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, WEBHOOKS_CONSUMER, WebhookFanout, WebhookSettings,
 };
 use coffer_ledger::Timestamp;
 use coffer_store::Store;
@@ -31,13 +32,25 @@ pub struct Pipeline {
 
 /// What each consumer is: its durable name, the event types it reads, and its handler.
 fn consumers(store: &Arc<dyn Store>) -> Vec<(&'static str, Vec<String>, Arc<dyn Handler>)> {
-    vec![(VOLUMES_CONSUMER, vec![VOLUMES_EVENT_TYPE.to_owned()], Arc::new(LedgerVolumes::new(store.clone())))]
+    vec![
+        (VOLUMES_CONSUMER, vec![VOLUMES_EVENT_TYPE.to_owned()], Arc::new(LedgerVolumes::new(store.clone()))),
+        (WEBHOOKS_CONSUMER, Vec::new(), Arc::new(WebhookFanout::new(store.clone()))),
+    ]
 }
 
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Pipeline> {
     let (stop, stopped) = watch::channel(false);
     let events = &config.events;
     let mut tasks = Vec::new();
+    if config.roles.contains(&Role::Worker) {
+        let settings = WebhookSettings {
+            allow_private_networks: config.webhook_allow_private_networks,
+            ..Default::default()
+        };
+        let dispatcher =
+            Dispatcher::new(store.clone(), settings).context("cannot start the webhook dispatcher")?;
+        tasks.push(tokio::spawn(dispatcher.run(stopped.clone())));
+    }
     let dead_letters: Arc<dyn DeadLetterQueue> = match &config.nats_url {
         None => {
             if config.roles.contains(&Role::Worker) {
@@ -93,7 +106,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Pip
 
 /// The positions the in-process bus's readers keep: the outbox is pruned below the lowest.
 fn in_process_readers() -> Vec<String> {
-    vec![format!("consumer.{VOLUMES_CONSUMER}")]
+    [VOLUMES_CONSUMER, WEBHOOKS_CONSUMER].iter().map(|name| format!("consumer.{name}")).collect()
 }
 
 /// Deletes outbox rows every reader has passed once they are older than the retention window.

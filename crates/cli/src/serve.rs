@@ -19,7 +19,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let pipeline = crate::pipeline::start(&config, store.clone()).await?;
     info!(roles = ?config.roles, bus = if config.nats_url.is_some() { "jetstream" } else { "in-process" }, "roles started");
     if config.roles.contains(&Role::Api) {
-        let services = coffer_api::Services { dead_letters: pipeline.dead_letters.clone() };
+        let services = coffer_api::Services {
+            dead_letters: pipeline.dead_letters.clone(),
+            webhook_allow_private_networks: config.webhook_allow_private_networks,
+        };
         let app = coffer_api::router_with(
             store.clone(),
             config.api.clone(),

@@ -10,6 +10,7 @@ mod ops;
 mod stats;
 mod stream;
 mod transfers;
+mod webhooks;
 
 use axum::extract::MatchedPath;
 use axum::response::{IntoResponse, Response};
@@ -44,6 +45,10 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     (BATCH_ROUTE, &["post"]),
     ("/v1/keys", &["get", "post"]),
     ("/v1/keys/{id}", &["delete"]),
+    ("/v1/webhooks", &["get", "post"]),
+    ("/v1/webhooks/{id}", &["get", "delete"]),
+    ("/v1/webhooks/{id}/deliveries", &["get"]),
+    ("/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", &["post"]),
     ("/v1/events/stream", &["get"]),
     ("/v1/admin/dead-letters", &["get"]),
     ("/v1/admin/dead-letters/{id}", &["get", "delete"]),
@@ -73,6 +78,10 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(batch::create_batch))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::revoke_key))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(webhooks::get_webhook, webhooks::delete_webhook))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::redeliver))
         .routes(routes!(stream::event_stream))
         .routes(routes!(dead_letters::list_dead_letters))
         .routes(routes!(dead_letters::get_dead_letter, dead_letters::discard_dead_letter))

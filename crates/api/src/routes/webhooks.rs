@@ -1,0 +1,275 @@
+//! Webhook endpoints (admin): where the notification service posts events, signed per the
+//! Standard Webhooks spec. The signing secret is shown once, in the answer to the create.
+//!
+//! URLs are checked when registered — http(s), no credentials, and no loopback or private
+//! address unless the deployment allows private networks — and again at every delivery, since a
+//! name may resolve elsewhere later.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use coffer_events::{EVENT_TYPES, new_secret, validate_url};
+use coffer_ledger::Timestamp;
+use coffer_store::{Delivery, Webhook};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::json;
+use crate::auth::{AdminScope, Caller};
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiPath2, ApiQuery, JsonBody, PathParam};
+use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
+use crate::state::AppState;
+
+/// The longest URL an endpoint may have.
+const MAX_URL_BYTES: usize = 2048;
+
+/// A webhook endpoint's or a delivery's id.
+pub struct WebhookId(Uuid);
+
+impl PathParam for WebhookId {
+    const NAME: &'static str = "id";
+    fn parse(raw: &str) -> Result<Self, &'static str> {
+        Uuid::try_parse(raw).map(WebhookId).map_err(|_| "must be a UUID")
+    }
+}
+
+/// A delivery's id.
+pub struct DeliveryId(Uuid);
+
+impl PathParam for DeliveryId {
+    const NAME: &'static str = "delivery_id";
+    fn parse(raw: &str) -> Result<Self, &'static str> {
+        Uuid::try_parse(raw).map(DeliveryId).map_err(|_| "must be a UUID")
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// Where deliveries are posted: `http` or `https`, no credentials in it.
+    pub url: String,
+    /// The event types delivered (at least one), e.g. `["coffer.transfer.created"]`.
+    pub event_types: Vec<String>,
+}
+
+/// An endpoint as listed (without its secret).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookView {
+    pub id: Uuid,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub created_at: Timestamp,
+}
+
+/// A new endpoint, with the secret that signs its deliveries: shown only this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+    /// `whsec_…`: verify `webhook-signature` with it (Standard Webhooks).
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookList {
+    pub data: Vec<WebhookView>,
+}
+
+/// One event's delivery to one endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    /// Also the `webhook-id` header, the same on every attempt.
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    /// `pending`, `succeeded` or `dead` (out of attempts: redeliver it by hand).
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_at: Option<Timestamp>,
+    pub last_status_code: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    pub data: Vec<DeliveryView>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryQuery {
+    /// 1..=1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+}
+
+fn view(webhook: Webhook) -> WebhookView {
+    WebhookView {
+        id: webhook.id,
+        url: webhook.url,
+        event_types: webhook.event_types,
+        created_at: webhook.created_at,
+    }
+}
+
+fn delivery_view(d: Delivery) -> DeliveryView {
+    DeliveryView {
+        id: d.id,
+        event_id: d.event_id,
+        event_type: d.event_type,
+        status: d.status.as_str().to_owned(),
+        attempts: d.attempts,
+        next_attempt_at: d.next_attempt_at,
+        last_status_code: d.last_status_code,
+        last_error: d.last_error,
+        created_at: d.created_at,
+        updated_at: d.updated_at,
+    }
+}
+
+/// The event types, each known, without repeats, in the order given.
+fn event_types(types: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if types.is_empty() {
+        return Err(ApiError::invalid_field("event_types", "must name at least one event type"));
+    }
+    let mut unique = Vec::with_capacity(types.len());
+    for (i, kind) in types.into_iter().enumerate() {
+        if !EVENT_TYPES.contains(&kind.as_str()) {
+            return Err(ApiError::invalid_field(
+                format!("event_types[{i}]"),
+                format!("{kind:?} is not an event type"),
+            ));
+        }
+        if !unique.contains(&kind) {
+            unique.push(kind);
+        }
+    }
+    Ok(unique)
+}
+
+/// Register a webhook endpoint (admin). The answer holds its signing secret, shown only here.
+#[utoipa::path(
+    post, path = "/v1/webhooks", tag = "webhooks",
+    params(IdempotencyHeader),
+    request_body = CreateWebhook,
+    responses((status = 201, description = "Created, with its secret", body = CreatedWebhook), WriteProblems)
+)]
+pub async fn create_webhook(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+    JsonBody(body, _): JsonBody<CreateWebhook>,
+) -> Result<Response, ApiError> {
+    if body.url.len() > MAX_URL_BYTES {
+        return Err(ApiError::invalid_field("url", "must be at most 2048 bytes"));
+    }
+    let url = validate_url(&body.url, state.webhook_allow_private_networks)
+        .map_err(|e| ApiError::invalid_field("url", e.to_string()))?;
+    let webhook = Webhook {
+        id: Uuid::now_v7(),
+        url: url.to_string(),
+        event_types: event_types(body.event_types)?,
+        secret: new_secret().as_str().to_owned(),
+        created_at: Timestamp::now(),
+    };
+    state.store.create_webhook(webhook.clone()).await?;
+    let secret = webhook.secret.clone();
+    Ok(json(StatusCode::CREATED, &CreatedWebhook { webhook: view(webhook), secret }))
+}
+
+/// List the webhook endpoints, oldest first (admin).
+#[utoipa::path(
+    get, path = "/v1/webhooks", tag = "webhooks",
+    responses((status = 200, description = "Every endpoint", body = WebhookList), ReadProblems)
+)]
+pub async fn list_webhooks(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+) -> Result<Response, ApiError> {
+    let data = state.store.webhooks().await?.into_iter().map(view).collect();
+    Ok(json(StatusCode::OK, &WebhookList { data }))
+}
+
+/// Get one webhook endpoint (admin).
+#[utoipa::path(
+    get, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    responses((status = 200, description = "The endpoint", body = WebhookView), LookupProblems)
+)]
+pub async fn get_webhook(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+    ApiPath(WebhookId(id)): ApiPath<WebhookId>,
+) -> Result<Response, ApiError> {
+    let webhook = state.store.webhook(id).await?.ok_or_else(|| ApiError::not_found("no such webhook"))?;
+    Ok(json(StatusCode::OK, &view(webhook)))
+}
+
+/// Delete a webhook endpoint and its deliveries (admin).
+#[utoipa::path(
+    delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    responses((status = 204, description = "Deleted"), LookupProblems)
+)]
+pub async fn delete_webhook(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+    ApiPath(WebhookId(id)): ApiPath<WebhookId>,
+) -> Result<Response, ApiError> {
+    if !state.store.delete_webhook(id).await? {
+        return Err(ApiError::not_found("no such webhook"));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// An endpoint's deliveries, newest first (admin).
+#[utoipa::path(
+    get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The endpoint's id"), DeliveryQuery),
+    responses((status = 200, description = "A page of deliveries", body = DeliveryList), LookupProblems)
+)]
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+    ApiPath(WebhookId(id)): ApiPath<WebhookId>,
+    ApiQuery(query): ApiQuery<DeliveryQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_field("limit", "must be between 1 and 1000"));
+    }
+    state.store.webhook(id).await?.ok_or_else(|| ApiError::not_found("no such webhook"))?;
+    let deliveries = state.store.deliveries(id, query.cursor, limit as usize).await?;
+    let next_cursor = (deliveries.len() == limit as usize).then(|| deliveries.last().map(|d| d.id)).flatten();
+    let data = deliveries.into_iter().map(delivery_view).collect();
+    Ok(json(StatusCode::OK, &DeliveryList { data, next_cursor }))
+}
+
+/// Deliver again now, from attempt 1 — typically a dead delivery after the receiver was fixed (admin).
+#[utoipa::path(
+    post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", tag = "webhooks",
+    params(
+        ("id" = Uuid, Path, description = "The endpoint's id"),
+        ("delivery_id" = Uuid, Path, description = "The delivery's id"),
+    ),
+    responses((status = 202, description = "Queued for delivery now"), WriteProblems)
+)]
+pub async fn redeliver(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+    ApiPath2(WebhookId(webhook), DeliveryId(delivery)): ApiPath2<WebhookId, DeliveryId>,
+) -> Result<Response, ApiError> {
+    let found = state.store.delivery(delivery).await?.filter(|d| d.webhook_id == webhook);
+    if found.is_none() || !state.store.redeliver(delivery, Timestamp::now()).await? {
+        return Err(ApiError::not_found("no such delivery of this webhook"));
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
+}
