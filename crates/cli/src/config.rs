@@ -38,7 +38,8 @@ pub enum Role {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The roles this process runs.
+    /// The roles this process runs: a list, or a comma-separated string (`COFFER_ROLES=api,worker`).
+    #[serde(deserialize_with = "roles")]
     pub roles: Vec<Role>,
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
@@ -84,6 +85,23 @@ impl Default for Config {
             api: ApiConfig::default(),
             events: EventsConfig::default(),
         }
+    }
+}
+
+/// Roles from a list (`roles = ["api"]`) or from one comma-separated string (the environment).
+fn roles<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Role>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Roles {
+        List(Vec<Role>),
+        Text(String),
+    }
+    match Roles::deserialize(d)? {
+        Roles::List(roles) => Ok(roles),
+        Roles::Text(text) => text
+            .split(',')
+            .map(|role| Role::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(role.trim())))
+            .collect(),
     }
 }
 
@@ -186,6 +204,7 @@ mod tests {
             jail.set_env("COFFER_DATA_DIR", "/tmp/from-env");
             jail.set_env("COFFER_STORE__QUEUE_CAPACITY", "12");
             jail.set_env("COFFER_TEST_REQUIRE_SERVICES", "1");
+            jail.set_env("COFFER_ROLES", "api, worker");
             let overrides = Overrides { data_dir: Some("/tmp/from-flag".into()), ..Default::default() };
             let config =
                 Config::load(Some(Path::new("coffer.toml")), overrides).map_err(|e| e.to_string())?;
@@ -193,6 +212,7 @@ mod tests {
             assert_eq!(config.store.batch_wait_us, 7);
             assert_eq!(config.store.queue_capacity, 12);
             assert_eq!(config.data_dir, PathBuf::from("/tmp/from-flag"));
+            assert_eq!(config.roles, vec![Role::Api, Role::Worker]);
             Ok(())
         });
     }
@@ -203,6 +223,10 @@ mod tests {
             jail.create_file("bad.toml", "lisen = \"127.0.0.1:9000\"\n")?;
             assert!(Config::load(Some(Path::new("bad.toml")), Overrides::default()).is_err());
             jail.create_file("zero.toml", "[store]\nqueue_capacity = 0\n")?;
+            jail.create_file("roles.toml", "roles = [\"api\", \"cook\"]\n")?;
+            assert!(Config::load(Some(Path::new("roles.toml")), Overrides::default()).is_err());
+            jail.create_file("no_roles.toml", "roles = []\n")?;
+            assert!(Config::load(Some(Path::new("no_roles.toml")), Overrides::default()).is_err());
             assert!(Config::load(Some(Path::new("zero.toml")), Overrides::default()).is_err());
             assert!(Config::load(Some(Path::new("missing.toml")), Overrides::default()).is_err());
             jail.set_env("COFFER_DATABASE_URL", "mysql://localhost/x");
