@@ -68,9 +68,12 @@ impl JetStreamBus {
     /// Connects, and creates the stream (file storage, the duplicate window, the replicas) or
     /// brings an existing one to these settings.
     pub async fn connect(url: &str, settings: &StreamSettings) -> Result<Self, BusError> {
-        let client = async_nats::connect(url)
+        // A cluster is given as a comma-separated list of servers; the client fails over among
+        // them. The URL stays out of the error: it may hold credentials.
+        let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let client = async_nats::connect(servers)
             .await
-            .map_err(|e| BusError::Unavailable(format!("connect {url}: {e}")))?;
+            .map_err(|e| BusError::Unavailable(format!("cannot connect to NATS: {e}")))?;
         let context = jetstream::new(client);
         context
             .create_or_update_stream(stream::Config {
@@ -100,11 +103,20 @@ impl JetStreamBus {
 impl Bus for JetStreamBus {
     async fn publish(&self, events: &[OutboxEvent]) -> Result<(), BusError> {
         let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
-        // Send them all, then wait for the acknowledgements: one round trip per batch, not per event.
+        // Send them all, then wait for the acknowledgements: one round trip per batch, not per
+        // event. Each event but the first names its predecessor as the stream's expected last
+        // message: when one is lost in flight (a node dying mid-batch), every later one is
+        // refused instead of stored ahead of it, and the retry of the batch restores the order
+        // (the stream answers the ones it has as duplicates before checking the expectation).
         let mut acks = Vec::with_capacity(events.len());
+        let mut previous: Option<String> = None;
         for event in events {
+            let id = event.id.to_string();
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
+            headers.insert("Nats-Msg-Id", id.as_str());
+            if let Some(previous) = &previous {
+                headers.insert("Nats-Expected-Last-Msg-Id", previous.as_str());
+            }
             let payload = encode(event)?.into();
             let ack = self
                 .context
@@ -112,6 +124,7 @@ impl Bus for JetStreamBus {
                 .await
                 .map_err(|e| unavailable(&e))?;
             acks.push(ack);
+            previous = Some(id);
         }
         for ack in acks {
             ack.await.map_err(|e| unavailable(&e))?;

@@ -24,8 +24,8 @@ pub struct EventsConfig {
     /// How long a relay's lease lasts unless renewed: the longest a standby relay waits to take
     /// over from one that died.
     pub relay_lease_ms: u64,
-    /// How long the outbox keeps rows that every reader has passed (`coffer events republish`
-    /// reaches back this far).
+    /// How long the outbox keeps rows that every reader has passed: `coffer events republish`
+    /// and a projection rebuild reach back this far. 0 keeps them for ever.
     pub outbox_retention_hours: u64,
     /// Attempts a consumer makes before an event goes to the dead letters.
     pub max_attempts: u32,

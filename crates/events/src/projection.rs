@@ -3,14 +3,17 @@
 //!
 //! It counts `coffer.transfer.created` events of transfers created posted: direct transfers and
 //! the posts of holds (a post is a transfer of its own). A hold counts when it is posted, never
-//! when it is made, voided or expires, so the figures are money that actually moved. It is
-//! rebuilt from scratch by resetting it and replaying the events from the start.
+//! when it is made, voided or expires, so the figures are money that actually moved.
+//!
+//! [`LedgerVolumes::rebuild`] rebuilds it from scratch by replaying the outbox, safely beside
+//! its running consumer: both record events under the same consumer name, so whichever applies
+//! an event first wins and the other skips it.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use coffer_ledger::{Timestamp, Transfer, TransferStatus};
-use coffer_store::{OutboxEvent, Store, VolumeEntry};
+use coffer_store::{OutboxEvent, Store, StoreResult, VolumeEntry};
 
 use crate::{Handler, HandlerError};
 
@@ -28,6 +31,28 @@ pub struct LedgerVolumes {
 impl LedgerVolumes {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self { store, consumer: VOLUMES_CONSUMER.into() }
+    }
+}
+
+impl LedgerVolumes {
+    /// Forgets the projection and applies every event of the outbox again (what retention has
+    /// kept: see `events.outbox_retention_hours`); answers how many events it read.
+    pub async fn rebuild(&self) -> StoreResult<u64> {
+        const PAGE: usize = 1000;
+        self.store.reset_volumes(&self.consumer).await?;
+        let (mut position, mut read) = (0, 0);
+        loop {
+            let events = self.store.events_after(position, PAGE).await?;
+            let Some(last) = events.last() else { return Ok(read) };
+            position = last.position;
+            read += events.len() as u64;
+            // An event that is not a transfer is the store's bug, not the replay's: skip it here
+            // as its consumer would dead-letter it.
+            let entries: Vec<VolumeEntry> = events.iter().filter_map(|e| entry(e).ok().flatten()).collect();
+            if !entries.is_empty() {
+                self.store.record_volumes(&self.consumer, &entries).await?;
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod dead_letters;
 mod keys;
 mod ledgers;
 mod ops;
+mod projections;
 mod stats;
 mod stream;
 mod transfers;
@@ -53,6 +54,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/admin/dead-letters", &["get"]),
     ("/v1/admin/dead-letters/{id}", &["get", "delete"]),
     ("/v1/admin/dead-letters/{id}/replay", &["post"]),
+    ("/v1/admin/projections/ledger-volumes/rebuild", &["post"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),
@@ -86,6 +88,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(dead_letters::list_dead_letters))
         .routes(routes!(dead_letters::get_dead_letter, dead_letters::discard_dead_letter))
         .routes(routes!(dead_letters::replay_dead_letter))
+        .routes(routes!(projections::rebuild_ledger_volumes))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
