@@ -173,6 +173,10 @@ pub async fn create_webhook(
     }
     let url = validate_url(&body.url, state.webhook_allow_private_networks)
         .map_err(|e| ApiError::invalid_field("url", e.to_string()))?;
+    // Parsing percent-encodes (a space becomes `%20`): the limit holds for the URL kept and posted to.
+    if url.as_str().len() > MAX_URL_BYTES {
+        return Err(ApiError::invalid_field("url", "must be at most 2048 bytes once percent-encoded"));
+    }
     let webhook = Webhook {
         id: Uuid::now_v7(),
         url: url.to_string(),

@@ -69,6 +69,25 @@ pub async fn spawn_with(config: ApiConfig) -> Option<App> {
     Some(App { base, client: reqwest::Client::new(), store, _store: test_store })
 }
 
+/// The app with these services: `allow_private_networks` lets webhook URLs point at loopback
+/// and private addresses. The default [`spawn`] refuses them, like `coffer_api::router`.
+pub async fn spawn_with_services(config: ApiConfig, allow_private_networks: bool) -> Option<App> {
+    let store_config = StoreConfig { expiry_interval_ms: 100, ..StoreConfig::default() };
+    let backend = Backend::of_test_target(env!("CARGO_CRATE_NAME"));
+    let test_store = TestStore::open(backend, store_config).await?;
+    let store = test_store.store.clone();
+    assert_eq!(coffer_api::bootstrap(store.as_ref(), Some(ADMIN)).await.unwrap(), None);
+    let services = coffer_api::Services {
+        dead_letters: Arc::new(coffer_events::StoreDeadLetters(store.clone())),
+        webhook_allow_private_networks: allow_private_networks,
+    };
+    let router = coffer_api::router_with(store.clone(), config, coffer_api::install_metrics(), services);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Some(App { base, client: reqwest::Client::new(), store, _store: test_store })
+}
+
 impl App {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
