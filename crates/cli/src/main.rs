@@ -2,6 +2,7 @@
 //! itself lives in the library crates.
 
 mod bench;
+mod bench_events;
 mod config;
 mod dlq;
 mod events;
@@ -55,6 +56,8 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Measure the event pipeline: relay throughput into JetStream and commit → consumer latency.
+    BenchEvents(bench_events::BenchEventsArgs),
     /// Dead letters of the consumers, through a running server's admin endpoints.
     Dlq(dlq::DlqArgs),
     /// The outbox and the bus.
@@ -92,6 +95,11 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(keys::run(&load(None, data_dir)?, command))
         }
         Command::Dlq(args) => runtime()?.block_on(dlq::run(args)),
+        Command::BenchEvents(args) => {
+            let config = load(None, None)?;
+            logging::init(config.log_format, &config.log_level)?;
+            runtime()?.block_on(bench_events::run(&config, args))
+        }
         Command::Events { data_dir, command } => {
             let config = load(None, data_dir)?;
             logging::init(config.log_format, &config.log_level)?;
