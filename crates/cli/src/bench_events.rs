@@ -90,7 +90,7 @@ pub async fn run(config: &Config, args: BenchEventsArgs) -> anyhow::Result<()> {
     }
     store.shutdown().await;
     let report = serde_json::json!({
-        "store": crate::store::describe(config),
+        "store": if config.database_url.is_some() { "postgresql" } else { "sqlite (temporary)" },
         "backlog_events": published,
         "relay_events_per_second": relay_rate.round(),
         "raw_publish_events_per_second": raw_rate.round(),
