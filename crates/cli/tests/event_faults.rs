@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use coffer_testkit::TestDatabase;
-use common::{Http, Server, invariants_hold};
+use common::{Headless, Http, Server, invariants_hold};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -121,15 +121,7 @@ impl Deployment {
 
     /// A `coffer serve` without the API (it has no port to be ready on).
     fn headless(&self, roles: &str) -> Headless {
-        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
-            .args(["serve", "--roles", roles])
-            .env("COFFER_DATABASE_URL", &self.database_url)
-            .env("COFFER_LOG_LEVEL", "warn")
-            .envs(self.env(roles))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("coffer runs");
-        Headless(child)
+        Headless::start(&self.database_url, &self.env(roles))
     }
 
     fn republish(&self, from: i64) -> String {
@@ -178,22 +170,6 @@ impl Deployment {
             events.push((event["id"].as_str().unwrap().parse().unwrap(), event));
         }
         events
-    }
-}
-
-struct Headless(Child);
-
-impl Headless {
-    fn kill_9(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Headless {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

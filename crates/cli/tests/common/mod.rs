@@ -35,6 +35,14 @@ impl Server {
         Self::run(command, data_dir.to_path_buf(), port).await
     }
 
+    /// A server on the embedded store with more settings in the environment.
+    pub async fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut command = Self::command(data_dir, port);
+        command.envs(env.iter().copied());
+        Self::run(command, data_dir.to_path_buf(), port).await
+    }
+
     /// A server on the PostgreSQL database at `database_url` (`data_dir` only holds nothing).
     pub async fn start_on_database(data_dir: &Path, database_url: &str) -> Self {
         Self::start_on_database_with(data_dir, database_url, &[]).await
@@ -113,6 +121,38 @@ pub struct Stopped {
 impl Stopped {
     pub async fn restart(self) -> Server {
         Server::spawn(self.data_dir, self.port).await
+    }
+}
+
+/// A `coffer serve` whose roles leave out the API: it has no port to be ready on.
+pub struct Headless(Child);
+
+impl Headless {
+    /// `coffer serve` on the PostgreSQL database at `database_url`, its roles and the rest of
+    /// its settings in `env` (`COFFER_ROLES`, …).
+    pub fn start(database_url: &str, env: &[(&str, &str)]) -> Headless {
+        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .arg("serve")
+            .env("COFFER_DATABASE_URL", database_url)
+            .env("COFFER_LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("coffer runs");
+        Headless(child)
+    }
+
+    /// SIGKILL.
+    pub fn kill_9(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Headless {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

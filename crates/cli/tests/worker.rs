@@ -1,0 +1,188 @@
+//! The worker role in real `coffer serve` processes: webhooks signed and delivered from an
+//! embedded server, the projection it keeps, and `coffer dlq` replaying a dead letter to the
+//! projection's consumer exactly once.
+
+mod common;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use coffer_events::{SignatureHeaders, SigningSecret, VOLUMES_CONSUMER, verify};
+use coffer_ledger::Timestamp;
+use coffer_store::{Coordination, DeadLetter, DeadLetters, PgStore, Store, StoreConfig};
+use coffer_testkit::TestDatabase;
+use common::{Headless, Http, Server, TOKEN};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A webhook receiver on 127.0.0.1: every delivery's headers and body.
+async fn receiver() -> (String, Arc<Mutex<Vec<(HeaderMap, Bytes)>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let received = received.clone();
+            move |headers: HeaderMap, body: Bytes| async move {
+                received.lock().unwrap().push((headers, body));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn ledger_and_accounts(http: &Http) -> (String, String) {
+    http.post_ok("/v1/ledgers", json!({"code": "WRK", "scale": 2})).await;
+    let a = http.post_ok("/v1/accounts", json!({"ledger": "WRK"})).await["id"].as_str().unwrap().to_owned();
+    let b = http.post_ok("/v1/accounts", json!({"ledger": "WRK"})).await["id"].as_str().unwrap().to_owned();
+    (a, b)
+}
+
+async fn transfer(http: &Http, from: &str, to: &str, amount: u64) -> String {
+    let body = json!({"debit_account_id": from, "credit_account_id": to, "amount": amount, "ledger": "WRK", "code": 9});
+    http.post_ok("/v1/transfers", body).await["id"].as_str().unwrap().to_owned()
+}
+
+/// (count, volume) of code 9 in the projection.
+async fn volume(http: &Http) -> (u64, String) {
+    let (status, body) = http.get("/v1/ledgers/WRK/stats").await;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["data"].as_array().unwrap();
+    rows.iter()
+        .find(|r| r["code"] == 9)
+        .map_or((0, "0".into()), |r| (r["count"].as_u64().unwrap(), r["volume"].as_str().unwrap().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_server_delivers_signed_webhooks_and_keeps_the_projection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        Server::start_with_env(dir.path(), &[("COFFER_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")]).await;
+    let http = server.client();
+    let (url, received) = receiver().await;
+    let hook =
+        http.post_ok("/v1/webhooks", json!({"url": url, "event_types": ["coffer.transfer.created"]})).await;
+    let secret = SigningSecret::parse(hook["secret"].as_str().unwrap()).unwrap();
+
+    let (a, b) = ledger_and_accounts(&http).await;
+    let sent = [
+        transfer(&http, &a, &b, 100).await,
+        transfer(&http, &b, &a, 40).await,
+        transfer(&http, &a, &b, 5).await,
+    ];
+
+    let deliveries = eventually("three deliveries", async || {
+        let got = received.lock().unwrap().clone();
+        (got.len() >= 3).then_some(got)
+    })
+    .await;
+    let mut delivered = Vec::new();
+    for (headers, body) in &deliveries {
+        let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+        let (id, timestamp, signature) =
+            (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+        let signed = SignatureHeaders { id: &id, timestamp: &timestamp, signature: &signature };
+        let now = Timestamp::now().as_micros() / 1_000_000;
+        verify(&secret, signed, body, now, Duration::from_secs(300))
+            .expect("a valid Standard Webhooks signature");
+        let event: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(event["type"], "coffer.transfer.created");
+        delivered.push(event["data"]["id"].as_str().unwrap().to_owned());
+    }
+    delivered.sort();
+    let mut expected = sent.to_vec();
+    expected.sort();
+    assert_eq!(delivered, expected, "each transfer delivered once");
+
+    let (status, list) = http.get(&format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap())).await;
+    assert_eq!(status, 200);
+    assert!(list["data"].as_array().unwrap().iter().all(|d| d["status"] == "succeeded"), "{list}");
+    eventually("the projection", async || (volume(&http).await == (3, "145".into())).then_some(())).await;
+}
+
+fn dlq(server: &Server, args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .arg("dlq")
+        .args(args)
+        .args(["--url", &format!("http://127.0.0.1:{}", server.port()), "--token", TOKEN])
+        .output()
+        .expect("coffer runs");
+    let text =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coffer_dlq_replays_a_dead_letter_to_its_consumer_exactly_once() {
+    let Some(db) = TestDatabase::create().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // The API alone first: nothing consumes yet.
+    let api = Server::start_on_database_with(dir.path(), &db.url, &[("COFFER_ROLES", "api")]).await;
+    let http = api.client();
+    let (a, b) = ledger_and_accounts(&http).await;
+    let lost = transfer(&http, &a, &b, 700).await;
+
+    // The projection's consumer gave up on that transfer's event: it is a dead letter, and the
+    // consumer has moved past it.
+    let store = PgStore::connect(&db.url, StoreConfig::default()).await.unwrap();
+    let event = store
+        .events_after(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == "coffer.transfer.created" && e.data.contains(&lost))
+        .unwrap();
+    let letter = DeadLetter {
+        id: Uuid::now_v7(),
+        consumer: VOLUMES_CONSUMER.into(),
+        event,
+        error: "the projection's database was read-only".into(),
+        attempts: 8,
+        failed_at: Timestamp::now(),
+        replay_requested: false,
+    };
+    store.add_dead_letter(letter.clone()).await.unwrap();
+    let end = store.last_event_position().await.unwrap();
+    store.save_position(&format!("consumer.{VOLUMES_CONSUMER}"), end, None).await.unwrap();
+    store.shutdown().await;
+
+    let _worker = Headless::start(&db.url, &[("COFFER_ROLES", "worker")]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(volume(&http).await, (0, "0".into()), "the dead letter is not in the projection");
+
+    let (ok, listed) = dlq(&api, &["list", "--consumer", VOLUMES_CONSUMER]);
+    assert!(ok, "{listed}");
+    assert!(listed.contains(&letter.id.to_string()) && listed.contains("read-only"), "{listed}");
+    let (ok, shown) = dlq(&api, &["show", &letter.id.to_string()]);
+    assert!(ok && shown.contains(&lost), "{shown}");
+
+    let (ok, replayed) = dlq(&api, &["replay", &letter.id.to_string()]);
+    assert!(ok, "{replayed}");
+    eventually("the replayed event", async || (volume(&http).await == (1, "700".into())).then_some(())).await;
+    let (_, listed) = dlq(&api, &["list"]);
+    assert!(!listed.contains(&letter.id.to_string()), "the letter is gone after its replay: {listed}");
+    let (ok, again) = dlq(&api, &["replay", &letter.id.to_string()]);
+    assert!(!ok && again.contains("404"), "a second replay finds nothing: {again}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(volume(&http).await, (1, "700".into()), "applied exactly once");
+
+    let (ok, refused) = dlq(&api, &["show", "not-an-id!"]);
+    assert!(!ok && refused.contains("400"), "{refused}");
+}
