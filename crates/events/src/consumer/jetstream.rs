@@ -34,10 +34,17 @@ pub struct JetStreamSourceSettings {
     pub max_ack_pending: i64,
 }
 
+type Messages = SelectAll<BoxStream<'static, Result<Message, BusError>>>;
+
 pub struct JetStreamSource {
     settings: JetStreamSourceSettings,
-    messages: SelectAll<BoxStream<'static, Result<Message, BusError>>>,
+    context: jetstream::Context,
+    stream: StreamSettings,
+    messages: Messages,
     dead_letters: DeadLetterStream,
+    /// The subscription failed (the server restarted without its state, the consumer was
+    /// deleted): subscribe again before the next pull.
+    broken: bool,
 }
 
 /// A JetStream delivery's handle: the message, to ack or NAK it.
@@ -50,22 +57,49 @@ impl JetStreamSource {
         stream: &StreamSettings,
         settings: JetStreamSourceSettings,
     ) -> Result<Self, BusError> {
-        let filter = match settings.types.as_slice() {
-            [one] => subject(&stream.subject_prefix, one),
-            _ => format!("{}.>", stream.subject_prefix),
-        };
-        let events = context.get_stream(&stream.name).await.map_err(unavailable_js)?;
-        let main = pull_messages(&events, &settings, &settings.consumer, filter).await?;
-        let dead_letters = DeadLetterStream::open(context, stream).await?;
-        let replay_name = format!("{}_replay", settings.consumer);
-        let replay_subject = dead_letters.replay_subject(&settings.consumer);
-        let replays = pull_messages(dead_letters.stream(), &settings, &replay_name, replay_subject).await?;
-        Ok(Self { settings, messages: futures::stream::select_all([main, replays]), dead_letters })
+        let (messages, dead_letters) = subscribe(context, stream, &settings).await?;
+        Ok(Self {
+            settings,
+            context: context.clone(),
+            stream: stream.clone(),
+            messages,
+            dead_letters,
+            broken: false,
+        })
+    }
+
+    /// Subscribes again after a failure; the durable consumers' state is the server's, so
+    /// nothing acknowledged comes back and nothing unacknowledged is lost.
+    async fn resubscribe(&mut self) -> Result<(), BusError> {
+        let (messages, dead_letters) = subscribe(&self.context, &self.stream, &self.settings).await?;
+        (self.messages, self.dead_letters, self.broken) = (messages, dead_letters, false);
+        tracing::info!(consumer = %self.settings.consumer, "subscribed to JetStream again");
+        Ok(())
     }
 
     fn wanted(&self, kind: &str) -> bool {
         self.settings.types.is_empty() || self.settings.types.iter().any(|t| t == kind)
     }
+}
+
+/// The durable consumers of `settings` — on the events stream, filtered by type, and on the
+/// consumer's replay subject of the dead-letter stream — as one stream of messages.
+async fn subscribe(
+    context: &jetstream::Context,
+    stream: &StreamSettings,
+    settings: &JetStreamSourceSettings,
+) -> Result<(Messages, DeadLetterStream), BusError> {
+    let filter = match settings.types.as_slice() {
+        [one] => subject(&stream.subject_prefix, one),
+        _ => format!("{}.>", stream.subject_prefix),
+    };
+    let events = context.get_stream(&stream.name).await.map_err(unavailable_js)?;
+    let main = pull_messages(&events, settings, &settings.consumer, filter).await?;
+    let dead_letters = DeadLetterStream::open(context, stream).await?;
+    let replay_name = format!("{}_replay", settings.consumer);
+    let replay_subject = dead_letters.replay_subject(&settings.consumer);
+    let replays = pull_messages(dead_letters.stream(), settings, &replay_name, replay_subject).await?;
+    Ok((futures::stream::select_all([main, replays]), dead_letters))
 }
 
 async fn pull_messages(
@@ -99,15 +133,24 @@ impl Source for JetStreamSource {
     type Token = Token;
 
     async fn next(&mut self, max: usize) -> Result<Vec<Delivery<Token>>, BusError> {
+        if self.broken {
+            self.resubscribe().await?;
+        }
         loop {
-            let Some(first) = self.messages.next().await else {
-                return Err(BusError::Unavailable("the JetStream subscription ended".into()));
+            let first = match self.messages.next().await {
+                Some(Ok(message)) => message,
+                failed => {
+                    self.broken = true;
+                    let why = failed
+                        .map_or_else(|| "the subscription ended".to_owned(), |e| e.unwrap_err().to_string());
+                    return Err(BusError::Unavailable(format!("JetStream consumer: {why}")));
+                }
             };
-            let mut batch = vec![first?];
+            let mut batch = vec![first];
             // Take what is already buffered, without waiting for more.
             while batch.len() < max {
                 match self.messages.next().now_or_never() {
-                    Some(Some(message)) => batch.push(message?),
+                    Some(Some(Ok(message))) => batch.push(message),
                     _ => break,
                 }
             }
