@@ -10,7 +10,7 @@ use anyhow::Context;
 use coffer_events::{
     Consumer, DeadLetterQueue, DeadLetterStream, Dispatcher, EventsConfig, Handler, JetStreamBus,
     JetStreamSource, JetStreamSourceSettings, LedgerVolumes, OutboxSource, Relay, StoreDeadLetters,
-    VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, WEBHOOKS_CONSUMER, WebhookFanout, WebhookSettings,
+    VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, WEBHOOKS_CONSUMER, WebhookFanout, WebhookSettings, watch_depth,
 };
 use coffer_ledger::Timestamp;
 use coffer_store::Store;
@@ -101,6 +101,10 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Pip
             Arc::new(DeadLetterStream::open(bus.context(), &settings).await?)
         }
     };
+    if config.roles.contains(&Role::Worker) {
+        let depth = watch_depth(dead_letters.clone(), Duration::from_secs(10), stopped.clone());
+        tasks.push(tokio::spawn(depth));
+    }
     Ok(Pipeline { dead_letters, stop, tasks })
 }
 

@@ -16,6 +16,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // Printed once, on standard output and never in a log line.
         println!("Created the first admin key. Its token, shown only now: {token}");
     }
+    // Installed before the roles start, so that their first measurements are kept.
+    let metrics = coffer_api::install_metrics();
     let pipeline = crate::pipeline::start(&config, store.clone()).await?;
     info!(roles = ?config.roles, bus = if config.nats_url.is_some() { "jetstream" } else { "in-process" }, "roles started");
     if config.roles.contains(&Role::Api) {
@@ -23,12 +25,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             dead_letters: pipeline.dead_letters.clone(),
             webhook_allow_private_networks: config.webhook_allow_private_networks,
         };
-        let app = coffer_api::router_with(
-            store.clone(),
-            config.api.clone(),
-            coffer_api::install_metrics(),
-            services,
-        );
+        let app = coffer_api::router_with(store.clone(), config.api.clone(), metrics, services);
         serve_http(&config, app).await?;
     } else {
         shutdown_signal().await;

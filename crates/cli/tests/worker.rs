@@ -115,6 +115,19 @@ async fn an_embedded_server_delivers_signed_webhooks_and_keeps_the_projection() 
     assert_eq!(status, 200);
     assert!(list["data"].as_array().unwrap().iter().all(|d| d["status"] == "succeeded"), "{list}");
     eventually("the projection", async || (volume(&http).await == (3, "145".into())).then_some(())).await;
+
+    // The pipeline's metrics: nothing behind, nothing dead, three deliveries that succeeded.
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", server.port());
+    let wanted = [
+        "coffer_consumer_lag_events{consumer=\"ledger-volumes\"} 0",
+        "coffer_dlq_depth 0",
+        "coffer_webhook_deliveries_total{result=\"succeeded\"} 3",
+    ];
+    eventually("the pipeline metrics", async || {
+        let text = reqwest::get(&metrics_url).await.ok()?.text().await.ok()?;
+        wanted.iter().all(|line| text.lines().any(|l| l == *line)).then_some(())
+    })
+    .await;
 }
 
 fn dlq(server: &Server, args: &[&str]) -> (bool, String) {

@@ -47,6 +47,29 @@ pub trait DeadLetterQueue: Send + Sync {
     async fn replay(&self, id: &str) -> Result<bool, BusError>;
     /// Deletes the dead letter for good; answers false when there is no such letter.
     async fn discard(&self, id: &str) -> Result<bool, BusError>;
+    /// How many dead letters wait (the `coffer_dlq_depth` gauge).
+    async fn depth(&self) -> Result<u64, BusError>;
+}
+
+/// Dead letters waiting, all consumers (a gauge).
+pub const DLQ_DEPTH: &str = "coffer_dlq_depth";
+
+/// Keeps the [`DLQ_DEPTH`] gauge current, every `every`, until `stop` turns true.
+pub async fn watch_depth(
+    dlq: Arc<dyn DeadLetterQueue>,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
+        match dlq.depth().await {
+            Ok(depth) => metrics::gauge!(DLQ_DEPTH).set(depth as f64),
+            Err(e) => tracing::warn!(error = %e, "could not read the dead-letter depth"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }
 
 /// The in-process bus's dead letters, in the store.
@@ -98,6 +121,10 @@ impl DeadLetterQueue for StoreDeadLetters {
     async fn discard(&self, id: &str) -> Result<bool, BusError> {
         let Ok(id) = id.parse() else { return Ok(false) };
         self.0.remove_dead_letter(id).await.map_err(store_error)
+    }
+
+    async fn depth(&self) -> Result<u64, BusError> {
+        self.0.dead_letter_count().await.map_err(store_error)
     }
 }
 
@@ -272,5 +299,10 @@ impl DeadLetterQueue for DeadLetterStream {
             return Ok(false);
         }
         self.stream.delete_message(sequence).await.map_err(unavailable)
+    }
+
+    /// The stream's messages: the dead letters, and replays not yet taken (a moment's worth).
+    async fn depth(&self) -> Result<u64, BusError> {
+        Ok(self.stream.clone().info().await.map_err(unavailable)?.state.messages)
     }
 }

@@ -19,7 +19,7 @@ pub use consumer::{
     Consumer, DEAD_LETTERED, Delivery, Handler, HandlerError, JetStreamSource, JetStreamSourceSettings, LAG,
     OutboxSource, REDELIVERIES, RetryPolicy, Source,
 };
-pub use dlq::{DeadLetterEntry, DeadLetterQueue, DeadLetterStream, StoreDeadLetters};
+pub use dlq::{DLQ_DEPTH, DeadLetterEntry, DeadLetterQueue, DeadLetterStream, StoreDeadLetters, watch_depth};
 pub use envelope::{EVENT_TYPES, decode, encode, sequence};
 pub use projection::{LedgerVolumes, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, day_of};
 pub use relay::{Relay, RelayError};

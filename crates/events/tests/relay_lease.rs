@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use coffer_events::{JetStreamBus, Relay, RelayError, StreamSettings};
 use coffer_ledger::{
-    AccountFlags, AccountId, Amount, Command, LedgerCode, NewAccount, NewLedger, NewTransfer, Scale, Submission,
-    TransferId,
+    AccountFlags, AccountId, Amount, Command, LedgerCode, NewAccount, NewLedger, NewTransfer, Scale,
+    Submission, TransferId,
 };
 use coffer_store::{Store, StoreConfig};
 use coffer_testkit::{Backend, TestStore};
@@ -36,7 +36,8 @@ async fn bus() -> Option<(JetStreamBus, StreamSettings)> {
 async fn accounts(store: &dyn Store) -> (AccountId, AccountId) {
     let usd = LedgerCode::try_from("USD").unwrap();
     let (a, b) = (AccountId::generate(), AccountId::generate());
-    let mut commands = vec![Command::CreateLedger(NewLedger { code: usd, scale: Scale::try_from(2).unwrap() })];
+    let mut commands =
+        vec![Command::CreateLedger(NewLedger { code: usd, scale: Scale::try_from(2).unwrap() })];
     for id in [a, b] {
         commands.push(Command::CreateAccount(NewAccount {
             id,
@@ -78,7 +79,11 @@ async fn stored(bus: &JetStreamBus, settings: &StreamSettings) -> u64 {
 async fn until_stored(bus: &JetStreamBus, settings: &StreamSettings, count: u64) -> Duration {
     let started = Instant::now();
     while stored(bus, settings).await < count {
-        assert!(started.elapsed() < Duration::from_secs(20), "only {} of {count} events", stored(bus, settings).await);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "only {} of {count} events",
+            stored(bus, settings).await
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     started.elapsed()
@@ -87,7 +92,8 @@ async fn until_stored(bus: &JetStreamBus, settings: &StreamSettings, count: u64)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_relay_takes_over_when_the_active_one_dies() {
     let Some((bus, settings)) = bus().await else { return };
-    let Some(store) = TestStore::open(Backend::of_test_target(env!("CARGO_CRATE_NAME")), StoreConfig::default()).await
+    let Some(store) =
+        TestStore::open(Backend::of_test_target(env!("CARGO_CRATE_NAME")), StoreConfig::default()).await
     else {
         return;
     };
@@ -121,7 +127,8 @@ async fn a_standby_relay_takes_over_when_the_active_one_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_stalled_past_its_lease_is_fenced_out() {
     let Some((bus, settings)) = bus().await else { return };
-    let Some(store) = TestStore::open(Backend::of_test_target(env!("CARGO_CRATE_NAME")), StoreConfig::default()).await
+    let Some(store) =
+        TestStore::open(Backend::of_test_target(env!("CARGO_CRATE_NAME")), StoreConfig::default()).await
     else {
         return;
     };
@@ -137,6 +144,10 @@ async fn a_relay_that_stalled_past_its_lease_is_fenced_out() {
     assert_eq!(store.position("jetstream").await.unwrap(), 0, "the stalled relay moved nothing");
     let successor = Relay::new(store.store.clone(), Arc::new(bus.clone()), "jetstream");
     assert_eq!(successor.catch_up(Some(current)).await.unwrap(), 12);
-    assert_eq!(stored(&bus, &settings).await, 12, "what the stalled relay published was dropped as duplicates");
+    assert_eq!(
+        stored(&bus, &settings).await,
+        12,
+        "what the stalled relay published was dropped as duplicates"
+    );
     let _ = bus.context().delete_stream(&settings.name).await;
 }

@@ -50,4 +50,7 @@ pub trait DeadLetters: Send + Sync {
 
     /// Deletes a dead letter (discarded, or replayed successfully); answers whether it existed.
     async fn remove_dead_letter(&self, id: Uuid) -> StoreResult<bool>;
+
+    /// How many dead letters there are, of every consumer (the DLQ depth).
+    async fn dead_letter_count(&self) -> StoreResult<u64>;
 }

@@ -16,7 +16,7 @@ use coffer_store::{DeadLetter, Store};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{Delivery, HandlerError, Source};
+use super::{Delivery, HandlerError, LAG, Source};
 use crate::BusError;
 
 pub struct OutboxSource {
@@ -38,6 +38,8 @@ pub struct OutboxSource {
     retries: Vec<(Instant, Delivery<Token>)>,
     /// Dead letters being replayed right now, so a replay is not handed out twice.
     replaying: HashSet<Uuid>,
+    /// When the lag gauge was last brought up to date.
+    lag_measured: Instant,
 }
 
 /// Where a delivery came from.
@@ -69,6 +71,7 @@ impl OutboxSource {
             unsettled: BTreeSet::new(),
             retries: Vec::new(),
             replaying: HashSet::new(),
+            lag_measured: Instant::now(),
         })
     }
 
@@ -79,6 +82,17 @@ impl OutboxSource {
             self.store.save_position(&self.position_name, settled_up_to, None).await.map_err(unavailable)?;
             self.saved = settled_up_to;
         }
+        self.measure_lag().await
+    }
+
+    /// Once a second: how far the saved position is behind the outbox's end, in positions.
+    async fn measure_lag(&mut self) -> Result<(), BusError> {
+        if self.lag_measured.elapsed() < Duration::from_secs(1) {
+            return Ok(());
+        }
+        self.lag_measured = Instant::now();
+        let end = self.store.last_event_position().await.map_err(unavailable)?;
+        metrics::gauge!(LAG, "consumer" => self.consumer.clone()).set((end - self.saved).max(0) as f64);
         Ok(())
     }
 

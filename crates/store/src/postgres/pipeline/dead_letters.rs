@@ -110,6 +110,12 @@ impl DeadLetters for PgStore {
             .map_err(pg_error)?;
         Ok(removed == 1)
     }
+
+    async fn dead_letter_count(&self) -> StoreResult<u64> {
+        let client = self.client().await?;
+        let row = client.query_one("SELECT count(*) FROM dead_letters", &[]).await.map_err(pg_error)?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
 }
 
 fn letter(row: &Row) -> StoreResult<DeadLetter> {

@@ -55,6 +55,14 @@ impl DeadLetters for SqliteStore {
         })
         .await
     }
+
+    async fn dead_letter_count(&self) -> StoreResult<u64> {
+        let count: i64 = self
+            .reads
+            .run(|c| c.query_row("SELECT count(*) FROM dead_letters", [], |row| row.get(0)))
+            .await?;
+        Ok(count.max(0) as u64)
+    }
 }
 
 /// Inserts the letter, or overwrites the whole row (its id included) of the earlier letter for
