@@ -1,9 +1,10 @@
 //! The event pipeline under faults, with real processes: `coffer serve` processes on one
 //! PostgreSQL database and a NATS server of the test's own (temporary directory, free port).
 //!
-//! 1. Under steady load, the relay is killed with SIGKILL mid-publish and restarted, and the
-//!    NATS server is restarted: every acknowledged transfer's event is in the stream exactly
-//!    once, and the projection (kept by a JetStream consumer) ends exact.
+//! 1. Under steady load, the relay is killed with SIGKILL mid-publish and restarted, the
+//!    worker (the consumers) is killed with SIGKILL and restarted, and the NATS server is
+//!    restarted: every acknowledged transfer's event is in the stream exactly once, and the
+//!    projection (kept by a JetStream consumer) ends exact.
 //! 2. A broker that lost acknowledged messages (its storage wiped) is healed by
 //!    `coffer events republish --from 1`: the stream holds every event again, once, and the
 //!    running worker subscribes again and keeps the projection exact with what comes next.
@@ -271,14 +272,15 @@ fn created_transfers(events: &[(Uuid, Value)]) -> HashSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn relay_kill_and_nats_restart_under_load_lose_and_double_nothing() {
+async fn relay_and_worker_kills_and_a_nats_restart_under_load_lose_and_double_nothing() {
     let Some(db) = TestDatabase::create().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut nats = Nats::start(&dir.path().join("nats"));
     let deployment = Deployment::new(&db.url, &nats);
-    let api = deployment.api(&dir.path().join("api"), "api,worker").await;
+    let api = deployment.api(&dir.path().join("api"), "api").await;
     let http = api.client();
     let mut relay = deployment.headless("relay");
+    let mut worker = deployment.headless("worker");
     let accounts = setup_ledger(&http, 8).await;
 
     let start = Instant::now();
@@ -287,7 +289,12 @@ async fn relay_kill_and_nats_restart_under_load_lose_and_double_nothing() {
     relay.kill_9();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     relay = deployment.headless("relay");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The consumers die between their effects and their acks, whatever they were doing.
+    worker.kill_9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker = deployment.headless("worker");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     nats.restart();
     let acknowledged = writes.await.unwrap();
     assert!(acknowledged.len() > 200, "only {} transfers under load", acknowledged.len());
@@ -297,7 +304,7 @@ async fn relay_kill_and_nats_restart_under_load_lose_and_double_nothing() {
     let acked: HashSet<String> = acknowledged.keys().cloned().collect();
     assert_eq!(in_stream, acked, "the stream holds exactly the acknowledged transfers");
     invariants_hold(&http, "EVT").await;
-    drop(relay);
+    drop((relay, worker));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

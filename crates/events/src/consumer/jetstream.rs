@@ -141,8 +141,10 @@ impl Source for JetStreamSource {
                 Some(Ok(message)) => message,
                 failed => {
                     self.broken = true;
-                    let why = failed
-                        .map_or_else(|| "the subscription ended".to_owned(), |e| e.unwrap_err().to_string());
+                    let why = match failed {
+                        Some(Err(BusError::Unavailable(why))) => why,
+                        _ => "the subscription ended".to_owned(),
+                    };
                     return Err(BusError::Unavailable(format!("JetStream consumer: {why}")));
                 }
             };
