@@ -194,6 +194,11 @@ impl PageQuery {
     }
 }
 
+/// The query of a route that takes none: any parameter is a 400, not silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

@@ -300,6 +300,10 @@ async fn bad_paths_unknown_ids_and_bad_queries_are_refused() {
     let Some(app) = spawn().await else { return };
     let hook = id_of(&create(&app, "https://example.com/", &[TRANSFER]).await);
     let missing = uuid();
+    // A list that takes no parameters refuses them rather than ignoring them.
+    for path in ["/v1/webhooks?limit=5", "/v1/keys?cursor=x"] {
+        app.get(path).await.assert_problem(400, "invalid_request");
+    }
 
     for (method, path, field) in [
         ("GET", "/v1/webhooks/not-a-uuid".to_owned(), "id"),

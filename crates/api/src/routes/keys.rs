@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use super::json;
 use crate::auth::{AdminScope, Caller, generate_token, hash_token};
-use crate::dto::{CreateKey, CreatedKey, KeyView, List};
+use crate::dto::{CreateKey, CreatedKey, KeyView, List, NoQuery};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, JsonBody};
+use crate::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::idempotency::StoreInstead;
 use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
 use crate::state::AppState;
@@ -70,7 +70,11 @@ pub async fn create_key(
     get, path = "/v1/keys", tag = "keys",
     responses((status = 200, description = "All keys (one page)", body = List<KeyView>), ReadProblems)
 )]
-pub async fn list_keys(State(state): State<AppState>, _: Caller<AdminScope>) -> Result<Response, ApiError> {
+pub async fn list_keys(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+    _: ApiQuery<NoQuery>,
+) -> Result<Response, ApiError> {
     let keys = state.store.keys().await?;
     let data = keys.into_iter().map(KeyView::from).collect();
     Ok(json(StatusCode::OK, &List { data, next_cursor: None }))

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::json;
 use crate::auth::{AdminScope, Caller};
+use crate::dto::NoQuery;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiPath2, ApiQuery, JsonBody, PathParam};
 use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
@@ -197,6 +198,7 @@ pub async fn create_webhook(
 pub async fn list_webhooks(
     State(state): State<AppState>,
     _: Caller<AdminScope>,
+    _: ApiQuery<NoQuery>,
 ) -> Result<Response, ApiError> {
     let data = state.store.webhooks().await?.into_iter().map(view).collect();
     Ok(json(StatusCode::OK, &WebhookList { data }))
