@@ -176,6 +176,11 @@ fn page(limit: Option<u32>, cursor: Option<CursorParam>) -> Result<PageRequest, 
     PageRequest::new(limit, cursor.map(|c| c.0)).map_err(|e| ApiError::invalid_field("limit", e.0))
 }
 
+/// A page size for lists with cursors of their own: the same default and bounds as every list.
+pub fn page_limit(limit: Option<u32>) -> Result<usize, ApiError> {
+    Ok(page(limit, None)?.limit() as usize)
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

@@ -3,6 +3,8 @@
 //! things a consumer must survive: concurrent writers committing out of id order, consumers
 //! killed between their effect and their ack, and a handler that always fails.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,12 +16,10 @@ use coffer_events::{
     JetStreamSourceSettings, LedgerVolumes, OutboxSource, Relay, RetryPolicy, StoreDeadLetters,
     StreamSettings, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, day_of,
 };
-use coffer_ledger::{
-    AccountFlags, AccountId, Amount, Command, LedgerCode, NewAccount, NewLedger, NewTransfer, Outcome, Scale,
-    Submission, Timestamp, TransferId,
-};
+use coffer_ledger::{AccountId, Outcome, Submission, Timestamp};
 use coffer_store::{OutboxEvent, Store, StoreConfig};
 use coffer_testkit::{Backend, TestStore};
+use common::{ledger_with_accounts, local_jetstream, transfer, unique_stream, usd};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -44,19 +44,8 @@ impl Harness {
         let (stop, stopped) = watch::channel(false);
         let mut harness = Harness { store, jetstream: None, stop, relay: None };
         if bus == Bus::JetStream {
-            let tag = Uuid::new_v4().simple().to_string();
-            let settings = StreamSettings {
-                name: format!("COFFER_TEST_{}", tag.to_uppercase()),
-                subject_prefix: format!("coffer_test_{tag}"),
-                duplicate_window: Duration::from_secs(120),
-                replicas: 1,
-            };
-            let url =
-                std::env::var("COFFER_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-            let js = match JetStreamBus::connect(&url, &settings).await {
-                Ok(js) => js,
-                Err(e) => return coffer_testkit::missing(&format!("NATS JetStream at {url}"), e),
-            };
+            let settings = unique_stream("coffer_test", 1);
+            let js = local_jetstream(&settings).await?;
             let relay = Relay::new(harness.store.store.clone(), Arc::new(js.clone()), "jetstream");
             harness.relay = Some(tokio::spawn(relay.run(Duration::from_millis(10), stopped)));
             harness.jetstream = Some((js, settings));
@@ -115,46 +104,6 @@ impl Harness {
     }
 }
 
-const USD: &str = "USD";
-
-fn usd() -> LedgerCode {
-    LedgerCode::try_from(USD).unwrap()
-}
-
-/// A ledger and `n` accounts that may go negative.
-async fn accounts(store: &dyn Store, n: usize) -> Vec<AccountId> {
-    let ids: Vec<AccountId> = (0..n).map(|_| AccountId::generate()).collect();
-    let mut commands =
-        vec![Command::CreateLedger(NewLedger { code: usd(), scale: Scale::try_from(2).unwrap() })];
-    commands.extend(ids.iter().map(|id| {
-        Command::CreateAccount(NewAccount {
-            id: *id,
-            ledger: usd(),
-            code: 1,
-            flags: AccountFlags::default(),
-            external_ref: None,
-            metadata: None,
-        })
-    }));
-    store.submit(Submission { commands, atomic: true }).await.unwrap();
-    ids
-}
-
-fn transfer(from: AccountId, to: AccountId, amount: u64, code: u16) -> Command {
-    Command::CreateTransfer(NewTransfer {
-        // Random (v4) ids: the transfers commit out of id order.
-        id: TransferId(Uuid::new_v4()),
-        debit_account_id: from,
-        credit_account_id: to,
-        amount: Amount::try_from(amount).unwrap(),
-        ledger: usd(),
-        code,
-        pending: None,
-        external_ref: None,
-        metadata: None,
-    })
-}
-
 /// Expected projection rows: (day, code) → (count, volume).
 type Volumes = BTreeMap<(i32, u16), (u64, u128)>;
 
@@ -204,7 +153,7 @@ async fn projection(store: &dyn Store) -> Volumes {
 async fn projection_survives_crashes_and_out_of_order_writes(bus: Bus) {
     let Some(h) = Harness::new(bus).await else { return };
     let store = h.store.store.clone();
-    let ids = accounts(store.as_ref(), 10).await;
+    let ids = ledger_with_accounts(store.as_ref(), 10).await;
     let retry = RetryPolicy::default();
     let types = [VOLUMES_EVENT_TYPE];
 
@@ -289,7 +238,7 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
 async fn failing_handler_dead_letters_then_replay_delivers_once(bus: Bus) {
     let Some(h) = Harness::new(bus).await else { return };
     let store = h.store.store.clone();
-    let ids = accounts(store.as_ref(), 2).await;
+    let ids = ledger_with_accounts(store.as_ref(), 2).await;
     let flaky = Flaky::default();
     flaky.broken.store(true, Ordering::SeqCst);
     let retry = RetryPolicy {

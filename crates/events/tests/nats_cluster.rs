@@ -5,6 +5,8 @@
 //!
 //! On nats-server 2.9 the `sync_interval` line (2.10 and later) is dropped, as the files say.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::Path;
@@ -13,13 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use coffer_events::{JetStreamBus, Relay, StreamSettings};
-use coffer_ledger::{
-    AccountFlags, AccountId, Amount, Command as LedgerCommand, LedgerCode, NewAccount, NewLedger,
-    NewTransfer, Scale, Submission, TransferId,
-};
-use coffer_store::{Store, StoreConfig};
+use coffer_events::{JetStreamBus, Relay};
+use coffer_store::StoreConfig;
 use coffer_testkit::{Backend, TestStore};
+use common::{ledger_with_accounts, transfers, unique_stream};
 use uuid::Uuid;
 
 fn free_port() -> u16 {
@@ -69,47 +68,6 @@ impl Drop for Node {
     }
 }
 
-async fn workload(store: &dyn Store, accounts: &[AccountId], transfers: usize) {
-    let usd = LedgerCode::try_from("USD").unwrap();
-    for chunk in 0..transfers / 50 {
-        let commands = (0..50)
-            .map(|i| {
-                LedgerCommand::CreateTransfer(NewTransfer {
-                    id: TransferId(Uuid::new_v4()),
-                    debit_account_id: accounts[0],
-                    credit_account_id: accounts[1],
-                    amount: Amount::try_from((chunk * 50 + i + 1) as u64).unwrap(),
-                    ledger: usd,
-                    code: 1,
-                    pending: None,
-                    external_ref: None,
-                    metadata: None,
-                })
-            })
-            .collect();
-        store.submit(Submission { commands, atomic: false }).await.unwrap();
-    }
-}
-
-async fn setup(store: &dyn Store) -> Vec<AccountId> {
-    let usd = LedgerCode::try_from("USD").unwrap();
-    let ids = vec![AccountId::generate(), AccountId::generate()];
-    let mut commands =
-        vec![LedgerCommand::CreateLedger(NewLedger { code: usd, scale: Scale::try_from(2).unwrap() })];
-    for id in &ids {
-        commands.push(LedgerCommand::CreateAccount(NewAccount {
-            id: *id,
-            ledger: usd,
-            code: 1,
-            flags: AccountFlags::default(),
-            external_ref: None,
-            metadata: None,
-        }));
-    }
-    store.submit(Submission { commands, atomic: true }).await.unwrap();
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_r3_stream_on_the_shipped_cluster_loses_nothing_when_a_node_dies() {
     let Some(version) = nats_version() else {
@@ -132,13 +90,7 @@ async fn an_r3_stream_on_the_shipped_cluster_loses_nothing_when_a_node_dies() {
         .collect();
     let url = clients.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
 
-    let tag = Uuid::new_v4().simple().to_string();
-    let settings = StreamSettings {
-        name: format!("CLUSTER_{}", tag.to_uppercase()),
-        subject_prefix: format!("cluster_{tag}"),
-        duplicate_window: Duration::from_secs(120),
-        replicas: 3,
-    };
+    let settings = unique_stream("cluster", 3);
     // The cluster elects its JetStream leader first; until then the stream cannot be made.
     let deadline = Instant::now() + Duration::from_secs(30);
     let bus = loop {
@@ -156,15 +108,15 @@ async fn an_r3_stream_on_the_shipped_cluster_loses_nothing_when_a_node_dies() {
     assert_eq!(info.config.storage, jetstream::stream::StorageType::File);
 
     let Some(store) = TestStore::open(Backend::Sqlite, StoreConfig::default()).await else { return };
-    let accounts = setup(store.as_ref()).await;
+    let accounts = ledger_with_accounts(store.as_ref(), 2).await;
     let relay = Relay::new(store.store.clone(), Arc::new(bus.clone()), "jetstream");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let relaying = tokio::spawn(relay.run(Duration::from_millis(10), stopped));
 
-    workload(store.as_ref(), &accounts, 500).await;
+    transfers(store.as_ref(), accounts[0], accounts[1], 500).await;
     // Kill the node the client is most likely on, while the relay is publishing.
     drop(nodes[0].take());
-    workload(store.as_ref(), &accounts, 500).await;
+    transfers(store.as_ref(), accounts[0], accounts[1], 500).await;
 
     let outbox = store.events_after(0, 10_000).await.unwrap();
     let survivor = format!("nats://127.0.0.1:{}", clients[1]);

@@ -3,80 +3,28 @@
 //! id; a second relay that starts from the beginning — a relay that crashed after publishing but
 //! before saving its position — adds nothing, because the stream drops the duplicates.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use coffer_events::{Bus, JetStreamBus, Relay, StreamSettings};
-use coffer_ledger::{
-    AccountFlags, AccountId, Amount, Command, LedgerCode, NewAccount, NewLedger, NewTransfer, Scale,
-    Submission, TransferId,
-};
-use coffer_store::{Store, StoreConfig};
+use std::sync::Arc;
+
+use coffer_events::{Bus, Relay};
+use coffer_store::StoreConfig;
 use coffer_testkit::{Backend, TestStore};
+use common::{ledger_with_accounts, local_jetstream, transfers, unique_stream};
 use serde_json::Value;
 
-const TRANSFERS: usize = 300;
-
-async fn bus(settings: &StreamSettings) -> Option<JetStreamBus> {
-    let url = std::env::var("COFFER_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    match JetStreamBus::connect(&url, settings).await {
-        Ok(bus) => Some(bus),
-        Err(e) => coffer_testkit::missing(&format!("NATS JetStream at {url}"), e),
-    }
-}
-
-async fn workload(store: &dyn Store) {
-    let usd = LedgerCode::try_from("USD").unwrap();
-    let (a, b) = (AccountId::generate(), AccountId::generate());
-    let mut commands =
-        vec![Command::CreateLedger(NewLedger { code: usd, scale: Scale::try_from(2).unwrap() })];
-    for id in [a, b] {
-        let flags = AccountFlags::default();
-        commands.push(Command::CreateAccount(NewAccount {
-            id,
-            ledger: usd,
-            code: 1,
-            flags,
-            external_ref: None,
-            metadata: None,
-        }));
-    }
-    store.submit(Submission { commands, atomic: true }).await.unwrap();
-    for chunk in 0..TRANSFERS / 50 {
-        let commands = (0..50)
-            .map(|i| {
-                Command::CreateTransfer(NewTransfer {
-                    id: TransferId(uuid::Uuid::new_v4()),
-                    debit_account_id: a,
-                    credit_account_id: b,
-                    amount: Amount::try_from((chunk * 50 + i + 1) as u64).unwrap(),
-                    ledger: usd,
-                    code: 1,
-                    pending: None,
-                    external_ref: None,
-                    metadata: None,
-                })
-            })
-            .collect();
-        store.submit(Submission { commands, atomic: false }).await.unwrap();
-    }
-}
+const TRANSFERS: u64 = 300;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_reaches_the_stream_once_and_in_order() {
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let settings = StreamSettings {
-        name: format!("COFFER_TEST_{}", tag.to_uppercase()),
-        subject_prefix: format!("coffer_test_{tag}"),
-        duplicate_window: Duration::from_secs(120),
-        replicas: 1,
-    };
-    let Some(bus) = bus(&settings).await else { return };
+    let settings = unique_stream("coffer_test", 1);
+    let Some(bus) = local_jetstream(&settings).await else { return };
     let bus = Arc::new(bus);
     let Some(store) = TestStore::open(Backend::Sqlite, StoreConfig::default()).await else { return };
-    workload(store.as_ref()).await;
+    let accounts = ledger_with_accounts(store.as_ref(), 2).await;
+    transfers(store.as_ref(), accounts[0], accounts[1], TRANSFERS).await;
     let outbox = store.events_after(0, 10_000).await.unwrap();
-    assert_eq!(outbox.len(), 2 + TRANSFERS);
+    assert_eq!(outbox.len(), 2 + TRANSFERS as usize);
 
     let relay = Relay::new(store.store.clone(), bus.clone() as Arc<dyn Bus>, "jetstream");
     assert_eq!(relay.catch_up(None).await.unwrap(), outbox.len());

@@ -3,72 +3,22 @@
 //! giving the lease up, and a relay that stalled past its lease is fenced out — it cannot move
 //! the position of the relay that replaced it.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_events::{JetStreamBus, Relay, RelayError, StreamSettings};
-use coffer_ledger::{
-    AccountFlags, AccountId, Amount, Command, LedgerCode, NewAccount, NewLedger, NewTransfer, Scale,
-    Submission, TransferId,
-};
-use coffer_store::{Store, StoreConfig};
+use coffer_store::StoreConfig;
 use coffer_testkit::{Backend, TestStore};
+use common::{ledger_with_accounts, local_jetstream, transfers, unique_stream};
 use tokio::sync::watch;
-use uuid::Uuid;
 
 const LEASE: Duration = Duration::from_millis(1000);
 
 async fn bus() -> Option<(JetStreamBus, StreamSettings)> {
-    let tag = Uuid::new_v4().simple().to_string();
-    let settings = StreamSettings {
-        name: format!("LEASE_{}", tag.to_uppercase()),
-        subject_prefix: format!("lease_{tag}"),
-        duplicate_window: Duration::from_secs(120),
-        replicas: 1,
-    };
-    let url = std::env::var("COFFER_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    match JetStreamBus::connect(&url, &settings).await {
-        Ok(bus) => Some((bus, settings)),
-        Err(e) => coffer_testkit::missing(&format!("NATS JetStream at {url}"), e),
-    }
-}
-
-async fn accounts(store: &dyn Store) -> (AccountId, AccountId) {
-    let usd = LedgerCode::try_from("USD").unwrap();
-    let (a, b) = (AccountId::generate(), AccountId::generate());
-    let mut commands =
-        vec![Command::CreateLedger(NewLedger { code: usd, scale: Scale::try_from(2).unwrap() })];
-    for id in [a, b] {
-        commands.push(Command::CreateAccount(NewAccount {
-            id,
-            ledger: usd,
-            code: 1,
-            flags: AccountFlags::default(),
-            external_ref: None,
-            metadata: None,
-        }));
-    }
-    store.submit(Submission { commands, atomic: true }).await.unwrap();
-    (a, b)
-}
-
-async fn transfers(store: &dyn Store, (a, b): (AccountId, AccountId), n: u64) {
-    let commands = (1..=n)
-        .map(|amount| {
-            Command::CreateTransfer(NewTransfer {
-                id: TransferId(Uuid::now_v7()),
-                debit_account_id: a,
-                credit_account_id: b,
-                amount: Amount::try_from(amount).unwrap(),
-                ledger: LedgerCode::try_from("USD").unwrap(),
-                code: 1,
-                pending: None,
-                external_ref: None,
-                metadata: None,
-            })
-        })
-        .collect();
-    store.submit(Submission { commands, atomic: false }).await.unwrap();
+    let settings = unique_stream("lease", 1);
+    Some((local_jetstream(&settings).await?, settings))
 }
 
 /// Messages in the stream.
@@ -97,14 +47,14 @@ async fn a_standby_relay_takes_over_when_the_active_one_dies() {
     else {
         return;
     };
-    let pair = accounts(store.as_ref()).await;
+    let pair = ledger_with_accounts(store.as_ref(), 2).await;
     let relay = |stop: watch::Receiver<bool>| {
         let relay = Relay::new(store.store.clone(), Arc::new(bus.clone()), "jetstream").with_lease(LEASE);
         tokio::spawn(relay.run(Duration::from_millis(10), stop))
     };
     let (stop, stopped) = watch::channel(false);
     let active = relay(stopped.clone());
-    transfers(store.as_ref(), pair, 100).await;
+    transfers(store.as_ref(), pair[0], pair[1], 100).await;
     until_stored(&bus, &settings, 102).await;
 
     let standby = relay(stopped);
@@ -112,7 +62,7 @@ async fn a_standby_relay_takes_over_when_the_active_one_dies() {
     // The active relay dies without giving its lease up.
     active.abort();
     let _ = active.await;
-    transfers(store.as_ref(), pair, 100).await;
+    transfers(store.as_ref(), pair[0], pair[1], 100).await;
     let takeover = until_stored(&bus, &settings, 202).await;
     assert!(takeover < LEASE + Duration::from_secs(2), "the standby took {takeover:?} to take over");
 
@@ -132,12 +82,12 @@ async fn a_relay_that_stalled_past_its_lease_is_fenced_out() {
     else {
         return;
     };
-    let pair = accounts(store.as_ref()).await;
+    let pair = ledger_with_accounts(store.as_ref(), 2).await;
     let stale = store.acquire_lease("jetstream", "stalled", LEASE).await.unwrap().unwrap();
     tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
     let current = store.acquire_lease("jetstream", "successor", LEASE * 10).await.unwrap().unwrap();
     assert!(current > stale);
-    transfers(store.as_ref(), pair, 10).await;
+    transfers(store.as_ref(), pair[0], pair[1], 10).await;
 
     let stalled = Relay::new(store.store.clone(), Arc::new(bus.clone()), "jetstream");
     assert!(matches!(stalled.catch_up(Some(stale)).await, Err(RelayError::Fenced)));

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::json;
 use crate::auth::{AdminScope, Caller};
+use crate::dto::page_limit;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, PathParam};
 use crate::openapi::{LookupProblems, ReadProblems, WriteProblems};
@@ -92,17 +93,12 @@ pub async fn list_dead_letters(
     _: Caller<AdminScope>,
     ApiQuery(query): ApiQuery<DeadLetterQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid_field("limit", "must be between 1 and 1000"));
-    }
+    let limit = page_limit(query.limit)?;
     if let Some(cursor) = &query.cursor {
         DeadLetterId::parse(cursor).map_err(|m| ApiError::invalid_field("cursor", m))?;
     }
-    let entries =
-        state.dead_letters.list(query.consumer.as_deref(), query.cursor.as_deref(), limit as usize).await?;
-    let next_cursor =
-        (entries.len() == limit as usize).then(|| entries.last().map(|e| e.id.clone())).flatten();
+    let entries = state.dead_letters.list(query.consumer.as_deref(), query.cursor.as_deref(), limit).await?;
+    let next_cursor = (entries.len() == limit).then(|| entries.last().map(|e| e.id.clone())).flatten();
     Ok(json(StatusCode::OK, &DeadLetterList { data: entries.into_iter().map(view).collect(), next_cursor }))
 }
 

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::json;
 use crate::auth::{AdminScope, Caller};
-use crate::dto::NoQuery;
+use crate::dto::{NoQuery, page_limit};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiPath2, ApiQuery, JsonBody, PathParam};
 use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
@@ -248,13 +248,10 @@ pub async fn list_deliveries(
     ApiPath(WebhookId(id)): ApiPath<WebhookId>,
     ApiQuery(query): ApiQuery<DeliveryQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid_field("limit", "must be between 1 and 1000"));
-    }
+    let limit = page_limit(query.limit)?;
     state.store.webhook(id).await?.ok_or_else(|| ApiError::not_found("no such webhook"))?;
-    let deliveries = state.store.deliveries(id, query.cursor, limit as usize).await?;
-    let next_cursor = (deliveries.len() == limit as usize).then(|| deliveries.last().map(|d| d.id)).flatten();
+    let deliveries = state.store.deliveries(id, query.cursor, limit).await?;
+    let next_cursor = (deliveries.len() == limit).then(|| deliveries.last().map(|d| d.id)).flatten();
     let data = deliveries.into_iter().map(delivery_view).collect();
     Ok(json(StatusCode::OK, &DeliveryList { data, next_cursor }))
 }
