@@ -1,0 +1,161 @@
+//! Rate limits shared through a real Redis (`COFFER_TEST_REDIS_URL`, default the local server):
+//! two processes' limiters together let through the configured rate, not twice it; with Redis
+//! stopped each falls back to its local limit and traffic keeps flowing; when Redis is back the
+//! shared limit is too.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_ratelimit::{Limits, Rate};
+
+const TIMEOUT: Duration = Duration::from_millis(100);
+
+fn redis_url() -> String {
+    std::env::var("COFFER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn unique_prefix() -> String {
+    format!("coffer-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// How many checks of `key` at `rate` the limiters allow, hammering together for `seconds`.
+async fn allowed(limiters: &[Arc<Limits>], key: &str, rate: Rate, seconds: f64) -> u64 {
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for limits in limiters {
+        let (limits, key) = (limits.clone(), key.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut allowed = 0;
+            while Instant::now() < until {
+                if limits.check(&key, rate).await.is_allowed() {
+                    allowed += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            allowed
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total
+}
+
+/// Whether the local Redis answers.
+async fn local_redis() -> bool {
+    let client = redis::Client::open(redis_url()).unwrap();
+    match client.get_multiplexed_async_connection().await {
+        Ok(_) => true,
+        Err(e) => coffer_testkit::missing::<()>(&format!("Redis at {}", redis_url()), e).is_some(),
+    }
+}
+
+fn assert_near(got: u64, expected: f64, what: &str) {
+    let off = (got as f64 - expected).abs() / expected;
+    assert!(off <= 0.10, "{what}: {got} allowed, expected {expected:.0} (off by {:.0} %)", off * 100.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_holds_cluster_wide_across_two_processes_sharing_redis() {
+    if !local_redis().await {
+        return;
+    }
+    let prefix = unique_prefix();
+    let two = [
+        Arc::new(Limits::shared(&redis_url(), &prefix, TIMEOUT).unwrap()),
+        Arc::new(Limits::shared(&redis_url(), &prefix, TIMEOUT).unwrap()),
+    ];
+    let rate = Rate::new(200, 20);
+    let got = allowed(&two, "key-1", rate, 3.0).await;
+    // 3 s at 200/s plus the burst, for both together.
+    assert_near(got, 3.0 * 200.0 + 20.0, "two limiters sharing Redis");
+
+    // The same with local limits only lets each through on its own: about twice as much.
+    let apart = [Arc::new(Limits::local()), Arc::new(Limits::local())];
+    let got = allowed(&apart, "key-1", rate, 3.0).await;
+    assert_near(got, 2.0 * (3.0 * 200.0 + 20.0), "two local limiters");
+}
+
+/// A redis-server of the test's own, to stop and start.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Option<OwnRedis> {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = OwnRedis { port, child: None };
+        redis.spawn().then_some(redis)
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => return coffer_testkit::missing::<()>("redis-server on the PATH", e).is_some(),
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_stopped_local_limits_apply_and_traffic_keeps_flowing() {
+    let Some(mut redis) = OwnRedis::start() else { return };
+    let prefix = unique_prefix();
+    let two = [
+        Arc::new(Limits::shared(&redis.url(), &prefix, TIMEOUT).unwrap()),
+        Arc::new(Limits::shared(&redis.url(), &prefix, TIMEOUT).unwrap()),
+    ];
+    let rate = Rate::new(100, 10);
+    assert_near(allowed(&two, "k", rate, 2.0).await, 2.0 * 100.0 + 10.0, "shared, Redis up");
+
+    redis.stop();
+    // Each falls back to its own limit: still limited, and still flowing.
+    let got = allowed(&two, "k", rate, 2.0).await;
+    assert_near(got, 2.0 * (2.0 * 100.0 + 10.0), "local fallbacks, Redis down");
+
+    assert!(redis.spawn());
+    // Back on the shared limit once the limiters reconnect (within a second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = allowed(&two, "warm-up", rate, 0.2).await;
+    assert_near(allowed(&two, "k2", rate, 2.0).await, 2.0 * 100.0 + 10.0, "shared again, Redis back");
+}
