@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::ratelimit::{Limiter, RateLimits};
+use crate::ratelimit::RateLimits;
 use crate::state::AppState;
 
 /// Longest token accepted; ours are 71 characters.
@@ -65,10 +65,9 @@ pub async fn bootstrap(store: &dyn Store, token: Option<&str>) -> StoreResult<Op
     Ok((created && generated).then_some(token))
 }
 
-/// An authenticated caller: its key and the key's rate limiter.
+/// An authenticated caller: its key.
 pub struct Principal {
     pub key: ApiKey,
-    limiter: Arc<Limiter>,
 }
 
 struct CacheEntry {
@@ -102,7 +101,7 @@ impl Authenticator {
             None => self.fetch(hash).await?,
         };
         let principal = principal.ok_or_else(|| unauthorized("the API key is not valid or was revoked"))?;
-        principal.limiter.check()?;
+        self.limits.check(&principal.key)?;
         Ok(principal)
     }
 
@@ -115,10 +114,7 @@ impl Authenticator {
 
     async fn fetch(&self, hash: TokenHash) -> Result<Option<Arc<Principal>>, ApiError> {
         let key = self.store.key_by_token(hash).await?;
-        let principal = key.filter(|k| k.revoked_at.is_none()).map(|key| {
-            let limiter = self.limits.for_key(&key);
-            Arc::new(Principal { key, limiter })
-        });
+        let principal = key.filter(|k| k.revoked_at.is_none()).map(|key| Arc::new(Principal { key }));
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= MAX_CACHED {
             // Bounded against a flood of random tokens: drop what is stale, then everything.
