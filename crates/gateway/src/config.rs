@@ -77,8 +77,12 @@ impl TryFrom<String> for UpstreamUrl {
             return Err(bad("must not have a path or query"));
         }
         let authority = match authority.port_u16() {
+            Some(0) => return Err(bad("has port 0")),
             Some(_) => authority,
-            None => format!("{}:80", authority.host()).parse().map_err(|_| bad("has a bad host"))?,
+            None if authority.as_str() == authority.host() => {
+                format!("{}:80", authority.host()).parse().map_err(|_| bad("has a bad host"))?
+            }
+            None => return Err(bad("has a bad port")),
         };
         Ok(Self { authority })
     }
@@ -233,6 +237,7 @@ mod tests {
             "http://user:pw@x:1",
             "http://:80",
             "http://x:99999",
+            "http://x:0",
             "not a url",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");

@@ -19,8 +19,10 @@ use rand::Rng;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-/// The most tokens the bucket holds: retries it can pay in one burst.
-const BUDGET_CAP_TOKENS: f64 = 100.0;
+/// One retry, in the bucket's unit (thousandths of a retry, so shares add up exactly).
+const RETRY_COST: u64 = 1000;
+/// The most the bucket holds: 100 retries in one burst.
+const BUDGET_CAP: u64 = 100 * RETRY_COST;
 /// The longest pause before a retry.
 const BACKOFF_CAP: Duration = Duration::from_millis(200);
 
@@ -51,7 +53,9 @@ fn has_client_id(body: &[u8]) -> bool {
     struct WithId {
         id: Option<IgnoredAny>,
     }
-    serde_json::from_slice::<WithId>(body).is_ok_and(|parsed| parsed.id.is_some())
+    // A derived struct also reads from a JSON array; only an object counts.
+    let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    object && serde_json::from_slice::<WithId>(body).is_ok_and(|parsed| parsed.id.is_some())
 }
 
 /// An upstream answer that asks to be tried elsewhere.
@@ -69,40 +73,48 @@ pub fn backoff(base: Duration, retry: u32) -> Duration {
 /// The retry budget, a token bucket shared by every request of the gateway.
 #[derive(Debug)]
 pub struct Budget {
-    per_request: f64,
-    per_second: f64,
-    state: Mutex<(f64, Instant)>,
+    /// Thousandths of a retry each request earns.
+    per_request: u64,
+    /// Retries that arrive each second whatever the traffic.
+    per_second: u64,
+    /// Thousandths of a retry in the bucket, and when time last refilled it.
+    state: Mutex<(u64, Instant)>,
 }
 
 impl Budget {
     pub fn new(percent: u32, min_per_second: u32) -> Self {
         Self {
-            per_request: f64::from(percent) / 100.0,
-            per_second: f64::from(min_per_second),
-            state: Mutex::new((BUDGET_CAP_TOKENS, Instant::now())),
+            per_request: u64::from(percent) * RETRY_COST / 100,
+            per_second: u64::from(min_per_second),
+            state: Mutex::new((BUDGET_CAP, Instant::now())),
         }
     }
 
     /// A request arrived: it earns its share of a retry.
     pub fn deposit(&self) {
         let mut state = self.lock();
-        state.0 = (state.0 + self.per_request).min(BUDGET_CAP_TOKENS);
+        state.0 = (state.0 + self.per_request).min(BUDGET_CAP);
     }
 
     /// Takes a token for one retry, or refuses.
     pub fn withdraw(&self) -> bool {
         let mut state = self.lock();
         let now = Instant::now();
-        let refill = now.duration_since(state.1).as_secs_f64() * self.per_second;
-        *state = ((state.0 + refill).min(BUDGET_CAP_TOKENS), now);
-        if state.0 < 1.0 {
+        let elapsed_ms = now.duration_since(state.1).as_millis() as u64;
+        // Time only moves the refill mark forward when it adds something, so that frequent
+        // calls do not round every refill down to nothing.
+        let refill = elapsed_ms.saturating_mul(self.per_second);
+        if refill > 0 {
+            *state = ((state.0 + refill).min(BUDGET_CAP), now);
+        }
+        if state.0 < RETRY_COST {
             return false;
         }
-        state.0 -= 1.0;
+        state.0 -= RETRY_COST;
         true
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (f64, Instant)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Instant)> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
