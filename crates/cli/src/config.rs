@@ -273,11 +273,17 @@ mod tests {
     #[test]
     fn gateway_settings_from_file_environment_and_flags() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("gw.toml", "[gateway]\ncheck_interval_ms = 250\nupstreams = [\"http://a:1\"]\n")?;
+            jail.create_file(
+                "gw.toml",
+                "[gateway]\ncheck_interval_ms = 250\nupstreams = [\"http://a:1\"]\n",
+            )?;
             jail.set_env("COFFER_GATEWAY_UPSTREAMS", "http://127.0.0.1:8081, http://api-2.internal:8082");
             jail.set_env("COFFER_GATEWAY_EJECT_MS", "900");
             let overrides = Overrides {
-                gateway: GatewayOverrides { listen: Some("127.0.0.1:7000".parse().unwrap()), ..Default::default() },
+                gateway: GatewayOverrides {
+                    listen: Some("127.0.0.1:7000".parse().unwrap()),
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             let config = Config::load(Some(Path::new("gw.toml")), overrides).map_err(|e| e.to_string())?;

@@ -47,7 +47,9 @@ impl Held {
     /// The body of one attempt.
     pub fn for_attempt(&self) -> ProxyBody {
         match self {
-            Held::Bytes(bytes) => http_body_util::Full::new(bytes.clone()).map_err(|never| match never {}).boxed_unsync(),
+            Held::Bytes(bytes) => {
+                http_body_util::Full::new(bytes.clone()).map_err(|never| match never {}).boxed_unsync()
+            }
             Held::Stream(slot) => Handoff { slot: slot.clone(), taken: None }.boxed_unsync(),
         }
     }
@@ -90,7 +92,10 @@ impl http_body::Body for Unread {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
@@ -108,7 +113,10 @@ impl http_body::Body for Handoff {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         if self.taken.is_none() {
             let taken = lock(&self.slot).take();
             self.taken = taken;
@@ -153,7 +161,10 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

@@ -39,7 +39,11 @@ impl UpstreamUrl {
 
     /// The absolute URI of `path_and_query` on this upstream.
     pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder().scheme(Scheme::HTTP).authority(self.authority.clone()).path_and_query(path_and_query).build()
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
     }
 }
 
@@ -206,10 +210,16 @@ impl GatewayConfig {
             return Err(ConfigError::OutOfRange { field: "max_retries", reason: "must be at most 5" });
         }
         if self.retry_budget_percent > 100 {
-            return Err(ConfigError::OutOfRange { field: "retry_budget_percent", reason: "must be at most 100" });
+            return Err(ConfigError::OutOfRange {
+                field: "retry_budget_percent",
+                reason: "must be at most 100",
+            });
         }
         if self.retry_body_limit_bytes > 64 * 1024 * 1024 {
-            return Err(ConfigError::OutOfRange { field: "retry_body_limit_bytes", reason: "must be at most 64 MiB" });
+            return Err(ConfigError::OutOfRange {
+                field: "retry_body_limit_bytes",
+                reason: "must be at most 64 MiB",
+            });
         }
         Ok(())
     }
@@ -262,7 +272,8 @@ mod tests {
         let twice = Upstreams(vec![one.0[0].clone(), one.0[0].clone()]);
         let config = GatewayConfig { upstreams: twice, ..GatewayConfig::default() };
         assert!(matches!(config.validate(), Err(ConfigError::DuplicateUpstream(_))));
-        let config = GatewayConfig { upstreams: one.clone(), check_interval_ms: 0, ..GatewayConfig::default() };
+        let config =
+            GatewayConfig { upstreams: one.clone(), check_interval_ms: 0, ..GatewayConfig::default() };
         assert!(matches!(config.validate(), Err(ConfigError::OutOfRange { field: "check_interval_ms", .. })));
         let config = GatewayConfig { upstreams: one, retry_budget_percent: 101, ..GatewayConfig::default() };
         assert!(config.validate().is_err());

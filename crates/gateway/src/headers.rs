@@ -53,7 +53,9 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
         .get(&REQUEST_ID)
         .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic))
         .cloned()
-        .unwrap_or_else(|| HeaderValue::from_str(&Uuid::now_v7().to_string()).expect("a UUID is a header value"))
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&Uuid::now_v7().to_string()).expect("a UUID is a header value")
+        })
 }
 
 /// Whether `value` is a W3C traceparent of version 00 this gateway can pass on unchanged:

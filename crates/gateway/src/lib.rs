@@ -71,7 +71,8 @@ impl Gateway {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let client =
+            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         let shared = Arc::new(proxy::Shared::new(&config, client));
         Ok(Self { config, listener, admin, shared, metrics })
     }
@@ -88,7 +89,10 @@ impl Gateway {
 
     /// Serves until `shutdown` completes, then drains: the listeners close, requests in flight
     /// finish (for at most `drain_timeout_ms`), and the health checks stop.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), GatewayError> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError> {
         let Gateway { config, listener, admin, shared, metrics } = self;
         let _checks = health::spawn(
             shared.clone(),
@@ -101,7 +105,9 @@ impl Gateway {
         };
         if let Some(admin) = admin {
             let app = admin_router(shared.clone(), metrics);
-            tokio::spawn(axum::serve(admin, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future());
+            tokio::spawn(
+                axum::serve(admin, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future(),
+            );
         }
         let app = Router::new().fallback(proxy::handle).with_state(shared);
         let server = tokio::spawn(

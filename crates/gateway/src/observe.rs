@@ -91,7 +91,15 @@ pub struct AccessRecord {
 
 impl AccessRecord {
     pub fn new(request_id: HeaderValue, method: Method, path: &str) -> Self {
-        Self { start: Instant::now(), request_id, method, path: path.to_owned(), status: 0, upstream: None, retries: 0 }
+        Self {
+            start: Instant::now(),
+            request_id,
+            method,
+            path: path.to_owned(),
+            status: 0,
+            upstream: None,
+            retries: 0,
+        }
     }
 
     /// Writes the line and the metrics; `complete` is false when the body did not finish.

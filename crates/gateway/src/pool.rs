@@ -9,8 +9,8 @@
 //! EWMA latency × (in-flight + 1) wins. It avoids both the herd that "least loaded" sends to one
 //! replica and the blindness of round robin to a slow one, at O(1) cost per request.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -195,7 +195,10 @@ impl Pool {
             state.checks_failed_in_a_row = 0;
             state.checks_passed_in_a_row = state.checks_passed_in_a_row.saturating_add(1);
             let served_time = state.ejected_until.is_none_or(|until| Instant::now() >= until);
-            if !state.healthy && served_time && state.checks_passed_in_a_row >= self.thresholds.healthy_after_checks {
+            if !state.healthy
+                && served_time
+                && state.checks_passed_in_a_row >= self.thresholds.healthy_after_checks
+            {
                 state.healthy = true;
                 state.ejected_until = None;
                 state.failures_in_a_row = 0;
@@ -264,7 +267,11 @@ mod tests {
 
     fn pool(n: usize, eject_ms: u64) -> Arc<Pool> {
         let urls = (0..n).map(|i| UpstreamUrl::try_from(format!("http://u{i}:80")).unwrap()).collect();
-        Arc::new(Pool::new(&GatewayConfig { upstreams: Upstreams(urls), eject_ms, ..GatewayConfig::default() }))
+        Arc::new(Pool::new(&GatewayConfig {
+            upstreams: Upstreams(urls),
+            eject_ms,
+            ..GatewayConfig::default()
+        }))
     }
 
     #[test]

@@ -170,7 +170,12 @@ async fn send(
 }
 
 /// The response to the client: the request id on it, the access log written when it ends.
-fn answer<B>(response: Response<B>, mut record: AccessRecord, in_flight: Option<InFlight>, id: &http::HeaderValue) -> Response
+fn answer<B>(
+    response: Response<B>,
+    mut record: AccessRecord,
+    in_flight: Option<InFlight>,
+    id: &http::HeaderValue,
+) -> Response
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
     B::Error: Into<axum::BoxError>,

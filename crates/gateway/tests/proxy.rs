@@ -170,7 +170,8 @@ async fn an_upstream_down_at_start_is_routed_around_and_reported() {
     let gateway = Running::start(&[dead, live], |_| {}).await;
     for i in 0..40 {
         let body = if i % 2 == 0 { "{\"amount\": 1}" } else { "{\"id\": \"x\"}" };
-        let response = client().post(format!("{}/v1/transfers", gateway.base)).body(body).send().await.unwrap();
+        let response =
+            client().post(format!("{}/v1/transfers", gateway.base)).body(body).send().await.unwrap();
         assert_eq!(response.status(), 200, "request {i}");
     }
     assert_eq!(served.load(Ordering::SeqCst), 40, "a refused connection sent nothing: no duplicates");
@@ -180,10 +181,14 @@ async fn an_upstream_down_at_start_is_routed_around_and_reported() {
             assert_eq!(upstreams[1]["healthy"], true);
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(2), "the dead upstream is still healthy: {upstreams:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the dead upstream is still healthy: {upstreams:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let metrics = reqwest::get(format!("{}/gateway/metrics", gateway.admin)).await.unwrap().text().await.unwrap();
+    let metrics =
+        reqwest::get(format!("{}/gateway/metrics", gateway.admin)).await.unwrap().text().await.unwrap();
     let gauge = format!("coffer_gateway_upstream_healthy{{upstream=\"http://{dead}\"}} 0");
     assert!(metrics.contains(&gauge), "{metrics}");
     assert!(metrics.contains("coffer_gateway_requests_total{status=\"200\"}"), "{metrics}");
@@ -212,7 +217,8 @@ async fn a_post_without_id_or_key_is_not_sent_again_after_it_reached_an_upstream
     assert!(problem["detail"].as_str().unwrap().contains("may or may not"), "{problem}");
     assert_eq!(sent(), 1, "a non-idempotent request that reached an upstream is not repeated");
 
-    let response = post("{\"id\": \"0190f7e2-0000-7000-8000-000000000001\", \"amount\": 1}", None).await.unwrap();
+    let response =
+        post("{\"id\": \"0190f7e2-0000-7000-8000-000000000001\", \"amount\": 1}", None).await.unwrap();
     assert_eq!(response.status(), 502);
     assert_eq!(sent(), 3, "with a client-chosen id it is retried, on the other upstream only");
 
