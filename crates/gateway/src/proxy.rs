@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
-use http::{StatusCode, Version};
+use http::Version;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -73,7 +73,6 @@ pub async fn handle(
     let request_id = headers::request_id(&parts.headers);
     let mut record = AccessRecord::new(request_id.clone(), parts.method.clone(), parts.uri.path());
     headers::to_upstream(&mut parts.headers, &request_id, peer.ip());
-    parts.version = Version::HTTP_11;
     let Ok(held) = body::hold(body, shared.retry_body_limit_bytes).await else {
         return answer(GatewayProblem::BadBody.response(), record, None, &request_id);
     };
@@ -183,8 +182,5 @@ where
     let (mut parts, body) = response.into_parts();
     parts.headers.insert(headers::REQUEST_ID.clone(), id.clone());
     record.status = parts.status.as_u16();
-    if parts.status == StatusCode::SERVICE_UNAVAILABLE && record.upstream.is_none() {
-        tracing::warn!("no healthy upstream");
-    }
     Response::from_parts(parts, Body::new(Logged::new(body, record, in_flight)))
 }
