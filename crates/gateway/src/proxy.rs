@@ -79,15 +79,11 @@ pub async fn handle(
     let replay = retry::classify(&parts.method, &parts.headers, held.bytes());
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
 
+    let Some(mut index) = shared.pool.pick(&[]) else {
+        return answer(GatewayProblem::NoUpstream.response(), record, None, &request_id);
+    };
     let mut tried: Vec<UpstreamIndex> = Vec::new();
-    let mut last_problem = GatewayProblem::NoUpstream;
     loop {
-        let Some(index) = shared.pool.pick(&tried) else {
-            return answer(last_problem.response(), record, None, &request_id);
-        };
-        if !tried.is_empty() {
-            tokio::time::sleep(retry::backoff(shared.retry_backoff, record.retries)).await;
-        }
         tried.push(index);
         record.upstream = Some(shared.pool.get(index).url.to_string());
         let attempt = send(&shared, index, &parts, &path_and_query, &held).await;
@@ -99,21 +95,21 @@ pub async fn handle(
             Attempt::Unsent => held.available().then_some(RetryReason::Unsent),
             Attempt::Broken => (replay == Replay::Safe && held.available()).then_some(RetryReason::Broken),
         };
-        let may_retry = retry_reason.is_some() && record.retries < shared.max_retries && {
-            let paid = shared.budget.withdraw();
-            if !paid {
-                observe::retry_denied();
-            }
-            paid
+        // The next upstream is chosen before the budget is asked, so that a retry with nowhere
+        // to go costs no token and the client gets this attempt's own answer.
+        let next = match retry_reason {
+            Some(_) if record.retries < shared.max_retries => shared.pool.pick(&tried),
+            _ => None,
         };
-        if may_retry && let Some(reason) = retry_reason {
-            observe::retried(reason);
-            record.retries += 1;
-            last_problem = match attempt {
-                Attempt::Unsent => GatewayProblem::Unreachable,
-                _ => GatewayProblem::Broken,
-            };
-            continue;
+        if let (Some(reason), Some(next)) = (retry_reason, next) {
+            if shared.budget.withdraw() {
+                observe::retried(reason);
+                record.retries += 1;
+                tokio::time::sleep(retry::backoff(shared.retry_backoff, record.retries)).await;
+                index = next;
+                continue;
+            }
+            observe::retry_denied();
         }
         return match attempt {
             Attempt::Answered(response, in_flight) => {

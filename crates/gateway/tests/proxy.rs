@@ -277,3 +277,39 @@ async fn a_drain_finishes_requests_in_flight_and_takes_no_new_ones() {
     tokio::time::timeout(Duration::from_secs(5), &mut gateway.done).await.expect("drained").unwrap();
     assert!(client().get(url).send().await.is_err(), "a drained gateway takes no new connection");
 }
+
+/// An upstream that passes its checks and answers everything else 503 with a body of its own.
+async fn overloaded() -> (SocketAddr, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let app = Router::new().route("/readyz", axum::routing::get(|| async { "ready" })).fallback(move || {
+        let count = counted.clone();
+        async move {
+            count.fetch_add(1, Ordering::SeqCst);
+            (http::StatusCode::SERVICE_UNAVAILABLE, "busy upstream")
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn a_503_is_retried_elsewhere_once_per_upstream_then_passed_on_as_answered() {
+    let (a, count_a) = overloaded().await;
+    let (b, count_b) = overloaded().await;
+    let gateway = Running::start(&[a, b], |c| c.eject_after_failures = 1000).await;
+    let response = client().get(format!("{}/v1/ledgers", gateway.base)).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.text().await.unwrap(),
+        "busy upstream",
+        "the upstream's own answer, not the gateway's"
+    );
+    assert_eq!(count_a.load(Ordering::SeqCst) + count_b.load(Ordering::SeqCst), 2, "each upstream once");
+
+    let response = client().post(format!("{}/v1/transfers", gateway.base)).body("{}").send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(count_a.load(Ordering::SeqCst) + count_b.load(Ordering::SeqCst), 3, "a POST without id: once");
+}
