@@ -6,6 +6,7 @@ mod bench_events;
 mod config;
 mod dlq;
 mod events;
+mod gateway;
 mod keys;
 mod logging;
 mod pipeline;
@@ -70,15 +71,27 @@ enum Command {
     },
     /// Load-test a running Coffer over HTTP and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Run the edge proxy in front of api replicas (default 127.0.0.1:8080).
+    Gateway {
+        /// Address clients connect to (env COFFER_GATEWAY_LISTEN).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Address of the gateway's own endpoints, /gateway/* (env COFFER_GATEWAY_ADMIN_LISTEN).
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
+        /// The api replicas, comma-separated http:// URLs (env COFFER_GATEWAY_UPSTREAMS).
+        #[arg(long, value_delimiter = ',')]
+        upstreams: Option<Vec<String>>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let load_with = |overrides| Config::load(cli.config.as_deref(), overrides);
-    let load = |listen, data_dir| load_with(Overrides { listen, data_dir, roles: None });
+    let load = |listen, data_dir| load_with(Overrides { listen, data_dir, ..Default::default() });
     match cli.command {
         Command::Serve { listen, data_dir, roles } => {
-            let config = load_with(Overrides { listen, data_dir, roles })?;
+            let config = load_with(Overrides { listen, data_dir, roles, ..Default::default() })?;
             logging::init(config.log_format, &config.log_level)?;
             runtime()?.block_on(serve::run(config))
         }
@@ -106,6 +119,12 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(events::run(&config, command))
         }
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+        Command::Gateway { listen, admin_listen, upstreams } => {
+            let gateway = config::GatewayOverrides { listen, admin_listen, upstreams };
+            let config = load_with(Overrides { gateway, ..Default::default() })?;
+            logging::init(config.log_format, &config.log_level)?;
+            runtime()?.block_on(gateway::run(config))
+        }
     }
 }
 

@@ -18,7 +18,7 @@ pub struct Server {
     port: u16,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -122,6 +122,13 @@ impl Stopped {
     pub async fn restart(self) -> Server {
         Server::spawn(self.data_dir, self.port).await
     }
+
+    /// Starts it again on the same port, on the PostgreSQL database at `database_url`.
+    pub async fn restart_on_database(self, database_url: &str) -> Server {
+        let mut command = Server::command(&self.data_dir, self.port);
+        command.env("COFFER_DATABASE_URL", database_url);
+        Server::run(command, self.data_dir, self.port).await
+    }
 }
 
 /// A `coffer serve` whose roles leave out the API: it has no port to be ready on.
@@ -163,6 +170,11 @@ pub struct Http {
 }
 
 impl Http {
+    /// A client of the Coffer API served at `base` (`http://127.0.0.1:8080`), say a gateway.
+    pub fn at(base: String) -> Http {
+        Http { base, inner: reqwest::Client::new() }
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Result<(u16, Value)> {
         self.post_with_headers(path, body).await.map(|(status, _, answer)| (status, answer))
     }

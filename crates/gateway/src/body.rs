@@ -1,0 +1,198 @@
+//! Body plumbing for the proxy.
+//!
+//! - [`hold`] reads a request body into memory when it is small enough to be sent again, and
+//!   otherwise hands the part it read plus the rest on as a stream.
+//! - [`Handoff`] lends a streamed body to one attempt; if that attempt fails before it took the
+//!   body (a refused connection), the body is still in its slot and the next attempt gets it.
+//! - [`Logged`] wraps a response body: it counts the bytes, keeps the upstream's in-flight count
+//!   up until the last byte, and writes the access log when the body ends or is dropped.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use crate::observe::AccessRecord;
+use crate::pool::InFlight;
+
+/// A request body, ready for one or more attempts.
+pub enum Held {
+    /// All of it, in memory: any attempt can send it.
+    Bytes(Bytes),
+    /// Too big to hold: it can be sent once, or handed to a second attempt if the first never
+    /// touched it.
+    Stream(Arc<Mutex<Option<Unread>>>),
+}
+
+impl Held {
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Held::Bytes(bytes) => Some(bytes),
+            Held::Stream(_) => None,
+        }
+    }
+
+    /// Whether an attempt can still send the whole body.
+    pub fn available(&self) -> bool {
+        match self {
+            Held::Bytes(_) => true,
+            Held::Stream(slot) => lock(slot).is_some(),
+        }
+    }
+
+    /// The body of one attempt.
+    pub fn for_attempt(&self) -> ProxyBody {
+        match self {
+            Held::Bytes(bytes) => {
+                http_body_util::Full::new(bytes.clone()).map_err(|never| match never {}).boxed_unsync()
+            }
+            Held::Stream(slot) => Handoff { slot: slot.clone(), taken: None }.boxed_unsync(),
+        }
+    }
+}
+
+/// The body type sent to upstreams.
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, axum::Error>;
+
+/// Reads `body` into memory if it is at most `limit` bytes. Trailers of a held body are dropped.
+pub async fn hold(mut body: Body, limit: usize) -> Result<Held, axum::Error> {
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Ok(stream(None, body));
+    }
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        buf.extend_from_slice(&data);
+        if buf.len() > limit {
+            return Ok(stream(Some(buf.freeze()), body));
+        }
+    }
+    Ok(Held::Bytes(buf.freeze()))
+}
+
+fn stream(prefix: Option<Bytes>, rest: Body) -> Held {
+    Held::Stream(Arc::new(Mutex::new(Some(Unread { prefix, rest }))))
+}
+
+fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What [`hold`] read of a big body, then the rest of it.
+pub struct Unread {
+    prefix: Option<Bytes>,
+    rest: Body,
+}
+
+impl http_body::Body for Unread {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}
+
+/// Takes the body out of its slot on the first poll, never before.
+struct Handoff {
+    slot: Arc<Mutex<Option<Unread>>>,
+    taken: Option<Unread>,
+}
+
+impl http_body::Body for Handoff {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if self.taken.is_none() {
+            let taken = lock(&self.slot).take();
+            self.taken = taken;
+        }
+        match self.taken.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            // Another attempt took it: this one must not pretend the body was empty.
+            None => Poll::Ready(Some(Err(axum::Error::new("the request body was already sent")))),
+        }
+    }
+}
+
+/// A response body on its way to the client.
+pub struct Logged<B> {
+    inner: B,
+    bytes: u64,
+    /// Whether the body was empty from the start.
+    empty: bool,
+    record: Option<AccessRecord>,
+    _in_flight: Option<InFlight>,
+}
+
+impl<B: http_body::Body> Logged<B> {
+    pub fn new(inner: B, record: AccessRecord, in_flight: Option<InFlight>) -> Self {
+        let empty = inner.is_end_stream();
+        Self { inner, bytes: 0, empty, record: Some(record), _in_flight: in_flight }
+    }
+}
+
+impl<B> Logged<B> {
+    fn finish(&mut self, complete: bool) {
+        if let Some(record) = self.record.take() {
+            record.finish(self.bytes, complete);
+        }
+    }
+}
+
+impl<B> http_body::Body for Logged<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.bytes += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if self.inner.is_end_stream() {
+                    self.finish(true);
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Logged<B> {
+    fn drop(&mut self) {
+        // An empty body (a HEAD answer, a 204) may never be polled: it is complete all the same.
+        let complete = self.record.is_some() && self.bytes == 0 && self.empty;
+        self.finish(complete);
+    }
+}

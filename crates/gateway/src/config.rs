@@ -1,0 +1,281 @@
+//! The gateway's typed configuration. The binary fills it (file, then `COFFER_GATEWAY_*`, then
+//! flags) and calls [`GatewayConfig::validate`] once at start; nothing here reads the environment.
+//!
+//! Upstreams are parsed into [`UpstreamUrl`] when the configuration is read, so a typo in the
+//! list stops the start instead of becoming a replica that is "down" forever.
+
+use std::net::SocketAddr;
+
+use http::Uri;
+use http::uri::{Authority, Scheme};
+use serde::{Deserialize, Serialize};
+
+/// A configuration the gateway refuses to start with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("upstream {url:?}: {reason}")]
+    BadUpstream { url: String, reason: &'static str },
+    #[error("gateway.upstreams must name at least one upstream")]
+    NoUpstreams,
+    #[error("upstream {0} is listed twice")]
+    DuplicateUpstream(String),
+    #[error("gateway.{field} {reason}")]
+    OutOfRange { field: &'static str, reason: &'static str },
+}
+
+/// One upstream: `http://host:port`, no path, no query. The host may be a DNS name; it is
+/// resolved again on every new connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UpstreamUrl {
+    authority: Authority,
+}
+
+impl UpstreamUrl {
+    /// `host:port`, as sent in the `Host` header.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The absolute URI of `path_and_query` on this upstream.
+    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+}
+
+impl std::fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}", self.authority)
+    }
+}
+
+impl From<UpstreamUrl> for String {
+    fn from(url: UpstreamUrl) -> String {
+        url.to_string()
+    }
+}
+
+impl TryFrom<String> for UpstreamUrl {
+    type Error = ConfigError;
+
+    fn try_from(text: String) -> Result<Self, ConfigError> {
+        let bad = |reason| ConfigError::BadUpstream { url: text.clone(), reason };
+        let uri: Uri = text.trim().parse().map_err(|_| bad("is not a URL"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => return Err(bad("https upstreams are not supported by this build yet")),
+            _ => return Err(bad("must start with http://")),
+        }
+        let authority = uri.authority().ok_or_else(|| bad("has no host"))?.clone();
+        if authority.host().is_empty() {
+            return Err(bad("has no host"));
+        }
+        if authority.as_str().contains('@') {
+            return Err(bad("must not carry credentials"));
+        }
+        if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+            return Err(bad("must not have a path or query"));
+        }
+        let authority = match authority.port_u16() {
+            Some(0) => return Err(bad("has port 0")),
+            Some(_) => authority,
+            None if authority.as_str() == authority.host() => {
+                format!("{}:80", authority.host()).parse().map_err(|_| bad("has a bad host"))?
+            }
+            None => return Err(bad("has a bad port")),
+        };
+        Ok(Self { authority })
+    }
+}
+
+/// The upstream list: a TOML list, or one comma-separated string (`COFFER_GATEWAY_UPSTREAMS`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Upstreams(pub Vec<UpstreamUrl>);
+
+impl<'de> Deserialize<'de> for Upstreams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<String>),
+            Text(String),
+        }
+        let items = match Raw::deserialize(d)? {
+            Raw::List(items) => items,
+            Raw::Text(text) => text.split(',').map(str::to_owned).collect(),
+        };
+        items
+            .into_iter()
+            .filter(|item| !item.trim().is_empty())
+            .map(UpstreamUrl::try_from)
+            .collect::<Result<_, _>>()
+            .map(Upstreams)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Everything `coffer gateway` needs. Durations and sizes carry their unit in their name.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Where the gateway's own endpoints (`/gateway/upstreams`, `/gateway/metrics`,
+    /// `/gateway/healthz`) are served; off unless set, so the edge does not show its topology.
+    pub admin_listen: Option<SocketAddr>,
+    pub upstreams: Upstreams,
+    /// Time allowed to open a TCP connection to an upstream.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for an upstream to answer with its headers; past it the client gets a 504.
+    pub upstream_timeout_ms: u64,
+    /// How often each upstream's `/readyz` is asked.
+    pub check_interval_ms: u64,
+    pub check_timeout_ms: u64,
+    /// Failed checks in a row that mark an upstream unhealthy.
+    pub unhealthy_after_checks: u32,
+    /// Passed checks in a row that make an unhealthy upstream healthy again.
+    pub healthy_after_checks: u32,
+    /// Connection failures or 5xx answers to real requests, in a row, that eject an upstream.
+    pub eject_after_failures: u32,
+    /// The least time an ejected upstream stays out, whatever its checks say.
+    pub eject_ms: u64,
+    /// Request bodies up to this size are held so that the request can be sent again; a larger
+    /// body is streamed through and its request is sent once.
+    pub retry_body_limit_bytes: usize,
+    /// Retries of one request, each on an upstream not yet tried.
+    pub max_retries: u32,
+    /// Base of the backoff before a retry (doubled per retry, with jitter).
+    pub retry_backoff_ms: u64,
+    /// Retries allowed as a share of requests (token bucket).
+    pub retry_budget_percent: u32,
+    /// Retries allowed per second even when traffic is light.
+    pub retry_budget_min_per_second: u32,
+    /// How long a shutdown waits for in-flight requests.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: None,
+            upstreams: Upstreams::default(),
+            connect_timeout_ms: 1_000,
+            upstream_timeout_ms: 30_000,
+            check_interval_ms: 500,
+            check_timeout_ms: 1_000,
+            unhealthy_after_checks: 2,
+            healthy_after_checks: 2,
+            eject_after_failures: 3,
+            eject_ms: 5_000,
+            retry_body_limit_bytes: 1024 * 1024,
+            max_retries: 2,
+            retry_backoff_ms: 10,
+            retry_budget_percent: 20,
+            retry_budget_min_per_second: 10,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Refuses a configuration the gateway cannot run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.upstreams.0.is_empty() {
+            return Err(ConfigError::NoUpstreams);
+        }
+        for (i, url) in self.upstreams.0.iter().enumerate() {
+            if self.upstreams.0[..i].contains(url) {
+                return Err(ConfigError::DuplicateUpstream(url.to_string()));
+            }
+        }
+        let positive = [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("upstream_timeout_ms", self.upstream_timeout_ms),
+            ("check_interval_ms", self.check_interval_ms),
+            ("check_timeout_ms", self.check_timeout_ms),
+            ("unhealthy_after_checks", u64::from(self.unhealthy_after_checks)),
+            ("healthy_after_checks", u64::from(self.healthy_after_checks)),
+            ("eject_after_failures", u64::from(self.eject_after_failures)),
+            ("drain_timeout_ms", self.drain_timeout_ms),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::OutOfRange { field, reason: "must be at least 1" });
+        }
+        if self.max_retries > 5 {
+            return Err(ConfigError::OutOfRange { field: "max_retries", reason: "must be at most 5" });
+        }
+        if self.retry_budget_percent > 100 {
+            return Err(ConfigError::OutOfRange {
+                field: "retry_budget_percent",
+                reason: "must be at most 100",
+            });
+        }
+        if self.retry_body_limit_bytes > 64 * 1024 * 1024 {
+            return Err(ConfigError::OutOfRange {
+                field: "retry_body_limit_bytes",
+                reason: "must be at most 64 MiB",
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<UpstreamUrl, ConfigError> {
+        UpstreamUrl::try_from(text.to_owned())
+    }
+
+    #[test]
+    fn upstream_urls_are_parsed_strictly() {
+        assert_eq!(parse("http://127.0.0.1:8081").unwrap().to_string(), "http://127.0.0.1:8081");
+        assert_eq!(parse("http://api.internal/").unwrap().to_string(), "http://api.internal:80");
+        for bad in [
+            "",
+            "127.0.0.1:8081",
+            "ftp://x:1",
+            "https://x:1",
+            "http://x:1/v1",
+            "http://x:1/?a=b",
+            "http://user:pw@x:1",
+            "http://:80",
+            "http://x:99999",
+            "http://x:0",
+            "not a url",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_list_reads_from_a_comma_string_or_a_list() {
+        let from_text: Upstreams = serde_json::from_str("\"http://a:1, http://b:2,\"").unwrap();
+        assert_eq!(from_text.0.len(), 2);
+        let from_list: Upstreams = serde_json::from_str("[\"http://a:1\"]").unwrap();
+        assert_eq!(from_list.0.len(), 1);
+        assert!(serde_json::from_str::<Upstreams>("\"http://a:1,https://b:2\"").is_err());
+    }
+
+    #[test]
+    fn validation_refuses_what_cannot_run() {
+        let one: Upstreams = serde_json::from_str("\"http://a:1\"").unwrap();
+        let config = GatewayConfig { upstreams: one.clone(), ..GatewayConfig::default() };
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(GatewayConfig::default().validate(), Err(ConfigError::NoUpstreams));
+        let twice = Upstreams(vec![one.0[0].clone(), one.0[0].clone()]);
+        let config = GatewayConfig { upstreams: twice, ..GatewayConfig::default() };
+        assert!(matches!(config.validate(), Err(ConfigError::DuplicateUpstream(_))));
+        let config =
+            GatewayConfig { upstreams: one.clone(), check_interval_ms: 0, ..GatewayConfig::default() };
+        assert!(matches!(config.validate(), Err(ConfigError::OutOfRange { field: "check_interval_ms", .. })));
+        let config = GatewayConfig { upstreams: one, retry_budget_percent: 101, ..GatewayConfig::default() };
+        assert!(config.validate().is_err());
+    }
+}

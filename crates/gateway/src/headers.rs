@@ -1,0 +1,167 @@
+//! The headers a proxy must rewrite: hop-by-hop headers belong to one connection and are
+//! dropped both ways (RFC 9110 §7.6.1); every request leaves with an `x-request-id` and a valid
+//! W3C `traceparent` so one id follows it through the gateway, the api and the events; the
+//! client's address is appended to `x-forwarded-for`.
+
+use std::net::IpAddr;
+
+use http::header::{CONNECTION, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use rand::Rng;
+use uuid::Uuid;
+
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Headers that never cross a proxy, whatever `Connection` says.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Drops the hop-by-hop headers, including those a `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// The request's id: the client's when it is 1–128 visible ASCII characters, else a new UUIDv7.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(&REQUEST_ID)
+        .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&Uuid::now_v7().to_string()).expect("a UUID is a header value")
+        })
+}
+
+/// Whether `value` is a W3C traceparent of version 00 this gateway can pass on unchanged:
+/// `00-<32 lowercase hex, not all zero>-<16 lowercase hex, not all zero>-<2 hex>`.
+pub fn is_valid_traceparent(value: &[u8]) -> bool {
+    let hex = |part: &[u8]| part.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let not_zero = |part: &[u8]| part.iter().any(|b| *b != b'0');
+    value.len() == 55
+        && value.starts_with(b"00-")
+        && value[35] == b'-'
+        && value[52] == b'-'
+        && hex(&value[3..35])
+        && not_zero(&value[3..35])
+        && hex(&value[36..52])
+        && not_zero(&value[36..52])
+        && hex(&value[53..55])
+}
+
+/// A new sampled traceparent: random trace and parent ids.
+pub fn new_traceparent() -> HeaderValue {
+    let mut rng = rand::rng();
+    let trace: u128 = rng.random_range(1..=u128::MAX);
+    let parent: u64 = rng.random_range(1..=u64::MAX);
+    HeaderValue::from_str(&format!("00-{trace:032x}-{parent:016x}-01")).expect("hex is a header value")
+}
+
+/// Rewrites a client's request headers for the upstream: hop-by-hop gone, the request id and
+/// traceparent set, the client appended to `x-forwarded-for`, and the client's `Host` kept in
+/// `x-forwarded-host` (the upstream's own authority becomes `Host`).
+pub fn to_upstream(headers: &mut HeaderMap, request_id: &HeaderValue, client: IpAddr) {
+    strip_hop_by_hop(headers);
+    headers.insert(REQUEST_ID.clone(), request_id.clone());
+    if !headers.get(&TRACEPARENT).is_some_and(|v| is_valid_traceparent(v.as_bytes())) {
+        headers.insert(TRACEPARENT.clone(), new_traceparent());
+        headers.remove(&TRACESTATE);
+    }
+    let forwarded = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {client}"),
+        None => client.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(FORWARDED_FOR.clone(), value);
+    }
+    if let Some(host) = headers.remove(HOST) {
+        headers.insert(FORWARDED_HOST.clone(), host);
+    }
+    headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_the_ones_connection_names() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("content-type"));
+    }
+
+    #[test]
+    fn traceparents_are_checked_and_made() {
+        assert!(is_valid_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            b"00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            b"",
+        ] {
+            assert!(!is_valid_traceparent(bad), "{}", String::from_utf8_lossy(bad));
+        }
+        for _ in 0..100 {
+            assert!(is_valid_traceparent(new_traceparent().as_bytes()));
+        }
+    }
+
+    #[test]
+    fn the_upstream_gets_ids_and_the_client_address() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        headers.insert("traceparent", HeaderValue::from_static("garbage"));
+        headers.insert("tracestate", HeaderValue::from_static("vendor=1"));
+        headers.insert(HOST, HeaderValue::from_static("api.example"));
+        let id = request_id(&headers);
+        to_upstream(&mut headers, &id, "192.0.2.7".parse().unwrap());
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(headers["x-forwarded-host"], "api.example");
+        assert!(!headers.contains_key(HOST));
+        assert!(is_valid_traceparent(headers["traceparent"].as_bytes()));
+        assert!(!headers.contains_key("tracestate"), "tracestate of a replaced trace is meaningless");
+        assert_eq!(headers[&REQUEST_ID], id);
+
+        let mut given = HeaderMap::new();
+        given.insert(&REQUEST_ID, HeaderValue::from_static("req-1"));
+        assert_eq!(request_id(&given), "req-1");
+        given.insert(&REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&given), "has space");
+    }
+}

@@ -1,0 +1,128 @@
+//! What the gateway tells its operators: one JSON access-log line per request (through
+//! `tracing`, target `coffer_gateway::access`) and the `coffer_gateway_*` metrics.
+//!
+//! The log line is written when the response body has been sent (or the client went away), so
+//! it carries the bytes really sent and the whole latency. Metric labels are bounded: the status
+//! code, and the upstream URL, which comes from the configuration and never from a request.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Method};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::UpstreamUrl;
+
+const REQUESTS_TOTAL: &str = "coffer_gateway_requests_total";
+const REQUEST_DURATION: &str = "coffer_gateway_request_duration_seconds";
+const UPSTREAM_HEALTHY: &str = "coffer_gateway_upstream_healthy";
+const RETRIES_TOTAL: &str = "coffer_gateway_retries_total";
+const RETRIES_DENIED_TOTAL: &str = "coffer_gateway_retries_denied_total";
+const DURATION_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Installs the process-wide Prometheus recorder once and answers its handle every time (tests
+/// start many gateways in one process). If another recorder is installed, the page is empty.
+pub fn install_metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), DURATION_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /gateway/metrics will be empty");
+            }
+            metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered by the gateway, by status");
+            metrics::describe_histogram!(
+                REQUEST_DURATION,
+                metrics::Unit::Seconds,
+                "Time from a request's arrival to the end of its response body"
+            );
+            metrics::describe_gauge!(UPSTREAM_HEALTHY, "1 while an upstream may take requests, else 0");
+            metrics::describe_counter!(RETRIES_TOTAL, "Requests sent again to another upstream, by reason");
+            metrics::describe_counter!(RETRIES_DENIED_TOTAL, "Retries the retry budget refused");
+            handle
+        })
+        .clone()
+}
+
+pub fn upstream_health(url: &UpstreamUrl, healthy: bool) {
+    metrics::gauge!(UPSTREAM_HEALTHY, "upstream" => url.to_string()).set(if healthy { 1.0 } else { 0.0 });
+}
+
+/// Why a request was sent again.
+#[derive(Debug, Clone, Copy)]
+pub enum RetryReason {
+    /// The connection failed before anything was sent.
+    Unsent,
+    /// The exchange broke; the request was safe to repeat.
+    Broken,
+    /// The upstream answered 502, 503 or 504; the request was safe to repeat.
+    Status,
+}
+
+pub fn retried(reason: RetryReason) {
+    let reason = match reason {
+        RetryReason::Unsent => "unsent",
+        RetryReason::Broken => "broken",
+        RetryReason::Status => "status",
+    };
+    metrics::counter!(RETRIES_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn retry_denied() {
+    metrics::counter!(RETRIES_DENIED_TOTAL).increment(1);
+}
+
+/// The fields of one access-log line, filled while the request is handled.
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub start: Instant,
+    pub request_id: HeaderValue,
+    pub method: Method,
+    pub path: String,
+    pub status: u16,
+    pub upstream: Option<String>,
+    pub retries: u32,
+}
+
+impl AccessRecord {
+    pub fn new(request_id: HeaderValue, method: Method, path: &str) -> Self {
+        Self {
+            start: Instant::now(),
+            request_id,
+            method,
+            path: path.to_owned(),
+            status: 0,
+            upstream: None,
+            retries: 0,
+        }
+    }
+
+    /// Writes the line and the metrics; `complete` is false when the body did not finish.
+    pub fn finish(self, bytes: u64, complete: bool) {
+        let elapsed = self.start.elapsed();
+        tracing::info!(
+            target: "coffer_gateway::access",
+            request_id = self.request_id.to_str().unwrap_or_default(),
+            method = self.method.as_str(),
+            path = self.path,
+            status = self.status,
+            bytes,
+            complete,
+            latency_ms = millis(elapsed),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            retries = self.retries,
+            "request"
+        );
+        metrics::counter!(REQUESTS_TOTAL, "status" => self.status.to_string()).increment(1);
+        metrics::histogram!(REQUEST_DURATION).record(elapsed.as_secs_f64());
+    }
+}
+
+fn millis(elapsed: Duration) -> f64 {
+    (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}

@@ -1,0 +1,98 @@
+//! The gateway's own error answers, in the shape of the api's RFC 9457 problems
+//! (`type`, `title`, `status`, `detail`, `code`) so a client parses one format whichever hop
+//! failed. An upstream's own error answers pass through untouched.
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+/// Why the gateway could not get an answer from an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayProblem {
+    /// No upstream is healthy: nothing was sent (503 `unavailable`).
+    NoUpstream,
+    /// Connecting failed on every upstream tried: nothing was sent (502 `bad_gateway`).
+    Unreachable,
+    /// The exchange broke after the request may have left: the outcome is unknown (502).
+    Broken,
+    /// The upstream did not answer in time: the outcome is unknown (504 `gateway_timeout`).
+    Timeout,
+    /// The client's body could not be read (400 `invalid_request`).
+    BadBody,
+}
+
+#[derive(Serialize)]
+struct Problem {
+    #[serde(rename = "type")]
+    type_uri: String,
+    title: &'static str,
+    status: u16,
+    detail: &'static str,
+    code: &'static str,
+}
+
+impl GatewayProblem {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unreachable | Self::Broken => StatusCode::BAD_GATEWAY,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadBody => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Self::NoUpstream => "unavailable",
+            Self::Unreachable | Self::Broken => "bad_gateway",
+            Self::Timeout => "gateway_timeout",
+            Self::BadBody => "invalid_request",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::NoUpstream => "The service is unavailable",
+            Self::Unreachable | Self::Broken => "The upstream failed",
+            Self::Timeout => "The upstream did not answer in time",
+            Self::BadBody => "The request is invalid",
+        }
+    }
+
+    fn detail(self) -> &'static str {
+        match self {
+            Self::NoUpstream => "no upstream is healthy; nothing was sent",
+            Self::Unreachable => "no upstream could be reached; nothing was sent",
+            Self::Broken => {
+                "the upstream failed while handling the request; a write may or may not have applied: \
+                 retry with the same id or Idempotency-Key"
+            }
+            Self::Timeout => {
+                "the upstream did not answer in time; a write may or may not have applied: \
+                 retry with the same id or Idempotency-Key"
+            }
+            Self::BadBody => "the request body could not be read",
+        }
+    }
+
+    pub fn response(self) -> Response {
+        let code = self.code();
+        let problem = Problem {
+            type_uri: format!("https://coffer.dev/problems/{code}"),
+            title: self.title(),
+            status: self.status().as_u16(),
+            detail: self.detail(),
+            code,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,182 @@
+//! The proxy handler: every request that is not the gateway's own goes to an upstream chosen by
+//! the pool, and is sent again to a different upstream only when the rules in `retry` allow it.
+//!
+//! Each attempt ends in one of four ways, and each decides health, retry and answer:
+//! an answer (passed on, unless it is a 502/503/504 of a request safe to repeat), a connection
+//! that failed before anything was sent (always retryable), a broken exchange (retryable only
+//! when safe to repeat; else 502, outcome unknown), or a timeout (504, never retried: a slow
+//! write retried elsewhere doubles the load that made it slow).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::Response;
+use http::Version;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::body::{self, Held, Logged, ProxyBody};
+use crate::config::GatewayConfig;
+use crate::headers;
+use crate::observe::{self, AccessRecord, RetryReason};
+use crate::pool::{InFlight, Outcome, Pool, UpstreamIndex};
+use crate::problem::GatewayProblem;
+use crate::retry::{self, Budget, Replay};
+
+/// What every request handler shares.
+pub struct Shared {
+    pub pool: Arc<Pool>,
+    pub client: Client<HttpConnector, ProxyBody>,
+    pub budget: Budget,
+    upstream_timeout: Duration,
+    retry_body_limit_bytes: usize,
+    max_retries: u32,
+    retry_backoff: Duration,
+}
+
+impl Shared {
+    pub fn new(config: &GatewayConfig, client: Client<HttpConnector, ProxyBody>) -> Self {
+        Self {
+            pool: Arc::new(Pool::new(config)),
+            client,
+            budget: Budget::new(config.retry_budget_percent, config.retry_budget_min_per_second),
+            upstream_timeout: Duration::from_millis(config.upstream_timeout_ms),
+            retry_body_limit_bytes: config.retry_body_limit_bytes,
+            max_retries: config.max_retries,
+            retry_backoff: Duration::from_millis(config.retry_backoff_ms),
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Answered(Response<Incoming>, InFlight),
+    /// The connection failed before the request was written.
+    Unsent,
+    /// The exchange failed after the request may have been written.
+    Broken,
+    TimedOut,
+}
+
+/// The fallback handler of the proxy listener.
+pub async fn handle(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    shared.budget.deposit();
+    let (mut parts, body) = request.into_parts();
+    let request_id = headers::request_id(&parts.headers);
+    let mut record = AccessRecord::new(request_id.clone(), parts.method.clone(), parts.uri.path());
+    headers::to_upstream(&mut parts.headers, &request_id, peer.ip());
+    let Ok(held) = body::hold(body, shared.retry_body_limit_bytes).await else {
+        return answer(GatewayProblem::BadBody.response(), record, None, &request_id);
+    };
+    let replay = retry::classify(&parts.method, &parts.headers, held.bytes());
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+
+    let Some(mut index) = shared.pool.pick(&[]) else {
+        return answer(GatewayProblem::NoUpstream.response(), record, None, &request_id);
+    };
+    let mut tried: Vec<UpstreamIndex> = Vec::new();
+    loop {
+        tried.push(index);
+        record.upstream = Some(shared.pool.get(index).url.to_string());
+        let attempt = send(&shared, index, &parts, &path_and_query, &held).await;
+        let retry_reason = match &attempt {
+            Attempt::Answered(response, _) if retry::is_retryable_status(response.status()) => {
+                (replay == Replay::Safe && held.available()).then_some(RetryReason::Status)
+            }
+            Attempt::Answered(..) | Attempt::TimedOut => None,
+            Attempt::Unsent => held.available().then_some(RetryReason::Unsent),
+            Attempt::Broken => (replay == Replay::Safe && held.available()).then_some(RetryReason::Broken),
+        };
+        // The next upstream is chosen before the budget is asked, so that a retry with nowhere
+        // to go costs no token and the client gets this attempt's own answer.
+        let next = match retry_reason {
+            Some(_) if record.retries < shared.max_retries => shared.pool.pick(&tried),
+            _ => None,
+        };
+        if let (Some(reason), Some(next)) = (retry_reason, next) {
+            if shared.budget.withdraw() {
+                observe::retried(reason);
+                record.retries += 1;
+                tokio::time::sleep(retry::backoff(shared.retry_backoff, record.retries)).await;
+                index = next;
+                continue;
+            }
+            observe::retry_denied();
+        }
+        return match attempt {
+            Attempt::Answered(response, in_flight) => {
+                let (mut parts, incoming) = response.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                answer(Response::from_parts(parts, Body::new(incoming)), record, Some(in_flight), &request_id)
+            }
+            Attempt::Unsent => answer(GatewayProblem::Unreachable.response(), record, None, &request_id),
+            Attempt::Broken => answer(GatewayProblem::Broken.response(), record, None, &request_id),
+            Attempt::TimedOut => answer(GatewayProblem::Timeout.response(), record, None, &request_id),
+        };
+    }
+}
+
+/// One attempt on one upstream, its result recorded in the pool.
+async fn send(
+    shared: &Shared,
+    index: UpstreamIndex,
+    parts: &http::request::Parts,
+    path_and_query: &str,
+    held: &Held,
+) -> Attempt {
+    let upstream = shared.pool.get(index);
+    let Ok(uri) = upstream.url.join(path_and_query) else {
+        // The path came through the server's own URI parser; joining it cannot fail in practice.
+        return Attempt::Unsent;
+    };
+    let mut request = http::Request::new(held.for_attempt());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = parts.headers.clone();
+
+    let in_flight = shared.pool.start(index);
+    let started = Instant::now();
+    let attempt = match tokio::time::timeout(shared.upstream_timeout, shared.client.request(request)).await {
+        Ok(Ok(response)) => Attempt::Answered(response, in_flight),
+        Ok(Err(err)) if err.is_connect() => Attempt::Unsent,
+        Ok(Err(err)) => {
+            tracing::debug!(upstream = %upstream.url, error = %err, "exchange with upstream broke");
+            Attempt::Broken
+        }
+        Err(_) => Attempt::TimedOut,
+    };
+    let outcome = match &attempt {
+        Attempt::Answered(response, _) if !response.status().is_server_error() => {
+            Outcome::Answered(started.elapsed())
+        }
+        _ => Outcome::Failed,
+    };
+    shared.pool.record(index, outcome);
+    attempt
+}
+
+/// The response to the client: the request id on it, the access log written when it ends.
+fn answer<B>(
+    response: Response<B>,
+    mut record: AccessRecord,
+    in_flight: Option<InFlight>,
+    id: &http::HeaderValue,
+) -> Response
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let (mut parts, body) = response.into_parts();
+    parts.headers.insert(headers::REQUEST_ID.clone(), id.clone());
+    record.status = parts.status.as_u16();
+    Response::from_parts(parts, Body::new(Logged::new(body, record, in_flight)))
+}

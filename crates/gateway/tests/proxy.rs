@@ -1,0 +1,315 @@
+//! The gateway in process, in front of fake upstreams on random ports: what reaches an upstream,
+//! what is retried and what is not, bodies too big to hold, and the drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::Request;
+use coffer_gateway::{Gateway, GatewayConfig, UpstreamUrl, Upstreams};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// An upstream that answers every request with what it received, and counts them.
+async fn echo(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let app = Router::new().route("/readyz", axum::routing::get(|| async { "ready" })).fallback(
+        move |request: Request| {
+            let count = counted.clone();
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                let (parts, body) = request.into_parts();
+                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let headers: serde_json::Map<String, Value> = parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("?"))))
+                    .collect();
+                axum::Json(json!({
+                    "method": parts.method.as_str(),
+                    "path": parts.uri.path(),
+                    "query": parts.uri.query(),
+                    "headers": headers,
+                    "body_len": body.len(),
+                    "body": String::from_utf8_lossy(&body),
+                }))
+            }
+        },
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, count)
+}
+
+/// An upstream that passes its health checks but reads every other request and then drops the
+/// connection without answering: the request reached it, the outcome is unknown.
+async fn dropper() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let count = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if buf[..n].starts_with(b"GET /readyz") {
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                    let _ = socket.write_all(ok).await;
+                } else if n > 0 {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// A port nothing listens on.
+fn dead_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+struct Running {
+    base: String,
+    admin: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(upstreams: &[SocketAddr], tune: impl FnOnce(&mut GatewayConfig)) -> Running {
+        let urls = upstreams.iter().map(|a| UpstreamUrl::try_from(format!("http://{a}")).unwrap()).collect();
+        let mut config = GatewayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            upstreams: Upstreams(urls),
+            ..GatewayConfig::default()
+        };
+        tune(&mut config);
+        let gateway = Gateway::bind(config).await.expect("the gateway starts");
+        let base = format!("http://{}", gateway.local_addr());
+        let admin = format!("http://{}", gateway.admin_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            gateway.serve(async { stopped.await.unwrap_or(()) }).await.expect("the gateway serves");
+        });
+        Running { base, admin, stop: Some(stop), done }
+    }
+
+    async fn upstreams(&self) -> Vec<Value> {
+        let answer = reqwest::get(format!("{}/gateway/upstreams", self.admin)).await.unwrap();
+        answer.json::<Vec<Value>>().await.unwrap()
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+#[tokio::test]
+async fn requests_pass_through_with_ids_and_without_hop_by_hop_headers() {
+    let (upstream, _) = echo(Duration::ZERO).await;
+    let gateway = Running::start(&[upstream], |_| {}).await;
+    let response = client()
+        .post(format!("{}/v1/things/7?limit=3&cursor=a%20b", gateway.base))
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .header("authorization", "Bearer t")
+        .body("{\"amount\": 5}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["path"], "/v1/things/7");
+    assert_eq!(seen["query"], "limit=3&cursor=a%20b");
+    assert_eq!(seen["body"], "{\"amount\": 5}");
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-request-id"], request_id.as_str(), "the id the client gets is the id passed on");
+    assert_eq!(headers["authorization"], "Bearer t");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert!(headers.get("x-hop").is_none(), "a header named by Connection is hop-by-hop");
+    let traceparent = headers["traceparent"].as_str().unwrap();
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "01"));
+
+    // The client's own ids are passed on unchanged.
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = client()
+        .get(format!("{}/v1/ledgers", gateway.base))
+        .header("x-request-id", "client-chosen-1")
+        .header("traceparent", given)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "client-chosen-1");
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["traceparent"], given);
+    assert_eq!(seen["headers"]["x-request-id"], "client-chosen-1");
+}
+
+#[tokio::test]
+async fn an_upstream_down_at_start_is_routed_around_and_reported() {
+    let (live, served) = echo(Duration::ZERO).await;
+    let dead = dead_port();
+    let started = Instant::now();
+    let gateway = Running::start(&[dead, live], |_| {}).await;
+    for i in 0..40 {
+        let body = if i % 2 == 0 { "{\"amount\": 1}" } else { "{\"id\": \"x\"}" };
+        let response =
+            client().post(format!("{}/v1/transfers", gateway.base)).body(body).send().await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 40, "a refused connection sent nothing: no duplicates");
+    loop {
+        let upstreams = gateway.upstreams().await;
+        if upstreams[0]["healthy"] == false {
+            assert_eq!(upstreams[1]["healthy"], true);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the dead upstream is still healthy: {upstreams:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics =
+        reqwest::get(format!("{}/gateway/metrics", gateway.admin)).await.unwrap().text().await.unwrap();
+    let gauge = format!("coffer_gateway_upstream_healthy{{upstream=\"http://{dead}\"}} 0");
+    assert!(metrics.contains(&gauge), "{metrics}");
+    assert!(metrics.contains("coffer_gateway_requests_total{status=\"200\"}"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_post_without_id_or_key_is_not_sent_again_after_it_reached_an_upstream() {
+    let (a, count_a) = dropper().await;
+    let (b, count_b) = dropper().await;
+    let gateway = Running::start(&[a, b], |c| c.eject_after_failures = 1000).await;
+    let sent = || count_a.load(Ordering::SeqCst) + count_b.load(Ordering::SeqCst);
+    let post = |body: &'static str, key: Option<&'static str>| {
+        let mut request = client().post(format!("{}/v1/transfers", gateway.base)).body(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send()
+    };
+
+    let response = post("{\"amount\": 1}", None).await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "bad_gateway");
+    assert_eq!(problem["status"], 502);
+    assert!(problem["detail"].as_str().unwrap().contains("may or may not"), "{problem}");
+    assert_eq!(sent(), 1, "a non-idempotent request that reached an upstream is not repeated");
+
+    let response =
+        post("{\"id\": \"0190f7e2-0000-7000-8000-000000000001\", \"amount\": 1}", None).await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(sent(), 3, "with a client-chosen id it is retried, on the other upstream only");
+
+    let response = post("{\"amount\": 1}", Some("key-1")).await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(sent(), 5, "with an Idempotency-Key it is retried");
+}
+
+#[tokio::test]
+async fn a_body_too_big_to_hold_streams_through_and_survives_a_refused_connection() {
+    let (live, served) = echo(Duration::ZERO).await;
+    let dead = dead_port();
+    // Checks far apart and no ejection: the dead upstream keeps being picked.
+    let gateway = Running::start(&[dead, live], |c| {
+        c.retry_body_limit_bytes = 16;
+        c.check_interval_ms = 60_000;
+        c.eject_after_failures = 1000;
+    })
+    .await;
+    let big = "x".repeat(100_000);
+    for i in 0..10 {
+        let response =
+            client().post(format!("{}/v1/transfers", gateway.base)).body(big.clone()).send().await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        let seen: Value = response.json().await.unwrap();
+        assert_eq!(seen["body_len"], 100_000);
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test]
+async fn no_healthy_upstream_is_a_503_problem() {
+    let gateway = Running::start(&[dead_port(), dead_port()], |c| c.check_interval_ms = 50).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = client().get(format!("{}/v1/ledgers", gateway.base)).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "unavailable");
+    let ready = reqwest::get(format!("{}/gateway/readyz", gateway.admin)).await.unwrap();
+    assert_eq!(ready.status(), 503);
+}
+
+#[tokio::test]
+async fn a_drain_finishes_requests_in_flight_and_takes_no_new_ones() {
+    let (slow, _) = echo(Duration::from_millis(600)).await;
+    let mut gateway = Running::start(&[slow], |_| {}).await;
+    let url = format!("{}/v1/ledgers", gateway.base);
+    let in_flight = tokio::spawn(client().get(url.clone()).send());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gateway.stop.take().unwrap().send(()).unwrap();
+    let response = in_flight.await.unwrap().expect("the request in flight is answered");
+    assert_eq!(response.status(), 200);
+    let body: Bytes = response.bytes().await.unwrap();
+    assert!(!body.is_empty());
+    tokio::time::timeout(Duration::from_secs(5), &mut gateway.done).await.expect("drained").unwrap();
+    assert!(client().get(url).send().await.is_err(), "a drained gateway takes no new connection");
+}
+
+/// An upstream that passes its checks and answers everything else 503 with a body of its own.
+async fn overloaded() -> (SocketAddr, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let app = Router::new().route("/readyz", axum::routing::get(|| async { "ready" })).fallback(move || {
+        let count = counted.clone();
+        async move {
+            count.fetch_add(1, Ordering::SeqCst);
+            (http::StatusCode::SERVICE_UNAVAILABLE, "busy upstream")
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn a_503_is_retried_elsewhere_once_per_upstream_then_passed_on_as_answered() {
+    let (a, count_a) = overloaded().await;
+    let (b, count_b) = overloaded().await;
+    let gateway = Running::start(&[a, b], |c| c.eject_after_failures = 1000).await;
+    let response = client().get(format!("{}/v1/ledgers", gateway.base)).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.text().await.unwrap(),
+        "busy upstream",
+        "the upstream's own answer, not the gateway's"
+    );
+    assert_eq!(count_a.load(Ordering::SeqCst) + count_b.load(Ordering::SeqCst), 2, "each upstream once");
+
+    let response = client().post(format!("{}/v1/transfers", gateway.base)).body("{}").send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(count_a.load(Ordering::SeqCst) + count_b.load(Ordering::SeqCst), 3, "a POST without id: once");
+}
