@@ -51,7 +51,8 @@ pub struct Config {
     pub database_url: Option<String>,
     /// NATS URL; when set, events go through NATS JetStream instead of the in-process bus.
     pub nats_url: Option<String>,
-    /// Redis URL; distributed rate limits are not in this build yet.
+    /// Redis URL: `coffer gateway` shares its rate limits through it (local limits without it,
+    /// and while it is down).
     pub redis_url: Option<String>,
     /// Lets webhook URLs point at loopback and private addresses (refused by default against
     /// server-side request forgery): for tests and closed networks.
@@ -193,8 +194,10 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if self.redis_url.is_some() {
-            bail!("redis_url is set, but this build has no rate-limit backend but the embedded one");
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            bail!("redis_url must be a redis:// or rediss:// URL");
         }
         if self.roles.is_empty() {
             bail!("roles must name at least one of api, relay, worker");

@@ -7,7 +7,12 @@ use crate::config::Config;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.gateway.validate().context("invalid gateway configuration")?;
-    let gateway = coffer_gateway::Gateway::bind(config.gateway).await?;
+    let timeout = std::time::Duration::from_millis(config.gateway.redis_timeout_ms);
+    let limits = match &config.redis_url {
+        Some(url) => coffer_gateway::Limits::shared(url, "coffer-gateway", timeout).context("redis_url")?,
+        None => coffer_gateway::Limits::local(),
+    };
+    let gateway = coffer_gateway::Gateway::bind_with_limits(config.gateway, limits).await?;
     gateway.serve(crate::serve::shutdown_signal()).await?;
     Ok(())
 }

@@ -8,12 +8,11 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coffer_testkit::TestDatabase;
-use common::{Http, Server, free_port, invariants_hold, list_all};
+use common::{GatewayProcess, Http, Server, invariants_hold, list_all};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -21,78 +20,6 @@ const CLIENTS: usize = 8;
 const WALLETS: usize = 8;
 const LOAD: Duration = Duration::from_secs(8);
 const KILL_AFTER: Duration = Duration::from_secs(3);
-
-/// The real `coffer gateway` binary; killed when dropped.
-struct GatewayProcess {
-    child: Child,
-    base: String,
-    admin: String,
-}
-
-impl GatewayProcess {
-    async fn start(upstreams: &[String], log: std::fs::File) -> GatewayProcess {
-        let (port, admin_port) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
-            .args(["gateway", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--upstreams", &upstreams.join(",")])
-            .env("COFFER_LOG_LEVEL", "info")
-            .env("COFFER_LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("coffer gateway runs");
-        let gateway = GatewayProcess {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            admin: format!("http://127.0.0.1:{admin_port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let ready = reqwest::get(format!("{}/gateway/readyz", gateway.admin)).await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                return gateway;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("coffer gateway did not become ready");
-    }
-
-    /// Whether the gateway reports `upstream` healthy.
-    async fn healthy(&self, upstream: &str) -> bool {
-        let list: Vec<Value> =
-            reqwest::get(format!("{}/gateway/upstreams", self.admin)).await.unwrap().json().await.unwrap();
-        let entry = list.iter().find(|u| u["url"] == upstream).expect("the upstream is listed");
-        entry["healthy"] == true
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/gateway/metrics", self.admin)).await.unwrap().text().await.unwrap()
-    }
-}
-
-impl GatewayProcess {
-    /// SIGTERM: the gateway drains and exits on its own.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the gateway did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct World {
     http: Http,

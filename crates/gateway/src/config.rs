@@ -156,6 +156,14 @@ pub struct GatewayConfig {
     pub retry_budget_min_per_second: u32,
     /// How long a shutdown waits for in-flight requests.
     pub drain_timeout_ms: u64,
+    /// Requests per second one API key (bearer token) may send through the gateways.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    /// Requests per second one client address may send through the gateways.
+    pub ip_rate_limit_per_second: u32,
+    pub ip_rate_limit_burst: u32,
+    /// How long a shared (Redis) limit check may take before the local limit answers instead.
+    pub redis_timeout_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -178,6 +186,11 @@ impl Default for GatewayConfig {
             retry_budget_percent: 20,
             retry_budget_min_per_second: 10,
             drain_timeout_ms: 30_000,
+            rate_limit_per_second: 1_000,
+            rate_limit_burst: 1_000,
+            ip_rate_limit_per_second: 2_000,
+            ip_rate_limit_burst: 2_000,
+            redis_timeout_ms: 50,
         }
     }
 }
@@ -202,6 +215,11 @@ impl GatewayConfig {
             ("healthy_after_checks", u64::from(self.healthy_after_checks)),
             ("eject_after_failures", u64::from(self.eject_after_failures)),
             ("drain_timeout_ms", self.drain_timeout_ms),
+            ("rate_limit_per_second", u64::from(self.rate_limit_per_second)),
+            ("rate_limit_burst", u64::from(self.rate_limit_burst)),
+            ("ip_rate_limit_per_second", u64::from(self.ip_rate_limit_per_second)),
+            ("ip_rate_limit_burst", u64::from(self.ip_rate_limit_burst)),
+            ("redis_timeout_ms", self.redis_timeout_ms),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::OutOfRange { field, reason: "must be at least 1" });

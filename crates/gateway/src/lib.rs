@@ -2,7 +2,8 @@
 //! requests over the api replicas, routes around a replica that fails, retries only what is
 //! safe to retry, and logs and measures every request.
 //!
-//! The rooms: `config` (what to run with, checked at start), `pool` (health and choice of
+//! The rooms: `config` (what to run with, checked at start), `limits` (rate limits per client
+//! address and API key), `pool` (health and choice of
 //! upstream), `health` (active checks), `retry` (what may be repeated, the budget), `headers`
 //! (what a proxy rewrites), `body` (holding, handing off and logging bodies), `proxy` (the
 //! handler), `problem` (the gateway's own error answers), `observe` (access log and metrics).
@@ -12,6 +13,7 @@ mod body;
 mod config;
 mod headers;
 mod health;
+mod limits;
 mod observe;
 mod pool;
 mod problem;
@@ -33,6 +35,7 @@ use hyper_util::rt::TokioExecutor;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+pub use coffer_ratelimit::Limits;
 pub use config::{ConfigError, GatewayConfig, UpstreamUrl, Upstreams};
 
 /// Why the gateway could not start or keep serving.
@@ -56,8 +59,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Validates `config` and binds its listeners.
+    /// Validates `config` and binds its listeners, with rate limits local to this gateway.
     pub async fn bind(config: GatewayConfig) -> Result<Self, GatewayError> {
+        Self::bind_with_limits(config, Limits::local()).await
+    }
+
+    /// The same, with the given limits (shared through Redis by [`Limits::shared`]).
+    pub async fn bind_with_limits(config: GatewayConfig, limits: Limits) -> Result<Self, GatewayError> {
         config.validate()?;
         let metrics = observe::install_metrics();
         let bind = |addr: SocketAddr| async move {
@@ -73,7 +81,7 @@ impl Gateway {
         connector.set_nodelay(true);
         let client =
             Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        let shared = Arc::new(proxy::Shared::new(&config, client));
+        let shared = Arc::new(proxy::Shared::new(&config, client, limits));
         Ok(Self { config, listener, admin, shared, metrics })
     }
 

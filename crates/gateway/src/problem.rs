@@ -20,6 +20,8 @@ pub enum GatewayProblem {
     Timeout,
     /// The client's body could not be read (400 `invalid_request`).
     BadBody,
+    /// The client address or API key is over its rate (429 `rate_limited`); nothing was sent.
+    RateLimited,
 }
 
 #[derive(Serialize)]
@@ -39,6 +41,7 @@ impl GatewayProblem {
             Self::Unreachable | Self::Broken => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadBody => StatusCode::BAD_REQUEST,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -48,6 +51,7 @@ impl GatewayProblem {
             Self::Unreachable | Self::Broken => "bad_gateway",
             Self::Timeout => "gateway_timeout",
             Self::BadBody => "invalid_request",
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -57,6 +61,7 @@ impl GatewayProblem {
             Self::Unreachable | Self::Broken => "The upstream failed",
             Self::Timeout => "The upstream did not answer in time",
             Self::BadBody => "The request is invalid",
+            Self::RateLimited => "Too many requests",
         }
     }
 
@@ -73,7 +78,16 @@ impl GatewayProblem {
                  retry with the same id or Idempotency-Key"
             }
             Self::BadBody => "the request body could not be read",
+            Self::RateLimited => "this client or API key is over its request rate; nothing was sent",
         }
+    }
+
+    /// A 429 that says when to come back (whole seconds, rounded up).
+    pub fn rate_limited(retry_after: std::time::Duration) -> Response {
+        let mut response = Self::RateLimited.response();
+        let seconds = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        response
     }
 
     pub fn response(self) -> Response {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
+use coffer_ratelimit::{Decision, Limits};
 use http::Version;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -22,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use crate::body::{self, Held, Logged, ProxyBody};
 use crate::config::GatewayConfig;
 use crate::headers;
+use crate::limits::EdgeLimits;
 use crate::observe::{self, AccessRecord, RetryReason};
 use crate::pool::{InFlight, Outcome, Pool, UpstreamIndex};
 use crate::problem::GatewayProblem;
@@ -30,6 +32,7 @@ use crate::retry::{self, Budget, Replay};
 /// What every request handler shares.
 pub struct Shared {
     pub pool: Arc<Pool>,
+    pub limits: EdgeLimits,
     pub client: Client<HttpConnector, ProxyBody>,
     pub budget: Budget,
     upstream_timeout: Duration,
@@ -39,9 +42,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: &GatewayConfig, client: Client<HttpConnector, ProxyBody>) -> Self {
+    pub fn new(config: &GatewayConfig, client: Client<HttpConnector, ProxyBody>, limits: Limits) -> Self {
         Self {
             pool: Arc::new(Pool::new(config)),
+            limits: EdgeLimits::new(config, limits),
             client,
             budget: Budget::new(config.retry_budget_percent, config.retry_budget_min_per_second),
             upstream_timeout: Duration::from_millis(config.upstream_timeout_ms),
@@ -68,10 +72,14 @@ pub async fn handle(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    shared.budget.deposit();
     let (mut parts, body) = request.into_parts();
     let request_id = headers::request_id(&parts.headers);
     let mut record = AccessRecord::new(request_id.clone(), parts.method.clone(), parts.uri.path());
+    // Limited before anything else: an over-limit client costs no upstream work and no budget.
+    if let Decision::Limited { retry_after } = shared.limits.check(peer.ip(), &parts.headers).await {
+        return answer(GatewayProblem::rate_limited(retry_after), record, None, &request_id);
+    }
+    shared.budget.deposit();
     headers::to_upstream(&mut parts.headers, &request_id, peer.ip());
     let Ok(held) = body::hold(body, shared.retry_body_limit_bytes).await else {
         return answer(GatewayProblem::BadBody.response(), record, None, &request_id);

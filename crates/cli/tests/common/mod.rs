@@ -131,6 +131,88 @@ impl Stopped {
     }
 }
 
+/// The real `coffer gateway` binary; killed when dropped.
+pub struct GatewayProcess {
+    child: Child,
+    pub base: String,
+    pub admin: String,
+}
+
+impl GatewayProcess {
+    pub async fn start(upstreams: &[String], log: std::fs::File) -> GatewayProcess {
+        Self::start_with(upstreams, &[], log).await
+    }
+
+    /// The same, with more settings in the environment (`COFFER_GATEWAY_…`, `COFFER_REDIS_URL`).
+    pub async fn start_with(
+        upstreams: &[String],
+        env: &[(&str, &str)],
+        log: std::fs::File,
+    ) -> GatewayProcess {
+        let (port, admin_port) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .args(["gateway", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--upstreams", &upstreams.join(",")])
+            .env("COFFER_LOG_LEVEL", "info")
+            .env("COFFER_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("coffer gateway runs");
+        let gateway = GatewayProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let ready = reqwest::get(format!("{}/gateway/readyz", gateway.admin)).await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return gateway;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("coffer gateway did not become ready");
+    }
+
+    /// Whether the gateway reports `upstream` healthy.
+    pub async fn healthy(&self, upstream: &str) -> bool {
+        let list: Vec<Value> =
+            reqwest::get(format!("{}/gateway/upstreams", self.admin)).await.unwrap().json().await.unwrap();
+        let entry = list.iter().find(|u| u["url"] == upstream).expect("the upstream is listed");
+        entry["healthy"] == true
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/gateway/metrics", self.admin)).await.unwrap().text().await.unwrap()
+    }
+}
+
+impl GatewayProcess {
+    /// SIGTERM: the gateway drains and exits on its own.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the gateway did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A `coffer serve` whose roles leave out the API: it has no port to be ready on.
 pub struct Headless(Child);
 
