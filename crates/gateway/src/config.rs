@@ -164,6 +164,10 @@ pub struct GatewayConfig {
     pub ip_rate_limit_burst: u32,
     /// How long a shared (Redis) limit check may take before the local limit answers instead.
     pub redis_timeout_ms: u64,
+    /// Requests handled at once; more are shed with 503 and Retry-After before any work.
+    pub max_concurrent_requests: usize,
+    /// The largest request body, in bytes; a request declaring more is a 413 sent nowhere.
+    pub max_body_bytes: u64,
 }
 
 impl Default for GatewayConfig {
@@ -191,6 +195,8 @@ impl Default for GatewayConfig {
             ip_rate_limit_per_second: 2_000,
             ip_rate_limit_burst: 2_000,
             redis_timeout_ms: 50,
+            max_concurrent_requests: 4096,
+            max_body_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -220,6 +226,8 @@ impl GatewayConfig {
             ("ip_rate_limit_per_second", u64::from(self.ip_rate_limit_per_second)),
             ("ip_rate_limit_burst", u64::from(self.ip_rate_limit_burst)),
             ("redis_timeout_ms", self.redis_timeout_ms),
+            ("max_concurrent_requests", self.max_concurrent_requests as u64),
+            ("max_body_bytes", self.max_body_bytes),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::OutOfRange { field, reason: "must be at least 1" });

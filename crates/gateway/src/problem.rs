@@ -22,6 +22,10 @@ pub enum GatewayProblem {
     BadBody,
     /// The client address or API key is over its rate (429 `rate_limited`); nothing was sent.
     RateLimited,
+    /// The gateway has as many requests in hand as it takes (503 `overloaded`); nothing was sent.
+    Overloaded,
+    /// The body declared is larger than the gateway takes (413 `payload_too_large`).
+    TooLarge,
 }
 
 #[derive(Serialize)]
@@ -42,6 +46,8 @@ impl GatewayProblem {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadBody => StatusCode::BAD_REQUEST,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -52,6 +58,8 @@ impl GatewayProblem {
             Self::Timeout => "gateway_timeout",
             Self::BadBody => "invalid_request",
             Self::RateLimited => "rate_limited",
+            Self::Overloaded => "overloaded",
+            Self::TooLarge => "payload_too_large",
         }
     }
 
@@ -62,6 +70,8 @@ impl GatewayProblem {
             Self::Timeout => "The upstream did not answer in time",
             Self::BadBody => "The request is invalid",
             Self::RateLimited => "Too many requests",
+            Self::Overloaded => "The gateway is overloaded",
+            Self::TooLarge => "The request body is too large",
         }
     }
 
@@ -79,6 +89,8 @@ impl GatewayProblem {
             }
             Self::BadBody => "the request body could not be read",
             Self::RateLimited => "this client or API key is over its request rate; nothing was sent",
+            Self::Overloaded => "the gateway is handling as many requests as it takes; nothing was sent",
+            Self::TooLarge => "the request body is larger than the gateway takes; nothing was sent",
         }
     }
 

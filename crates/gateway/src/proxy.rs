@@ -33,6 +33,9 @@ use crate::retry::{self, Budget, Replay};
 pub struct Shared {
     pub pool: Arc<Pool>,
     pub limits: EdgeLimits,
+    /// One permit per request in hand: the concurrency limit that sheds load.
+    concurrency: Arc<tokio::sync::Semaphore>,
+    max_body_bytes: u64,
     pub client: Client<HttpConnector, ProxyBody>,
     pub budget: Budget,
     upstream_timeout: Duration,
@@ -46,6 +49,8 @@ impl Shared {
         Self {
             pool: Arc::new(Pool::new(config)),
             limits: EdgeLimits::new(config, limits),
+            concurrency: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+            max_body_bytes: config.max_body_bytes,
             client,
             budget: Budget::new(config.retry_budget_percent, config.retry_budget_min_per_second),
             upstream_timeout: Duration::from_millis(config.upstream_timeout_ms),
@@ -54,6 +59,11 @@ impl Shared {
             retry_backoff: Duration::from_millis(config.retry_backoff_ms),
         }
     }
+}
+
+/// The body length a request declares, if it does.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// How one attempt ended.
@@ -75,7 +85,13 @@ pub async fn handle(
     let (mut parts, body) = request.into_parts();
     let request_id = headers::request_id(&parts.headers);
     let mut record = AccessRecord::new(request_id.clone(), parts.method.clone(), parts.uri.path());
-    // Limited before anything else: an over-limit client costs no upstream work and no budget.
+    // Shed, refused and limited before anything else: they cost no upstream work and no budget.
+    let Ok(_permit) = shared.concurrency.clone().try_acquire_owned() else {
+        return answer(GatewayProblem::Overloaded.response(), record, None, &request_id);
+    };
+    if declared_length(&parts.headers).is_some_and(|length| length > shared.max_body_bytes) {
+        return answer(GatewayProblem::TooLarge.response(), record, None, &request_id);
+    }
     if let Decision::Limited { retry_after } = shared.limits.check(peer.ip(), &parts.headers).await {
         return answer(GatewayProblem::rate_limited(retry_after), record, None, &request_id);
     }

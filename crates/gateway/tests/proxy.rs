@@ -313,3 +313,57 @@ async fn a_503_is_retried_elsewhere_once_per_upstream_then_passed_on_as_answered
     assert_eq!(response.status(), 503);
     assert_eq!(count_a.load(Ordering::SeqCst) + count_b.load(Ordering::SeqCst), 3, "a POST without id: once");
 }
+
+#[tokio::test]
+async fn load_beyond_the_concurrency_limit_is_shed_with_503_and_never_sent() {
+    let (slow, seen) = echo(Duration::from_millis(500)).await;
+    let gateway = Running::start(&[slow], |c| c.max_concurrent_requests = 2).await;
+    let url = format!("{}/v1/ledgers", gateway.base);
+    let requests: Vec<_> = (0..5).map(|_| tokio::spawn(client().get(url.clone()).send())).collect();
+    let mut statuses = Vec::new();
+    for request in requests {
+        let response = request.await.unwrap().unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 503 {
+            assert_eq!(response.headers()["retry-after"], "1");
+            assert_eq!(response.json::<Value>().await.unwrap()["code"], "overloaded");
+        }
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 503, 503, 503]);
+    assert_eq!(seen.load(Ordering::SeqCst), 2, "the shed requests reached no upstream");
+}
+
+#[tokio::test]
+async fn a_body_declared_too_large_is_413_and_sent_nowhere() {
+    let (upstream, seen) = echo(Duration::ZERO).await;
+    let gateway = Running::start(&[upstream], |c| c.max_body_bytes = 1024).await;
+    let url = format!("{}/v1/transfers", gateway.base);
+    let response = client().post(&url).body(vec![b'x'; 2048]).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.json::<Value>().await.unwrap()["code"], "payload_too_large");
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+    let response = client().post(&url).body(vec![b'x'; 1000]).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_key_or_an_address_over_its_rate_is_429_and_sent_nowhere() {
+    let (upstream, seen) = echo(Duration::ZERO).await;
+    let gateway = Running::start(&[upstream], |c| {
+        (c.rate_limit_per_second, c.rate_limit_burst) = (1, 1);
+        (c.ip_rate_limit_per_second, c.ip_rate_limit_burst) = (1, 3);
+    })
+    .await;
+    let get = |token: &str| client().get(format!("{}/v1/ledgers", gateway.base)).bearer_auth(token).send();
+    assert_eq!(get("key-a").await.unwrap().status(), 200);
+    let limited = get("key-a").await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(limited.json::<Value>().await.unwrap()["code"], "rate_limited");
+    // Another key has its own allowance, until the address runs out of its own.
+    assert_eq!(get("key-b").await.unwrap().status(), 200);
+    assert_eq!(get("key-c").await.unwrap().status(), 429, "the address's burst of 3 is spent");
+    assert_eq!(seen.load(Ordering::SeqCst), 2, "limited requests reached no upstream");
+}
