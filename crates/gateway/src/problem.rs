@@ -26,6 +26,8 @@ pub enum GatewayProblem {
     Overloaded,
     /// The body declared is larger than the gateway takes (413 `payload_too_large`).
     TooLarge,
+    /// The client sent its body too slowly (408 `request_timeout`); nothing was sent.
+    SlowBody,
 }
 
 #[derive(Serialize)]
@@ -48,6 +50,7 @@ impl GatewayProblem {
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -60,6 +63,7 @@ impl GatewayProblem {
             Self::RateLimited => "rate_limited",
             Self::Overloaded => "overloaded",
             Self::TooLarge => "payload_too_large",
+            Self::SlowBody => "request_timeout",
         }
     }
 
@@ -72,6 +76,7 @@ impl GatewayProblem {
             Self::RateLimited => "Too many requests",
             Self::Overloaded => "The gateway is overloaded",
             Self::TooLarge => "The request body is too large",
+            Self::SlowBody => "The request body came too slowly",
         }
     }
 
@@ -91,6 +96,7 @@ impl GatewayProblem {
             Self::RateLimited => "this client or API key is over its request rate; nothing was sent",
             Self::Overloaded => "the gateway is handling as many requests as it takes; nothing was sent",
             Self::TooLarge => "the request body is larger than the gateway takes; nothing was sent",
+            Self::SlowBody => "the request body did not arrive in time; nothing was sent",
         }
     }
 

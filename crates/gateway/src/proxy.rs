@@ -36,6 +36,7 @@ pub struct Shared {
     /// One permit per request in hand: the concurrency limit that sheds load.
     concurrency: Arc<tokio::sync::Semaphore>,
     max_body_bytes: u64,
+    body_read_timeout: Duration,
     pub client: Client<HttpConnector, ProxyBody>,
     pub budget: Budget,
     upstream_timeout: Duration,
@@ -51,6 +52,7 @@ impl Shared {
             limits: EdgeLimits::new(config, limits),
             concurrency: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
             max_body_bytes: config.max_body_bytes,
+            body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             client,
             budget: Budget::new(config.retry_budget_percent, config.retry_budget_min_per_second),
             upstream_timeout: Duration::from_millis(config.upstream_timeout_ms),
@@ -97,9 +99,14 @@ pub async fn handle(
     }
     shared.budget.deposit();
     headers::to_upstream(&mut parts.headers, &request_id, peer.ip());
-    let Ok(held) = body::hold(body, shared.retry_body_limit_bytes).await else {
-        return answer(GatewayProblem::BadBody.response(), record, None, &request_id);
-    };
+    let held =
+        match tokio::time::timeout(shared.body_read_timeout, body::hold(body, shared.retry_body_limit_bytes))
+            .await
+        {
+            Ok(Ok(held)) => held,
+            Ok(Err(_)) => return answer(GatewayProblem::BadBody.response(), record, None, &request_id),
+            Err(_) => return answer(GatewayProblem::SlowBody.response(), record, None, &request_id),
+        };
     let replay = retry::classify(&parts.method, &parts.headers, held.bytes());
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
 

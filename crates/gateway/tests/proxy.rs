@@ -367,3 +367,36 @@ async fn a_key_or_an_address_over_its_rate_is_429_and_sent_nowhere() {
     assert_eq!(get("key-c").await.unwrap().status(), 429, "the address's burst of 3 is spent");
     assert_eq!(seen.load(Ordering::SeqCst), 2, "limited requests reached no upstream");
 }
+
+#[tokio::test]
+async fn a_body_sent_one_byte_at_a_time_is_408_and_sent_nowhere() {
+    let (upstream, seen) = echo(Duration::ZERO).await;
+    let gateway = Running::start(&[upstream], |c| c.body_read_timeout_ms = 500).await;
+    let addr = gateway.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/transfers HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    // One byte every 200 ms: the 20 bytes would take 4 s.
+    let mut answer = Vec::new();
+    for byte in b"{\"amount\":1,\"x\":12}" {
+        if socket.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut buf = [0u8; 1024];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), socket.read(&mut buf)).await {
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || !answer.is_empty() {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "a slow body is a 408: {text}");
+    assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+    assert!(text.contains("request_timeout"), "{text}");
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing reached the upstream");
+}
