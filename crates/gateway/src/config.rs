@@ -168,6 +168,8 @@ pub struct GatewayConfig {
     pub max_concurrent_requests: usize,
     /// The largest request body, in bytes; a request declaring more is a 413 sent nowhere.
     pub max_body_bytes: u64,
+    /// The most header bytes (names and values) a request may carry; more is a 431.
+    pub max_header_bytes: usize,
     /// How long a client may take to send a body the gateway holds (up to
     /// `retry_body_limit_bytes`); a slower one gets 408 and nothing is sent upstream.
     pub body_read_timeout_ms: u64,
@@ -201,6 +203,7 @@ impl Default for GatewayConfig {
             max_concurrent_requests: 4096,
             max_body_bytes: 8 * 1024 * 1024,
             body_read_timeout_ms: 10_000,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -233,6 +236,7 @@ impl GatewayConfig {
             ("max_concurrent_requests", self.max_concurrent_requests as u64),
             ("max_body_bytes", self.max_body_bytes),
             ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("max_header_bytes", self.max_header_bytes as u64),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::OutOfRange { field, reason: "must be at least 1" });

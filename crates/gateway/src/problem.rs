@@ -28,6 +28,12 @@ pub enum GatewayProblem {
     TooLarge,
     /// The client sent its body too slowly (408 `request_timeout`); nothing was sent.
     SlowBody,
+    /// The request's headers are larger than the gateway takes (431); nothing was sent.
+    HeadersTooLarge,
+    /// A method the API does not use (405 `method_not_allowed`); nothing was sent.
+    OddMethod,
+    /// A path that climbs out of its root or is not plain (400 `invalid_request`); nothing was sent.
+    OddPath,
 }
 
 #[derive(Serialize)]
@@ -51,6 +57,9 @@ impl GatewayProblem {
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::OddMethod => StatusCode::METHOD_NOT_ALLOWED,
+            Self::OddPath => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -64,6 +73,9 @@ impl GatewayProblem {
             Self::Overloaded => "overloaded",
             Self::TooLarge => "payload_too_large",
             Self::SlowBody => "request_timeout",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::OddMethod => "method_not_allowed",
+            Self::OddPath => "invalid_request",
         }
     }
 
@@ -77,6 +89,9 @@ impl GatewayProblem {
             Self::Overloaded => "The gateway is overloaded",
             Self::TooLarge => "The request body is too large",
             Self::SlowBody => "The request body came too slowly",
+            Self::HeadersTooLarge => "The request headers are too large",
+            Self::OddMethod => "The method is not allowed",
+            Self::OddPath => "The request is invalid",
         }
     }
 
@@ -97,6 +112,13 @@ impl GatewayProblem {
             Self::Overloaded => "the gateway is handling as many requests as it takes; nothing was sent",
             Self::TooLarge => "the request body is larger than the gateway takes; nothing was sent",
             Self::SlowBody => "the request body did not arrive in time; nothing was sent",
+            Self::HeadersTooLarge => {
+                "the request headers are larger than the gateway takes; nothing was sent"
+            }
+            Self::OddMethod => {
+                "the API takes GET, HEAD, OPTIONS, POST, PUT, PATCH and DELETE; nothing was sent"
+            }
+            Self::OddPath => "the path has a dot segment or a character paths do not hold; nothing was sent",
         }
     }
 

@@ -36,6 +36,7 @@ pub struct Shared {
     /// One permit per request in hand: the concurrency limit that sheds load.
     concurrency: Arc<tokio::sync::Semaphore>,
     max_body_bytes: u64,
+    max_header_bytes: usize,
     body_read_timeout: Duration,
     pub client: Client<HttpConnector, ProxyBody>,
     pub budget: Budget,
@@ -52,6 +53,7 @@ impl Shared {
             limits: EdgeLimits::new(config, limits),
             concurrency: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
             max_body_bytes: config.max_body_bytes,
+            max_header_bytes: config.max_header_bytes,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             client,
             budget: Budget::new(config.retry_budget_percent, config.retry_budget_min_per_second),
@@ -61,6 +63,23 @@ impl Shared {
             retry_backoff: Duration::from_millis(config.retry_backoff_ms),
         }
     }
+}
+
+/// The methods an HTTP API is spoken with; anything else (TRACE, CONNECT, made-up ones) is
+/// refused at the edge.
+fn is_api_method(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::POST, Method::PUT, Method::PATCH, Method::DELETE]
+        .contains(method)
+}
+
+/// A path with no `.`/`..` segment (plain or percent-encoded) and no encoded slash, backslash
+/// or control character: what a router behind the edge may read differently is refused.
+fn is_plain_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    let tricky = ["%2e", "%2f", "%5c", "%00", "\\"].iter().any(|s| lower.contains(s));
+    let dot_segment = path.split('/').any(|segment| segment == "." || segment == "..");
+    path.starts_with('/') && !tricky && !dot_segment && !path.bytes().any(|b| b.is_ascii_control())
 }
 
 /// The body length a request declares, if it does.
@@ -91,6 +110,17 @@ pub async fn handle(
     let Ok(_permit) = shared.concurrency.clone().try_acquire_owned() else {
         return answer(GatewayProblem::Overloaded.response(), record, None, &request_id);
     };
+    if !is_api_method(&parts.method) {
+        return answer(GatewayProblem::OddMethod.response(), record, None, &request_id);
+    }
+    if !is_plain_path(parts.uri.path()) {
+        return answer(GatewayProblem::OddPath.response(), record, None, &request_id);
+    }
+    let header_bytes: usize =
+        parts.headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if header_bytes > shared.max_header_bytes {
+        return answer(GatewayProblem::HeadersTooLarge.response(), record, None, &request_id);
+    }
     if declared_length(&parts.headers).is_some_and(|length| length > shared.max_body_bytes) {
         return answer(GatewayProblem::TooLarge.response(), record, None, &request_id);
     }

@@ -400,3 +400,32 @@ async fn a_body_sent_one_byte_at_a_time_is_408_and_sent_nowhere() {
     assert!(text.contains("request_timeout"), "{text}");
     assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing reached the upstream");
 }
+
+#[tokio::test]
+async fn oversized_headers_odd_methods_and_odd_paths_get_clean_4xx_and_reach_nothing() {
+    let (upstream, seen) = echo(Duration::ZERO).await;
+    let gateway = Running::start(&[upstream], |c| c.max_header_bytes = 4096).await;
+    let url = format!("{}/v1/ledgers", gateway.base);
+    let response = client().get(&url).header("x-padding", "p".repeat(8000)).send().await.unwrap();
+    assert_eq!(response.status(), 431);
+    assert_eq!(response.json::<Value>().await.unwrap()["code"], "headers_too_large");
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing reached the upstream");
+    for method in ["PURGE", "TRACE", "CONNECT"] {
+        let odd = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = client().request(odd, &url).send().await.unwrap();
+        assert_eq!(response.status(), 405, "{method}");
+    }
+    // Sent raw: an HTTP client library would normalise these paths before sending them.
+    let addr = gateway.base.trim_start_matches("http://").to_owned();
+    for path in ["/v1/%2e%2e/admin", "/v1/../keys", "/v1/..%2fkeys", "/v1/ledgers%2fUSD", "/v1/a\\b"] {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains("invalid_request"), "{path}: {answer}");
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "none of them reached the upstream");
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+}
