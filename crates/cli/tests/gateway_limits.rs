@@ -5,55 +5,15 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use coffer_testkit::RedisServer;
 use common::{GatewayProcess, Server, TOKEN};
 
 const RATE: u32 = 100;
 const BURST: u32 = 10;
-
-/// A redis-server on a free port, stopped when dropped.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start() -> Option<OwnRedis> {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(e) => return coffer_testkit::missing("redis-server on the PATH", e),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(OwnRedis { port, child: Some(child) })
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 #[derive(Default)]
 struct Counts {
@@ -97,11 +57,11 @@ fn assert_near(got: u64, expected: f64, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_gateways_sharing_redis_hold_one_limit_and_fall_back_to_local_limits() {
-    let Some(mut redis) = OwnRedis::start() else { return };
+    let Some(mut redis) = RedisServer::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let upstream = Server::start(dir.path()).await;
     let upstreams = [format!("http://127.0.0.1:{}", upstream.port())];
-    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let redis_url = redis.url();
     let (rate, burst) = (RATE.to_string(), BURST.to_string());
     let env = [
         ("COFFER_REDIS_URL", redis_url.as_str()),

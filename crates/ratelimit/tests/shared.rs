@@ -3,12 +3,11 @@
 //! stopped each falls back to its local limit and traffic keeps flowing; when Redis is back the
 //! shared limit is too.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_ratelimit::{Limits, Rate};
+use coffer_testkit::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -79,67 +78,9 @@ async fn a_limit_holds_cluster_wide_across_two_processes_sharing_redis() {
     assert_near(got, 2.0 * (3.0 * 200.0 + 20.0), "two local limiters");
 }
 
-/// A redis-server of the test's own, to stop and start.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start() -> Option<OwnRedis> {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = OwnRedis { port, child: None };
-        redis.spawn().then_some(redis)
-    }
-
-    fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(e) => return coffer_testkit::missing::<()>("redis-server on the PATH", e).is_some(),
-        };
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_stopped_local_limits_apply_and_traffic_keeps_flowing() {
-    let Some(mut redis) = OwnRedis::start() else { return };
+    let Some(mut redis) = RedisServer::start() else { return };
     let prefix = unique_prefix();
     let two = [
         Arc::new(Limits::shared(&redis.url(), &prefix, TIMEOUT).unwrap()),

@@ -180,3 +180,65 @@ mod tests {
         assert_eq!(with_database("postgres://u@h1:1,h2:2?a=b", "x"), "postgres://u@h1:1,h2:2/x?a=b");
     }
 }
+
+/// A redis-server of the test's own on a free port, to stop and start again (the shared local
+/// Redis must not be stopped); killed when dropped. Needs `redis-server` on the `PATH`.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one; `None` (the test skipped) when `redis-server` cannot be run.
+    pub fn start() -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let mut redis = RedisServer { port, child: None };
+        redis.spawn().then_some(redis)
+    }
+
+    /// Starts it again on its port after [`RedisServer::stop`]; answers whether it runs.
+    pub fn spawn(&mut self) -> bool {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => return missing::<()>("redis-server on the PATH", e).is_some(),
+        };
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// SIGKILL: what it held is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
