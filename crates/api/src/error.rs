@@ -193,6 +193,9 @@ impl ApiError {
 
 impl From<coffer_events::BusError> for ApiError {
     fn from(err: coffer_events::BusError) -> Self {
+        if let coffer_events::BusError::InvalidCursor(_) = err {
+            return Self::invalid_field("cursor", "is not a cursor this list handed out");
+        }
         tracing::warn!(reason = %err, "event bus unavailable");
         Self::new(ErrorCode::Unavailable, "the event bus is unavailable; nothing was changed").retry_after(1)
     }

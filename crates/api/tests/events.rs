@@ -302,7 +302,7 @@ async fn bad_dead_letter_requests_are_refused() {
         app.send("POST", &format!("/v1/admin/dead-letters/{missing}/replay"), Some(ADMIN), None, &[]).await;
     r.assert_problem(404, "not_found");
     app.get("/v1/admin/dead-letters/not%20an%20id").await.assert_problem(400, "invalid_request");
-    for query in ["?limit=0", "?limit=1001", "?limit=x", "?cursor=zz", "?colour=red"] {
+    for query in ["?limit=0", "?limit=1001", "?limit=x", "?cursor=zz", "?cursor=abc", "?colour=red"] {
         app.get(&format!("/v1/admin/dead-letters{query}")).await.assert_problem(400, "invalid_request");
     }
     let (_, reader) = app.key(&["read"], None).await;

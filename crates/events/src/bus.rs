@@ -20,6 +20,9 @@ pub enum BusError {
     Unavailable(String),
     #[error("an outbox row is not a valid event: {0}")]
     Encoding(#[from] serde_json::Error),
+    /// A list cursor that this bus never handed out.
+    #[error("not a cursor of this list: {0}")]
+    InvalidCursor(String),
 }
 
 /// A broker that stores events durably before it acknowledges them.

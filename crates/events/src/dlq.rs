@@ -100,10 +100,8 @@ impl DeadLetterQueue for StoreDeadLetters {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetterEntry>, BusError> {
-        let after = match after {
-            Some(id) => Some(id.parse().map_err(|_| BusError::Unavailable(format!("no dead letter {id}")))?),
-            None => None,
-        };
+        let after =
+            after.map(|id| id.parse().map_err(|_| BusError::InvalidCursor(id.to_owned()))).transpose()?;
         let letters = self.0.dead_letters(consumer, after, limit).await.map_err(store_error)?;
         Ok(letters.into_iter().map(Into::into).collect())
     }
@@ -261,7 +259,9 @@ impl DeadLetterQueue for DeadLetterStream {
         limit: usize,
     ) -> Result<Vec<DeadLetterEntry>, BusError> {
         let state = self.stream.clone().info().await.map_err(unavailable)?.state.clone();
-        let after: u64 = after.and_then(|a| a.parse().ok()).unwrap_or(0);
+        let after =
+            after.map(|a| a.parse::<u64>().map_err(|_| BusError::InvalidCursor(a.to_owned()))).transpose()?;
+        let after = after.unwrap_or(0);
         let mut letters = Vec::new();
         // Dead letters are few; a walk over the stream's sequences is enough.
         for sequence in state.first_sequence.max(after + 1)..=state.last_sequence {
