@@ -63,7 +63,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Pip
                 tasks.push(tokio::spawn(prune(
                     store.clone(),
                     events.clone(),
-                    in_process_readers(),
+                    in_process_readers(&store),
                     stopped.clone(),
                 )));
             }
@@ -109,8 +109,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Pip
 }
 
 /// The positions the in-process bus's readers keep: the outbox is pruned below the lowest.
-fn in_process_readers() -> Vec<String> {
-    [VOLUMES_CONSUMER, WEBHOOKS_CONSUMER].iter().map(|name| format!("consumer.{name}")).collect()
+fn in_process_readers(store: &Arc<dyn Store>) -> Vec<String> {
+    consumers(store).iter().map(|(name, ..)| OutboxSource::position_name(name)).collect()
 }
 
 /// Deletes outbox rows every reader has passed once they are older than the retention window.

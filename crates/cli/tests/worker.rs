@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use coffer_events::{SignatureHeaders, SigningSecret, VOLUMES_CONSUMER, verify};
+use coffer_events::{OutboxSource, SignatureHeaders, SigningSecret, VOLUMES_CONSUMER, verify};
 use coffer_ledger::Timestamp;
 use coffer_store::{Coordination, DeadLetter, DeadLetters, PgStore, Store, StoreConfig};
 use coffer_testkit::TestDatabase;
@@ -173,7 +173,7 @@ async fn coffer_dlq_replays_a_dead_letter_to_its_consumer_exactly_once() {
     };
     store.add_dead_letter(letter.clone()).await.unwrap();
     let end = store.last_event_position().await.unwrap();
-    store.save_position(&format!("consumer.{VOLUMES_CONSUMER}"), end, None).await.unwrap();
+    store.save_position(&OutboxSource::position_name(VOLUMES_CONSUMER), end, None).await.unwrap();
     store.shutdown().await;
 
     let _worker = Headless::start(&db.url, &[("COFFER_ROLES", "worker")]);

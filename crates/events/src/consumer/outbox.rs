@@ -51,6 +51,11 @@ pub enum Token {
 }
 
 impl OutboxSource {
+    /// The name the consumer `consumer`'s position is saved under in the store.
+    pub fn position_name(consumer: &str) -> String {
+        format!("consumer.{consumer}")
+    }
+
     /// A source for the consumer `consumer`, resuming from its saved position.
     pub async fn open(
         store: Arc<dyn Store>,
@@ -58,7 +63,7 @@ impl OutboxSource {
         types: Vec<String>,
         poll: Duration,
     ) -> Result<Self, BusError> {
-        let position_name = format!("consumer.{consumer}");
+        let position_name = Self::position_name(consumer);
         let saved = store.position(&position_name).await.map_err(unavailable)?;
         Ok(Self {
             store,
