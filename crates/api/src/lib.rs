@@ -47,7 +47,7 @@ use coffer_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 
-pub use auth::{bootstrap, generate_token, hash_token, is_valid_token};
+pub use auth::{bootstrap, generate_token};
 pub use config::{ApiConfig, InvalidConfig};
 pub use error::{ApiError, ErrorCode, FieldError, PROBLEM_JSON, Problem};
 pub use observe::install_metrics;

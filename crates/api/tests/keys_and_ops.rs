@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use coffer_api::ApiConfig;
-use coffer_store::{SqliteStore, Store, StoreConfig};
+use coffer_store::{KeyDirectory, SqliteStore, StoreConfig};
 use common::{ADMIN, spawn, spawn_with};
 use serde_json::{Value, json};
 
@@ -99,12 +99,12 @@ async fn bootstrap_makes_one_admin_key_only_when_there_is_none() {
     let store: Arc<SqliteStore> = SqliteStore::open(dir.path(), StoreConfig::default()).await.unwrap();
     let generated = coffer_api::bootstrap(store.as_ref(), None).await.unwrap().expect("a generated token");
     assert!(generated.starts_with("coffer_"));
-    let key = store.key_by_token(coffer_api::hash_token(&generated)).await.unwrap().unwrap();
+    let key = store.key_by_token(coffer_store::TokenHash::of(&generated)).await.unwrap().unwrap();
     assert!(key.allows(coffer_store::Scope::Admin));
     // A second bootstrap finds a key and does nothing.
     assert_eq!(coffer_api::bootstrap(store.as_ref(), None).await.unwrap(), None);
     assert_eq!(coffer_api::bootstrap(store.as_ref(), Some("other")).await.unwrap(), None);
-    assert!(store.key_by_token(coffer_api::hash_token("other")).await.unwrap().is_none());
+    assert!(store.key_by_token(coffer_store::TokenHash::of("other")).await.unwrap().is_none());
     assert!(coffer_api::bootstrap(store.as_ref(), Some("has space")).await.is_err());
 }
 

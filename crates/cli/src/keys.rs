@@ -91,7 +91,7 @@ async fn manage(keys: &Keys, command: KeysCommand) -> anyhow::Result<()> {
                     name,
                     scopes,
                     rate_limit_per_second,
-                    token_hash: coffer_api::hash_token(&token),
+                    token_hash: coffer_store::TokenHash::of(&token),
                 })
                 .await?;
             println!("id:    {}", key.id.0);

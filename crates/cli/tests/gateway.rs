@@ -72,7 +72,9 @@ async fn a_replica_killed_under_load_behind_the_gateway_fails_no_request() {
     }
     let urls: Vec<String> = replicas.iter().map(|r| format!("http://127.0.0.1:{}", r.port())).collect();
     let log_path = dir.path().join("gateway.log");
-    let gateway = GatewayProcess::start(&urls, std::fs::File::create(&log_path).unwrap()).await;
+    // The gateway checks tokens against the replicas' own key table.
+    let env = [("COFFER_DATABASE_URL", database.url.as_str())];
+    let gateway = GatewayProcess::start_with(&urls, &env, std::fs::File::create(&log_path).unwrap()).await;
     let http = Http::at(gateway.base.clone());
 
     http.post_ok("/v1/ledgers", json!({"code": "GW", "scale": 2})).await;

@@ -63,7 +63,9 @@ async fn two_gateways_sharing_redis_hold_one_limit_and_fall_back_to_local_limits
     let upstreams = [format!("http://127.0.0.1:{}", upstream.port())];
     let redis_url = redis.url();
     let (rate, burst) = (RATE.to_string(), BURST.to_string());
+    let data_dir = dir.path().to_str().unwrap();
     let env = [
+        ("COFFER_DATA_DIR", data_dir),
         ("COFFER_REDIS_URL", redis_url.as_str()),
         ("COFFER_GATEWAY_RATE_LIMIT_PER_SECOND", rate.as_str()),
         ("COFFER_GATEWAY_RATE_LIMIT_BURST", burst.as_str()),

@@ -1,7 +1,7 @@
 //! Body plumbing for the proxy.
 //!
-//! - [`hold`] reads a request body into memory when it is small enough to be sent again, and
-//!   otherwise hands the part it read plus the rest on as a stream.
+//! - [`hold`] reads a request body into memory when it is small enough to be sent again (or
+//!   declares no length), and otherwise hands the part it read plus the rest on as a stream.
 //! - [`Handoff`] lends a streamed body to one attempt; if that attempt fails before it took the
 //!   body (a refused connection), the body is still in its slot and the next attempt gets it.
 //! - [`Logged`] wraps a response body: it counts the bytes, keeps the upstream's in-flight count
@@ -58,16 +58,31 @@ impl Held {
 /// The body type sent to upstreams.
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, axum::Error>;
 
-/// Reads `body` into memory if it is at most `limit` bytes. Trailers of a held body are dropped.
-pub async fn hold(mut body: Body, limit: usize) -> Result<Held, axum::Error> {
-    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+/// Why a body could not be held.
+#[derive(Debug)]
+pub enum HoldError {
+    /// More than the gateway takes arrived (a body without a declared length).
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// Reads `body` into memory if it declares at most `limit` bytes, else hands it on as a stream
+/// (a declared length was already checked against the maximum). A body that declares no length
+/// (chunked) is held whole, up to `max` bytes, so that one too large is refused before any of it
+/// reaches an upstream. Trailers of a held body are dropped.
+pub async fn hold(mut body: Body, limit: usize, max: u64) -> Result<Held, HoldError> {
+    let declared = http_body::Body::size_hint(&body).exact().is_some();
+    if declared && http_body::Body::size_hint(&body).lower() > limit as u64 {
         return Ok(stream(None, body));
     }
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame.map_err(HoldError::Read)?.into_data() else { continue };
         buf.extend_from_slice(&data);
-        if buf.len() > limit {
+        if buf.len() as u64 > max {
+            return Err(HoldError::TooLarge);
+        }
+        if declared && buf.len() > limit {
             return Ok(stream(Some(buf.freeze()), body));
         }
     }

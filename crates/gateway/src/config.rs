@@ -5,6 +5,7 @@
 //! list stops the start instead of becoming a replica that is "down" forever.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use http::Uri;
 use http::uri::{Authority, Scheme};
@@ -118,6 +119,21 @@ impl<'de> Deserialize<'de> for Upstreams {
     }
 }
 
+impl Upstreams {
+    /// At least one upstream, none twice.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            return Err(ConfigError::NoUpstreams);
+        }
+        for (i, url) in self.0.iter().enumerate() {
+            if self.0[..i].contains(url) {
+                return Err(ConfigError::DuplicateUpstream(url.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything `coffer gateway` needs. Durations and sizes carry their unit in their name.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -141,8 +157,10 @@ pub struct GatewayConfig {
     pub healthy_after_checks: u32,
     /// Connection failures or 5xx answers to real requests, in a row, that eject an upstream.
     pub eject_after_failures: u32,
-    /// The least time an ejected upstream stays out, whatever its checks say.
+    /// The least time an ejected upstream stays out, whatever its checks say; doubled each time
+    /// it fails again on probation (the circuit breaker), up to `eject_max_ms`.
     pub eject_ms: u64,
+    pub eject_max_ms: u64,
     /// Request bodies up to this size are held so that the request can be sent again; a larger
     /// body is streamed through and its request is sent once.
     pub retry_body_limit_bytes: usize,
@@ -166,13 +184,26 @@ pub struct GatewayConfig {
     pub redis_timeout_ms: u64,
     /// Requests handled at once; more are shed with 503 and Retry-After before any work.
     pub max_concurrent_requests: usize,
-    /// The largest request body, in bytes; a request declaring more is a 413 sent nowhere.
+    /// The largest request body, in bytes; a request declaring more, or sending more without a
+    /// declared length (chunked, held whole for this check), is a 413 sent nowhere.
     pub max_body_bytes: u64,
     /// The most header bytes (names and values) a request may carry; more is a 431.
     pub max_header_bytes: usize,
     /// How long a client may take to send a body the gateway holds (up to
-    /// `retry_body_limit_bytes`); a slower one gets 408 and nothing is sent upstream.
+    /// `retry_body_limit_bytes`, or a chunked one); a slower one gets 408 and nothing is sent
+    /// upstream.
     pub body_read_timeout_ms: u64,
+    /// How long a client may take to send a request's headers (the slowloris attack sends
+    /// them a byte at a time); the connection is closed past it. A TLS handshake has as long.
+    pub header_read_timeout_ms: u64,
+    /// Check bearer tokens at the edge against the store's API keys (the binary opens the same
+    /// store the replicas use, read-only). Off, the replicas alone check tokens.
+    pub check_tokens: bool,
+    /// How long the edge trusts a token lookup (valid or not).
+    pub key_cache_ttl_ms: u64,
+    /// TLS termination: a PEM certificate chain and its PEM private key. Both or neither.
+    pub tls_cert_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -189,6 +220,7 @@ impl Default for GatewayConfig {
             healthy_after_checks: 2,
             eject_after_failures: 3,
             eject_ms: 5_000,
+            eject_max_ms: 60_000,
             retry_body_limit_bytes: 1024 * 1024,
             max_retries: 2,
             retry_backoff_ms: 10,
@@ -204,6 +236,11 @@ impl Default for GatewayConfig {
             max_body_bytes: 8 * 1024 * 1024,
             body_read_timeout_ms: 10_000,
             max_header_bytes: 16 * 1024,
+            header_read_timeout_ms: 10_000,
+            check_tokens: true,
+            key_cache_ttl_ms: 1_000,
+            tls_cert_path: None,
+            tls_key_path: None,
         }
     }
 }
@@ -211,14 +248,7 @@ impl Default for GatewayConfig {
 impl GatewayConfig {
     /// Refuses a configuration the gateway cannot run with.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.upstreams.0.is_empty() {
-            return Err(ConfigError::NoUpstreams);
-        }
-        for (i, url) in self.upstreams.0.iter().enumerate() {
-            if self.upstreams.0[..i].contains(url) {
-                return Err(ConfigError::DuplicateUpstream(url.to_string()));
-            }
-        }
+        self.upstreams.validate()?;
         let positive = [
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("upstream_timeout_ms", self.upstream_timeout_ms),
@@ -237,9 +267,22 @@ impl GatewayConfig {
             ("max_body_bytes", self.max_body_bytes),
             ("body_read_timeout_ms", self.body_read_timeout_ms),
             ("max_header_bytes", self.max_header_bytes as u64),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::OutOfRange { field, reason: "must be at least 1" });
+        }
+        if self.tls_cert_path.is_some() != self.tls_key_path.is_some() {
+            return Err(ConfigError::OutOfRange {
+                field: "tls_cert_path",
+                reason: "and gateway.tls_key_path must be set together",
+            });
+        }
+        if self.eject_max_ms < self.eject_ms {
+            return Err(ConfigError::OutOfRange {
+                field: "eject_max_ms",
+                reason: "must be at least eject_ms",
+            });
         }
         if self.max_retries > 5 {
             return Err(ConfigError::OutOfRange { field: "max_retries", reason: "must be at most 5" });

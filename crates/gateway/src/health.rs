@@ -1,6 +1,6 @@
 //! Active health checks: one task per upstream asks `GET /readyz` every `check_interval_ms`,
 //! with a timeout. `/readyz` (not `/healthz`) because a replica that is alive but cannot reach
-//! its store must not get traffic. Checks are the only way an ejected upstream comes back.
+//! its store must not get traffic. After an open circuit's time, passed checks let the first trial request in.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,30 +9,42 @@ use http::{Method, Request, header};
 use tokio::task::JoinSet;
 
 use crate::body::Held;
-use crate::pool::UpstreamIndex;
+use crate::pool::Upstream;
 use crate::proxy::Shared;
 
-/// Starts the checks; they stop when the returned set is dropped.
-pub fn spawn(shared: Arc<Shared>, interval: Duration, timeout: Duration) -> JoinSet<()> {
-    let mut tasks = JoinSet::new();
-    for index in 0..shared.pool.len() {
-        tasks.spawn(check_forever(shared.clone(), index, interval, timeout));
-    }
-    tasks
+/// Starts the checks; they stop when the returned task is aborted. Each round checks every
+/// upstream in the list at that time, at once, and forgets removed upstreams that have drained.
+pub fn spawn(shared: Arc<Shared>, interval: Duration, timeout: Duration) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let mut round = JoinSet::new();
+            for upstream in shared.pool.list() {
+                let shared = shared.clone();
+                round.spawn(async move {
+                    let passed = check(&shared, &upstream, timeout).await;
+                    shared.pool.record_check(&upstream, passed);
+                });
+            }
+            round.join_all().await;
+            shared.pool.forget_drained();
+        }
+    }))
 }
 
-async fn check_forever(shared: Arc<Shared>, index: UpstreamIndex, interval: Duration, timeout: Duration) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let passed = check(&shared, index, timeout).await;
-        shared.pool.record_check(index, passed);
+/// A task that stops when its handle is dropped.
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
-async fn check(shared: &Shared, index: UpstreamIndex, timeout: Duration) -> bool {
-    let url = &shared.pool.get(index).url;
+async fn check(shared: &Shared, upstream: &Upstream, timeout: Duration) -> bool {
+    let url = &upstream.url;
     let Ok(uri) = url.join("/readyz") else { return false };
     let Ok(request) = Request::builder()
         .method(Method::GET)

@@ -2,13 +2,15 @@
 //! requests over the api replicas, routes around a replica that fails, retries only what is
 //! safe to retry, and logs and measures every request.
 //!
-//! The rooms: `config` (what to run with, checked at start), `limits` (rate limits per client
-//! address and API key), `pool` (health and choice of
-//! upstream), `health` (active checks), `retry` (what may be repeated, the budget), `headers`
-//! (what a proxy rewrites), `body` (holding, handing off and logging bodies), `proxy` (the
-//! handler), `problem` (the gateway's own error answers), `observe` (access log and metrics).
+//! The rooms: `config` (what to run with, checked at start), `server` (accepting connections:
+//! TLS, header deadline, drain), `auth` (the token check), `limits` (rate limits per client
+//! address and API key), `pool` (health and choice of upstream, the circuit breaker), `health`
+//! (active checks), `retry` (what may be repeated, the budget), `headers` (what a proxy
+//! rewrites), `body` (holding, handing off and logging bodies), `proxy` (the handler),
+//! `problem` (the gateway's own error answers), `observe` (access log and metrics).
 //! This file binds the listeners and runs them until a drain.
 
+mod auth;
 mod body;
 mod config;
 mod headers;
@@ -19,6 +21,7 @@ mod pool;
 mod problem;
 mod proxy;
 mod retry;
+mod server;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -36,7 +39,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 pub use coffer_ratelimit::Limits;
+pub use coffer_store::KeyDirectory;
 pub use config::{ConfigError, GatewayConfig, UpstreamUrl, Upstreams};
+pub use server::TlsError;
 
 /// Why the gateway could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -45,33 +50,47 @@ pub enum GatewayError {
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("the gateway's server failed: {0}")]
-    Serve(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A gateway with its listeners bound, not yet serving.
 pub struct Gateway {
     config: GatewayConfig,
-    listener: TcpListener,
+    listener: server::Listener,
     admin: Option<TcpListener>,
     shared: Arc<proxy::Shared>,
     metrics: PrometheusHandle,
 }
 
 impl Gateway {
-    /// Validates `config` and binds its listeners, with rate limits local to this gateway.
+    /// Validates `config` and binds its listeners, with rate limits local to this gateway and
+    /// tokens left to the replicas.
     pub async fn bind(config: GatewayConfig) -> Result<Self, GatewayError> {
-        Self::bind_with_limits(config, Limits::local()).await
+        Self::bind_with(config, Limits::local(), None).await
     }
 
-    /// The same, with the given limits (shared through Redis by [`Limits::shared`]).
-    pub async fn bind_with_limits(config: GatewayConfig, limits: Limits) -> Result<Self, GatewayError> {
+    /// The same, with the given limits (shared through Redis by [`Limits::shared`]) and, when
+    /// `keys` is given, the token check at the edge against that key table.
+    pub async fn bind_with(
+        config: GatewayConfig,
+        limits: Limits,
+        keys: Option<Arc<dyn KeyDirectory>>,
+    ) -> Result<Self, GatewayError> {
         config.validate()?;
+        let tls = match (&config.tls_cert_path, &config.tls_key_path) {
+            (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+            _ => None,
+        };
         let metrics = observe::install_metrics();
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })
         };
-        let listener = bind(config.listen).await?;
+        let listener = server::Listener {
+            tcp: bind(config.listen).await?,
+            tls,
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        };
         let admin = match config.admin_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
@@ -81,13 +100,14 @@ impl Gateway {
         connector.set_nodelay(true);
         let client =
             Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        let shared = Arc::new(proxy::Shared::new(&config, client, limits));
+        let auth = keys.map(|keys| auth::EdgeAuth::new(keys, Duration::from_millis(config.key_cache_ttl_ms)));
+        let shared = Arc::new(proxy::Shared::new(&config, client, limits, auth));
         Ok(Self { config, listener, admin, shared, metrics })
     }
 
     /// Where clients connect (the real port when `listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.config.listen)
+        self.listener.tcp.local_addr().unwrap_or(self.config.listen)
     }
 
     /// Where the admin endpoints are, if they are served.
@@ -107,31 +127,25 @@ impl Gateway {
             Duration::from_millis(config.check_interval_ms),
             Duration::from_millis(config.check_timeout_ms),
         );
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        if let Some(admin) = admin {
+        let admin = admin.map(|admin| {
             let app = admin_router(shared.clone(), metrics);
-            tokio::spawn(
-                axum::serve(admin, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future(),
-            );
-        }
+            tokio::spawn(axum::serve(admin, app).into_future())
+        });
         let app = Router::new().fallback(proxy::handle).with_state(shared);
-        let server = tokio::spawn(
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(stopped(stop_rx))
-                .into_future(),
-        );
-        tracing::info!(listen = %config.listen, upstreams = config.upstreams.0.len(), "coffer gateway is serving");
-        shutdown.await;
-        tracing::info!("gateway draining: no new connections, finishing requests in flight");
-        let _ = stop_tx.send(true);
-        match tokio::time::timeout(Duration::from_millis(config.drain_timeout_ms), server).await {
-            Ok(Ok(Ok(()))) => tracing::info!("gateway drained"),
-            Ok(Ok(Err(err))) => return Err(GatewayError::Serve(err)),
-            Ok(Err(join)) => return Err(GatewayError::Serve(std::io::Error::other(join))),
-            Err(_) => tracing::warn!("requests in flight did not finish within the drain timeout"),
+        let scheme = if listener.tls.is_some() { "https" } else { "http" };
+        tracing::info!(listen = %config.listen, scheme, upstreams = config.upstreams.0.len(), "coffer gateway is serving");
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("gateway draining: no new connections, finishing requests in flight");
+        };
+        let drain = Duration::from_millis(config.drain_timeout_ms);
+        if server::serve(listener, app, shutdown, drain).await {
+            tracing::info!("gateway drained");
+        } else {
+            tracing::warn!("requests in flight did not finish within the drain timeout");
+        }
+        if let Some(admin) = admin {
+            admin.abort();
         }
         Ok(())
     }
@@ -142,7 +156,7 @@ fn admin_router(shared: Arc<proxy::Shared>, metrics: PrometheusHandle) -> Router
     Router::new()
         .route("/gateway/healthz", get(|| async { "ok" }))
         .route("/gateway/readyz", get(readyz))
-        .route("/gateway/upstreams", get(upstreams))
+        .route("/gateway/upstreams", get(upstreams).put(replace_upstreams))
         .route("/gateway/metrics", get(move || async move { metrics.render() }))
         .with_state(shared)
 }
@@ -157,4 +171,31 @@ async fn readyz(State(shared): State<Arc<proxy::Shared>>) -> Response {
 
 async fn upstreams(State(shared): State<Arc<proxy::Shared>>) -> Response {
     axum::Json(shared.pool.view()).into_response()
+}
+
+/// `PUT /gateway/upstreams` with the new list (a JSON list of URLs, or one comma-separated
+/// string): upstreams that stay keep their state, new ones join, removed ones drain.
+async fn replace_upstreams(State(shared): State<Arc<proxy::Shared>>, body: axum::body::Bytes) -> Response {
+    let parsed = serde_json::from_slice::<Upstreams>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|list| list.validate().map(|()| list).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(list) => {
+            let (added, removed) = shared.pool.replace(&list.0);
+            tracing::info!(added, removed, "upstream list replaced");
+            axum::Json(serde_json::json!({"added": added, "removed": removed})).into_response()
+        }
+        Err(reason) => {
+            let problem = serde_json::json!({
+                "type": "https://coffer.dev/problems/invalid_request",
+                "title": "The upstream list is invalid",
+                "status": 400,
+                "detail": reason,
+                "code": "invalid_request",
+            });
+            let mut response = axum::Json(problem).into_response();
+            *response.status_mut() = http::StatusCode::BAD_REQUEST;
+            response
+        }
+    }
 }

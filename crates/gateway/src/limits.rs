@@ -1,13 +1,16 @@
-//! Rate limits at the edge, before anything reaches an upstream: per client IP, and per API key
-//! (the bearer token, known here only by a hash of it — the gateway never keeps tokens). Both are
-//! GCRA limits shared by every gateway through Redis when `COFFER_REDIS_URL` is set, and local
-//! to this gateway otherwise or while Redis is down (`coffer-ratelimit`).
+//! Rate limits at the edge, before anything reaches an upstream: per client IP, and per API key.
+//! Both are GCRA limits shared by every gateway through Redis when `COFFER_REDIS_URL` is set, and
+//! local to this gateway otherwise or while Redis is down (`coffer-ratelimit`).
+//!
+//! A key checked at the edge is limited by its id, at its own rate when it has one (as the
+//! replicas do); without the edge token check, by a hash of the bearer token — the gateway never
+//! keeps tokens.
 
 use std::net::IpAddr;
 
 use coffer_ratelimit::{Decision, Limits, Rate};
+use coffer_store::ApiKey;
 use http::HeaderMap;
-use sha2::{Digest, Sha256};
 
 use crate::config::GatewayConfig;
 
@@ -26,14 +29,21 @@ impl EdgeLimits {
         }
     }
 
-    /// The client address's allowance first, then the key's, if the request names one.
-    pub async fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Decision {
-        let by_ip = self.limits.check(&format!("ip:{peer}"), self.per_ip).await;
-        if !by_ip.is_allowed() {
-            return by_ip;
-        }
+    /// The client address's allowance.
+    pub async fn check_ip(&self, peer: IpAddr) -> Decision {
+        self.limits.check(&format!("ip:{peer}"), self.per_ip).await
+    }
+
+    /// A key's allowance: one second's worth of burst at its own rate, or the configured default.
+    pub async fn check_key(&self, key: &ApiKey) -> Decision {
+        let rate = key.rate_limit_per_second.map_or(self.per_key, |rate| Rate::new(rate, rate));
+        self.limits.check(&format!("key:{}", key.id.0), rate).await
+    }
+
+    /// Without the edge token check: the allowance of the bearer token the request names, if any.
+    pub async fn check_token(&self, headers: &HeaderMap) -> Decision {
         match bearer(headers) {
-            Some(token) => self.limits.check(&format!("key:{}", token_id(token)), self.per_key).await,
+            Some(token) => self.limits.check(&format!("token:{}", token_id(token)), self.per_key).await,
             None => Decision::Allowed,
         }
     }
@@ -41,12 +51,12 @@ impl EdgeLimits {
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty())
+    coffer_store::bearer_token(value)
 }
 
 /// A stable name for a token that does not reveal it: half of its SHA-256, in hex.
 fn token_id(token: &str) -> String {
-    hex::encode(&Sha256::digest(token.as_bytes())[..16])
+    hex::encode(&coffer_store::TokenHash::of(token).0[..16])
 }
 
 #[cfg(test)]

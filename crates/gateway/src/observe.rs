@@ -87,6 +87,8 @@ pub struct AccessRecord {
     pub status: u16,
     pub upstream: Option<String>,
     pub retries: u32,
+    /// The API key checked at the edge (its id; the token is never logged).
+    pub key_id: Option<uuid::Uuid>,
 }
 
 impl AccessRecord {
@@ -99,6 +101,7 @@ impl AccessRecord {
             status: 0,
             upstream: None,
             retries: 0,
+            key_id: None,
         }
     }
 
@@ -108,6 +111,7 @@ impl AccessRecord {
         tracing::info!(
             target: "coffer_gateway::access",
             request_id = self.request_id.to_str().unwrap_or_default(),
+            key_id = self.key_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
             method = self.method.as_str(),
             path = self.path,
             status = self.status,

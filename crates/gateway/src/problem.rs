@@ -34,6 +34,10 @@ pub enum GatewayProblem {
     OddMethod,
     /// A path that climbs out of its root or is not plain (400 `invalid_request`); nothing was sent.
     OddPath,
+    /// No bearer token, or one that is no unrevoked API key (401 `unauthorized`); nothing was sent.
+    Unauthorized,
+    /// The API keys could not be read to check the token (503 `unavailable`); nothing was sent.
+    KeysUnavailable,
 }
 
 #[derive(Serialize)]
@@ -60,6 +64,8 @@ impl GatewayProblem {
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::OddMethod => StatusCode::METHOD_NOT_ALLOWED,
             Self::OddPath => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -76,6 +82,8 @@ impl GatewayProblem {
             Self::HeadersTooLarge => "headers_too_large",
             Self::OddMethod => "method_not_allowed",
             Self::OddPath => "invalid_request",
+            Self::Unauthorized => "unauthorized",
+            Self::KeysUnavailable => "unavailable",
         }
     }
 
@@ -92,6 +100,8 @@ impl GatewayProblem {
             Self::HeadersTooLarge => "The request headers are too large",
             Self::OddMethod => "The method is not allowed",
             Self::OddPath => "The request is invalid",
+            Self::Unauthorized => "Authentication is required",
+            Self::KeysUnavailable => "The service is unavailable",
         }
     }
 
@@ -119,6 +129,10 @@ impl GatewayProblem {
                 "the API takes GET, HEAD, OPTIONS, POST, PUT, PATCH and DELETE; nothing was sent"
             }
             Self::OddPath => "the path has a dot segment or a character paths do not hold; nothing was sent",
+            Self::Unauthorized => {
+                "send a valid, unrevoked API key as Authorization: Bearer <token>; nothing was sent"
+            }
+            Self::KeysUnavailable => "the API keys could not be checked; nothing was sent",
         }
     }
 
@@ -144,8 +158,14 @@ impl GatewayProblem {
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self.status() {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }

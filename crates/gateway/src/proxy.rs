@@ -20,12 +20,13 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::body::{self, Held, Logged, ProxyBody};
+use crate::auth::{self, EdgeAuth};
+use crate::body::{self, Held, HoldError, Logged, ProxyBody};
 use crate::config::GatewayConfig;
 use crate::headers;
 use crate::limits::EdgeLimits;
 use crate::observe::{self, AccessRecord, RetryReason};
-use crate::pool::{InFlight, Outcome, Pool, UpstreamIndex};
+use crate::pool::{InFlight, Outcome, Pool, Upstream};
 use crate::problem::GatewayProblem;
 use crate::retry::{self, Budget, Replay};
 
@@ -33,6 +34,8 @@ use crate::retry::{self, Budget, Replay};
 pub struct Shared {
     pub pool: Arc<Pool>,
     pub limits: EdgeLimits,
+    /// The token check; `None` leaves tokens to the replicas.
+    auth: Option<EdgeAuth>,
     /// One permit per request in hand: the concurrency limit that sheds load.
     concurrency: Arc<tokio::sync::Semaphore>,
     max_body_bytes: u64,
@@ -47,10 +50,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: &GatewayConfig, client: Client<HttpConnector, ProxyBody>, limits: Limits) -> Self {
+    pub fn new(
+        config: &GatewayConfig,
+        client: Client<HttpConnector, ProxyBody>,
+        limits: Limits,
+        auth: Option<EdgeAuth>,
+    ) -> Self {
         Self {
             pool: Arc::new(Pool::new(config)),
             limits: EdgeLimits::new(config, limits),
+            auth,
             concurrency: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
@@ -124,30 +133,48 @@ pub async fn handle(
     if declared_length(&parts.headers).is_some_and(|length| length > shared.max_body_bytes) {
         return answer(GatewayProblem::TooLarge.response(), record, None, &request_id);
     }
-    if let Decision::Limited { retry_after } = shared.limits.check(peer.ip(), &parts.headers).await {
+    if let Decision::Limited { retry_after } = shared.limits.check_ip(peer.ip()).await {
+        return answer(GatewayProblem::rate_limited(retry_after), record, None, &request_id);
+    }
+    let by_key = match &shared.auth {
+        Some(_) if auth::is_public(parts.uri.path()) => Decision::Allowed,
+        Some(edge) => match edge.check(&parts.headers).await {
+            Ok(key) => {
+                record.key_id = Some(key.id.0);
+                shared.limits.check_key(&key).await
+            }
+            Err(problem) => return answer(problem.response(), record, None, &request_id),
+        },
+        None => shared.limits.check_token(&parts.headers).await,
+    };
+    if let Decision::Limited { retry_after } = by_key {
         return answer(GatewayProblem::rate_limited(retry_after), record, None, &request_id);
     }
     shared.budget.deposit();
     headers::to_upstream(&mut parts.headers, &request_id, peer.ip());
-    let held =
-        match tokio::time::timeout(shared.body_read_timeout, body::hold(body, shared.retry_body_limit_bytes))
-            .await
-        {
-            Ok(Ok(held)) => held,
-            Ok(Err(_)) => return answer(GatewayProblem::BadBody.response(), record, None, &request_id),
-            Err(_) => return answer(GatewayProblem::SlowBody.response(), record, None, &request_id),
-        };
+    let hold = body::hold(body, shared.retry_body_limit_bytes, shared.max_body_bytes);
+    let held = match tokio::time::timeout(shared.body_read_timeout, hold).await {
+        Ok(Ok(held)) => held,
+        Ok(Err(HoldError::TooLarge)) => {
+            return answer(GatewayProblem::TooLarge.response(), record, None, &request_id);
+        }
+        Ok(Err(HoldError::Read(err))) => {
+            tracing::debug!(error = %err, "reading the request body failed");
+            return answer(GatewayProblem::BadBody.response(), record, None, &request_id);
+        }
+        Err(_) => return answer(GatewayProblem::SlowBody.response(), record, None, &request_id),
+    };
     let replay = retry::classify(&parts.method, &parts.headers, held.bytes());
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
 
-    let Some(mut index) = shared.pool.pick(&[]) else {
+    let Some(mut upstream) = shared.pool.pick(&[]) else {
         return answer(GatewayProblem::NoUpstream.response(), record, None, &request_id);
     };
-    let mut tried: Vec<UpstreamIndex> = Vec::new();
+    let mut tried: Vec<Arc<Upstream>> = Vec::new();
     loop {
-        tried.push(index);
-        record.upstream = Some(shared.pool.get(index).url.to_string());
-        let attempt = send(&shared, index, &parts, &path_and_query, &held).await;
+        record.upstream = Some(upstream.url.to_string());
+        let attempt = send(&shared, &upstream, &parts, &path_and_query, &held).await;
+        tried.push(upstream.clone());
         let retry_reason = match &attempt {
             Attempt::Answered(response, _) if retry::is_retryable_status(response.status()) => {
                 (replay == Replay::Safe && held.available()).then_some(RetryReason::Status)
@@ -167,7 +194,7 @@ pub async fn handle(
                 observe::retried(reason);
                 record.retries += 1;
                 tokio::time::sleep(retry::backoff(shared.retry_backoff, record.retries)).await;
-                index = next;
+                upstream = next;
                 continue;
             }
             observe::retry_denied();
@@ -188,12 +215,11 @@ pub async fn handle(
 /// One attempt on one upstream, its result recorded in the pool.
 async fn send(
     shared: &Shared,
-    index: UpstreamIndex,
+    upstream: &Arc<Upstream>,
     parts: &http::request::Parts,
     path_and_query: &str,
     held: &Held,
 ) -> Attempt {
-    let upstream = shared.pool.get(index);
     let Ok(uri) = upstream.url.join(path_and_query) else {
         // The path came through the server's own URI parser; joining it cannot fail in practice.
         return Attempt::Unsent;
@@ -204,7 +230,7 @@ async fn send(
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = parts.headers.clone();
 
-    let in_flight = shared.pool.start(index);
+    let in_flight = upstream.start();
     let started = Instant::now();
     let attempt = match tokio::time::timeout(shared.upstream_timeout, shared.client.request(request)).await {
         Ok(Ok(response)) => Attempt::Answered(response, in_flight),
@@ -221,7 +247,7 @@ async fn send(
         }
         _ => Outcome::Failed,
     };
-    shared.pool.record(index, outcome);
+    shared.pool.record(upstream, outcome);
     attempt
 }
 

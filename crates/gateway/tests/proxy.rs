@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Request;
-use coffer_gateway::{Gateway, GatewayConfig, UpstreamUrl, Upstreams};
+use coffer_gateway::{Gateway, GatewayConfig, KeyDirectory, Limits, UpstreamUrl, Upstreams};
+use coffer_store::{KeyId, NewApiKey, Scope, SqliteStore, Store, StoreConfig, TokenHash};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -89,6 +90,15 @@ struct Running {
 
 impl Running {
     async fn start(upstreams: &[SocketAddr], tune: impl FnOnce(&mut GatewayConfig)) -> Running {
+        Self::start_with_keys(upstreams, tune, None).await
+    }
+
+    /// The same, checking tokens against `keys` at the edge.
+    async fn start_with_keys(
+        upstreams: &[SocketAddr],
+        tune: impl FnOnce(&mut GatewayConfig),
+        keys: Option<Arc<dyn KeyDirectory>>,
+    ) -> Running {
         let urls = upstreams.iter().map(|a| UpstreamUrl::try_from(format!("http://{a}")).unwrap()).collect();
         let mut config = GatewayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -97,8 +107,10 @@ impl Running {
             ..GatewayConfig::default()
         };
         tune(&mut config);
-        let gateway = Gateway::bind(config).await.expect("the gateway starts");
-        let base = format!("http://{}", gateway.local_addr());
+        let config_tls = config.tls_cert_path.is_some();
+        let gateway = Gateway::bind_with(config, Limits::local(), keys).await.expect("the gateway starts");
+        let scheme = if config_tls { "https" } else { "http" };
+        let base = format!("{scheme}://{}", gateway.local_addr());
         let admin = format!("http://{}", gateway.admin_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(async move {
@@ -428,4 +440,201 @@ async fn oversized_headers_odd_methods_and_odd_paths_get_clean_4xx_and_reach_not
     }
     assert_eq!(seen.load(Ordering::SeqCst), 0, "none of them reached the upstream");
     assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+}
+
+/// A key table in a fresh SQLite data dir: one live key and one revoked, with their tokens.
+async fn key_table(dir: &std::path::Path) -> (Arc<dyn KeyDirectory>, String, String) {
+    let store = SqliteStore::open(dir, StoreConfig::default()).await.unwrap();
+    let mut tokens = Vec::new();
+    for name in ["live", "revoked"] {
+        let token = format!("coffer_{name}_{}", uuid::Uuid::now_v7().simple());
+        let key = NewApiKey {
+            id: KeyId(uuid::Uuid::now_v7()),
+            name: Some(name.into()),
+            scopes: vec![Scope::Read],
+            rate_limit_per_second: None,
+            token_hash: TokenHash::of(&token),
+        };
+        let id = key.id;
+        store.create_key(key).await.unwrap();
+        if name == "revoked" {
+            assert!(store.revoke_key(id).await.unwrap());
+        }
+        tokens.push(token);
+    }
+    let keys = coffer_store::sqlite_key_directory(dir).await.unwrap();
+    let revoked = tokens.pop().unwrap();
+    (keys, tokens.pop().unwrap(), revoked)
+}
+
+#[tokio::test]
+async fn bad_tokens_are_401_at_the_edge_and_never_reach_an_upstream() {
+    let (upstream, seen) = echo(Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, live, revoked) = key_table(dir.path()).await;
+    let gateway = Running::start_with_keys(&[upstream], |_| {}, Some(keys)).await;
+    let url = format!("{}/v1/ledgers", gateway.base);
+    let bad = [
+        None,
+        Some("Bearer coffer_not_a_key".to_owned()),
+        Some(format!("Bearer {revoked}")),
+        Some(format!("Basic {live}")),
+        Some("Bearer ".to_owned()),
+        Some(format!("Bearer {live} extra")),
+        Some(format!("Bearer {}", "x".repeat(600))),
+    ];
+    for header in &bad {
+        // Twice: the second answer comes from the cache and must be the same.
+        for _ in 0..2 {
+            let mut request = client().get(&url);
+            if let Some(header) = header {
+                request = request.header("authorization", header);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{header:?}");
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            assert_eq!(response.json::<Value>().await.unwrap()["code"], "unauthorized");
+        }
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "no request with a bad token reached the upstream");
+    let response = client().get(&url).bearer_auth(&live).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["headers"]["authorization"], format!("Bearer {live}"), "the token is passed on");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    // Liveness and readiness need no key, as on the replicas.
+    assert_eq!(client().get(format!("{}/readyz", gateway.base)).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_413_and_sent_nowhere() {
+    let (upstream, seen) = echo(Duration::ZERO).await;
+    let gateway = Running::start(&[upstream], |c| c.max_body_bytes = 10_000).await;
+    let addr = gateway.base.trim_start_matches("http://").to_owned();
+    let send_chunked = |total: usize| {
+        let addr = addr.clone();
+        async move {
+            let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let head = format!(
+                "POST /v1/transfers HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            );
+            socket.write_all(head.as_bytes()).await.unwrap();
+            for _ in 0..total / 1000 {
+                let chunk = format!("3e8\r\n{}\r\n", "x".repeat(1000));
+                if socket.write_all(chunk.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            let _ = socket.write_all(b"0\r\n\r\n").await;
+            let mut answer = Vec::new();
+            let _ = socket.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let answer = send_chunked(20_000).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing reached the upstream");
+    let answer = send_chunked(5_000).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"body_len\":5000"), "{answer}");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn headers_sent_one_byte_at_a_time_are_cut_off_and_sent_nowhere() {
+    let (upstream, seen) = echo(Duration::ZERO).await;
+    let gateway = Running::start(&[upstream], |c| c.header_read_timeout_ms = 500).await;
+    let addr = gateway.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = Instant::now();
+    let head = format!("GET /v1/ledgers HTTP/1.1\r\nhost: {addr}\r\nx-slow: {}\r\n\r\n", "s".repeat(40));
+    let mut closed = false;
+    for byte in head.as_bytes() {
+        if socket.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(100), socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => {
+                // hyper may say 408 before it closes; anything else is wrong.
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "the connection stayed open while headers trickled in for {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(3), "cut off after {:?}", started.elapsed());
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn tls_is_terminated_at_the_gateway() {
+    let (upstream, seen) = echo(Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+    let gateway = Running::start(&[upstream], |c| {
+        c.tls_cert_path = Some(cert_path.clone());
+        c.tls_key_path = Some(key_path.clone());
+    })
+    .await;
+    let port = gateway.base.rsplit(':').next().unwrap().to_owned();
+    let root = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap();
+    let tls_client = reqwest::Client::builder().no_proxy().add_root_certificate(root).build().unwrap();
+    let response = tls_client.get(format!("https://localhost:{port}/v1/ledgers")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["path"], "/v1/ledgers");
+    // Plain HTTP on the TLS port gets no answer and reaches nothing.
+    let plain = client().get(format!("http://127.0.0.1:{port}/v1/ledgers")).send().await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_removed_from_the_list_drains_its_requests_and_takes_no_new_ones() {
+    let (slow, slow_seen) = echo(Duration::from_millis(800)).await;
+    let (fast, fast_seen) = echo(Duration::ZERO).await;
+    let gateway = Running::start(&[slow], |_| {}).await;
+    let url = format!("{}/v1/ledgers", gateway.base);
+    let in_flight = tokio::spawn(client().get(&url).send());
+    while slow_seen.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let admin = format!("{}/gateway/upstreams", gateway.admin);
+    let replaced = client().put(&admin).json(&json!([format!("http://{fast}")])).send().await.unwrap();
+    assert_eq!(replaced.status(), 200);
+    assert_eq!(replaced.json::<Value>().await.unwrap(), json!({"added": 1, "removed": 1}));
+    let listed = gateway.upstreams().await;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        (listed[1]["url"].as_str(), listed[1]["draining"].as_bool()),
+        (Some(&*format!("http://{slow}")), Some(true))
+    );
+    for _ in 0..5 {
+        assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(fast_seen.load(Ordering::SeqCst), 5, "new requests go to the list as it is now");
+    assert_eq!(in_flight.await.unwrap().unwrap().status(), 200, "the request in flight finished");
+    assert_eq!(slow_seen.load(Ordering::SeqCst), 1);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while gateway.upstreams().await.len() == 2 {
+        assert!(Instant::now() < deadline, "the drained upstream was not forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for bad in
+        [json!([]), json!("ftp://x:1"), json!([format!("http://{fast}"), format!("http://{fast}")]), json!(7)]
+    {
+        let refused = client().put(&admin).json(&bad).send().await.unwrap();
+        assert_eq!(refused.status(), 400, "{bad}");
+    }
+    assert_eq!(gateway.upstreams().await.len(), 1, "a refused list changes nothing");
 }

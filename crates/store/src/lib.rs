@@ -10,6 +10,7 @@ mod config;
 mod coordination;
 mod dead_letters;
 mod expiry;
+mod key_cache;
 mod keys;
 mod outbox;
 mod page;
@@ -22,16 +23,17 @@ mod webhooks;
 pub use config::StoreConfig;
 pub use coordination::Coordination;
 pub use dead_letters::{DeadLetter, DeadLetters};
-pub use keys::{ApiKey, KeyId, NewApiKey, Scope, TokenHash};
+pub use key_cache::KeyCache;
+pub use keys::{ApiKey, KeyDirectory, KeyId, NewApiKey, Scope, TokenHash, bearer_token, is_valid_token};
 pub use outbox::OutboxEvent;
 pub use page::{AccountFilter, Cursor, Page, PageRequest, TransferFilter};
-pub use postgres::PgStore;
 /// Schema management of a PostgreSQL database (`coffer migrate`).
 pub use postgres::migrate as postgres_migrate;
+pub use postgres::{PgStore, key_directory as postgres_key_directory};
 pub use projection::{Projections, VolumeEntry, VolumeRow};
-pub use sqlite::SqliteStore;
 /// Offline, synchronous administration of a SQLite data dir (no lock; safe beside a server).
 pub use sqlite::admin as sqlite_admin;
+pub use sqlite::{SqliteStore, key_directory as sqlite_key_directory};
 pub use webhooks::{
     AttemptResult, Delivery, DeliveryAttempt, DeliveryStatus, Webhook, WebhookEvent, Webhooks,
 };
@@ -95,7 +97,9 @@ pub enum IdempotencyBegin {
 /// sequencer; reads go straight to the database. The event pipeline's state (positions and
 /// leases, the projection, dead letters, webhooks) has a trait of its own per room.
 #[async_trait]
-pub trait Store: Coordination + Projections + DeadLetters + Webhooks + Send + Sync + 'static {
+pub trait Store:
+    KeyDirectory + Coordination + Projections + DeadLetters + Webhooks + Send + Sync + 'static
+{
     /// Applies one submission through the sequencer and answers one outcome per command.
     async fn submit(&self, submission: Submission) -> StoreResult<Vec<Outcome>>;
 
@@ -109,8 +113,6 @@ pub trait Store: Coordination + Projections + DeadLetters + Webhooks + Send + Sy
     async fn create_key(&self, key: NewApiKey) -> StoreResult<ApiKey>;
     /// Creates `key` only when the store holds no key at all; answers whether it did.
     async fn bootstrap_key(&self, key: NewApiKey) -> StoreResult<bool>;
-    /// The key (revoked or not) whose token hashes to `hash`.
-    async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>>;
     async fn keys(&self) -> StoreResult<Vec<ApiKey>>;
     /// Revokes a key at once; answers false when there is no such key.
     async fn revoke_key(&self, id: KeyId) -> StoreResult<bool>;

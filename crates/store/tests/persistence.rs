@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use coffer_ledger::{AccountId, Transfer, TransferId, TransferStatus};
-use coffer_store::{KeyId, NewApiKey, Scope, Store, StoreError, TokenHash, sqlite_admin};
+use coffer_store::{KeyDirectory, KeyId, NewApiKey, Scope, Store, StoreError, TokenHash, sqlite_admin};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,12 +4,12 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use coffer_store::{KeyId, NewApiKey, Scope};
+use coffer_store::{KeyId, NewApiKey, Scope, TokenHash};
 use http::StatusCode;
 use uuid::Uuid;
 
 use super::json;
-use crate::auth::{AdminScope, Caller, generate_token, hash_token};
+use crate::auth::{AdminScope, Caller, generate_token};
 use crate::dto::{CreateKey, CreatedKey, KeyView, List, NoQuery};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, JsonBody};
@@ -46,7 +46,7 @@ pub async fn create_key(
             name: body.name.map(|n| n.0),
             scopes,
             rate_limit_per_second: body.rate_limit_per_second.map(|r| r.get()),
-            token_hash: hash_token(&token),
+            token_hash: TokenHash::of(&token),
         })
         .await?;
     let view = KeyView::from(key);

@@ -139,11 +139,8 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    pub async fn start(upstreams: &[String], log: std::fs::File) -> GatewayProcess {
-        Self::start_with(upstreams, &[], log).await
-    }
-
-    /// The same, with more settings in the environment (`COFFER_GATEWAY_…`, `COFFER_REDIS_URL`).
+    /// A gateway in front of `upstreams`, with more settings in the environment (the replicas'
+    /// store for the token check, `COFFER_GATEWAY_…`, `COFFER_REDIS_URL`).
     pub async fn start_with(
         upstreams: &[String],
         env: &[(&str, &str)],

@@ -33,8 +33,9 @@ use crate::OutboxEvent;
 use crate::expiry::DueHolds;
 use crate::sequencer::{BatchLimits, Sequencer};
 use crate::{
-    AccountFilter, ApiKey, Fingerprint, IdempotencyBegin, IdempotencyScope, KeyId, NewApiKey, Page,
-    PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse, TokenHash, TransferFilter,
+    AccountFilter, ApiKey, Fingerprint, IdempotencyBegin, IdempotencyScope, KeyDirectory, KeyId, NewApiKey,
+    Page, PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse, TokenHash,
+    TransferFilter,
 };
 
 /// A database error before any commit: the statement did not apply.
@@ -107,6 +108,27 @@ pub async fn migrate(url: &str) -> StoreResult<i64> {
     let pool = pool(url, &StoreConfig::default())?;
     let mut client = pool.get().await.map_err(pool_error)?;
     schema::migrate(&mut client).await
+}
+
+/// The key table at `url` and nothing else: how the gateway checks tokens. No migration, no
+/// background work; a handful of connections at most.
+pub fn key_directory(url: &str) -> StoreResult<Arc<dyn KeyDirectory>> {
+    let config = StoreConfig { write_connections: 1, read_connections: 2, ..StoreConfig::default() };
+    Ok(Arc::new(pool(url, &config)?))
+}
+
+#[async_trait]
+impl KeyDirectory for Pool {
+    async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
+        keys::by_token(&self.get().await.map_err(pool_error)?, hash).await
+    }
+}
+
+#[async_trait]
+impl KeyDirectory for PgStore {
+    async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
+        self.pool.key_by_token(hash).await
+    }
 }
 
 impl PgStore {
@@ -223,10 +245,6 @@ impl Store for PgStore {
 
     async fn bootstrap_key(&self, key: NewApiKey) -> StoreResult<bool> {
         keys::bootstrap(&mut self.client().await?, key, Timestamp::now()).await
-    }
-
-    async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
-        keys::by_token(&self.client().await?, hash).await
     }
 
     async fn keys(&self) -> StoreResult<Vec<ApiKey>> {

@@ -37,8 +37,8 @@ use self::idempotency::Idempotency;
 use self::read::ReadPool;
 use crate::sequencer::{BatchLimits, Sequencer};
 use crate::{
-    AccountFilter, ApiKey, Fingerprint, IdempotencyBegin, IdempotencyScope, KeyId, NewApiKey, OutboxEvent,
-    Page, PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse, TokenHash,
+    AccountFilter, ApiKey, Fingerprint, IdempotencyBegin, IdempotencyScope, KeyDirectory, KeyId, NewApiKey,
+    OutboxEvent, Page, PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse, TokenHash,
     TransferFilter,
 };
 
@@ -56,6 +56,30 @@ pub struct SqliteStore {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Held, never read: the OS lock lives as long as this handle.
     _lock: File,
+}
+
+/// The key table of the data dir `dir` and nothing else: how the gateway checks tokens. Takes
+/// no lock and writes nothing, so it runs beside the server that owns the dir.
+pub async fn key_directory(dir: &Path) -> StoreResult<Arc<dyn KeyDirectory>> {
+    let dir = dir.to_owned();
+    let reads = tokio::task::spawn_blocking(move || ReadPool::open(&dir, 2))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("open failed: {e}")))??;
+    Ok(Arc::new(reads))
+}
+
+#[async_trait]
+impl KeyDirectory for Arc<ReadPool> {
+    async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
+        self.run(move |c| keys::by_token(c, hash)).await
+    }
+}
+
+#[async_trait]
+impl KeyDirectory for SqliteStore {
+    async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
+        self.reads.key_by_token(hash).await
+    }
 }
 
 impl SqliteStore {
@@ -194,10 +218,6 @@ impl Store for SqliteStore {
 
     async fn bootstrap_key(&self, key: NewApiKey) -> StoreResult<bool> {
         self.write(move |c| keys::bootstrap(c, key, Timestamp::now())).await
-    }
-
-    async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
-        self.reads.run(move |c| keys::by_token(c, hash)).await
     }
 
     async fn keys(&self) -> StoreResult<Vec<ApiKey>> {

@@ -1,0 +1,162 @@
+//! Accepting client connections: TLS termination when configured, HTTP/1.1 and HTTP/2, a
+//! deadline on request headers, and a graceful drain.
+//!
+//! The gateway runs its own accept loop instead of `axum::serve` for two things that one lacks:
+//! a header read timeout (a slowloris client that sends its headers a byte at a time would
+//! otherwise hold a connection and a task forever; body slowness is `body_read_timeout_ms`'s
+//! job), and TLS. A TLS handshake gets the same deadline as the headers.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower_service::Service;
+
+/// Why TLS could not be set up from the configured files.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS: {0}")]
+pub struct TlsError(String);
+
+/// Reads a PEM certificate chain and private key into an acceptor that offers HTTP/2 and
+/// HTTP/1.1 (ALPN).
+pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsError> {
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError(format!("cannot read the certificate chain {}: {e}", cert_path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!("{} holds no certificate", cert_path.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| TlsError(format!("cannot read the private key {}: {e}", key_path.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| TlsError(format!("the certificate and key do not make a TLS server: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How connections are accepted and served.
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+    pub header_read_timeout: Duration,
+}
+
+/// Serves `app` on every connection until `stop` completes, then stops accepting and lets each
+/// connection finish its request in flight (and close) for at most `drain`. Answers whether
+/// everything finished in time.
+pub async fn serve(listener: Listener, app: Router, stop: impl Future<Output = ()>, drain: Duration) -> bool {
+    let Listener { tcp, tls, header_read_timeout } = listener;
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut stop => break,
+            accepted = tcp.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = per_connection(app.clone(), peer);
+        match &tls {
+            None => spawn_connection(&builder, &graceful, TokioIo::new(stream), service),
+            Some(acceptor) => {
+                let (acceptor, builder) = (acceptor.clone(), builder.clone());
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let connection =
+                                builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let _ = watcher.watch(connection.into_owned()).await;
+                        }
+                        Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+    drop(tcp);
+    tokio::time::timeout(drain, graceful.shutdown()).await.is_ok()
+}
+
+fn spawn_connection<I, S>(
+    builder: &Arc<Builder<TokioExecutor>>,
+    graceful: &GracefulShutdown,
+    io: TokioIo<I>,
+    service: S,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: ConnectionService,
+{
+    let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        // A client that hangs up or times out is routine, not an error of the gateway.
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "client connection ended with an error");
+        }
+    });
+}
+
+/// What [`per_connection`] makes: a hyper service for one connection.
+pub trait ConnectionService:
+    hyper::service::Service<
+        http::Request<Incoming>,
+        Response = axum::response::Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> ConnectionService for S where
+    S: hyper::service::Service<
+            http::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// The router as a hyper service for one connection, with the client's address on every
+/// request (what the `ConnectInfo` extractor reads).
+fn per_connection(app: Router, peer: SocketAddr) -> impl ConnectionService {
+    hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().call(request)
+    })
+}

@@ -1,0 +1,76 @@
+//! A small cache in front of a [`KeyDirectory`], so that authenticating a request does not read
+//! the database every time. The api replicas and the gateway both use it.
+//!
+//! Answers are kept for a TTL, valid or not: a flood of one bad token costs one lookup per TTL.
+//! A revoked key is therefore refused within one TTL everywhere, and at once by the process that
+//! revoked it ([`KeyCache::evict`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use subtle::ConstantTimeEq;
+
+use crate::{ApiKey, KeyDirectory, KeyId, StoreResult, TokenHash};
+
+/// Cached tokens (valid or not) before the cache is pruned.
+const MAX_CACHED: usize = 10_000;
+
+struct Entry {
+    hash: TokenHash,
+    /// `None`: no such key, or revoked.
+    key: Option<Arc<ApiKey>>,
+    fetched: Instant,
+}
+
+pub struct KeyCache {
+    directory: Arc<dyn KeyDirectory>,
+    ttl: Duration,
+    /// Keyed by the first half of the token's hash; the whole hash is then compared in constant
+    /// time, so the map's own lookup never compares secret-derived bytes in full.
+    entries: RwLock<HashMap<[u8; 16], Entry>>,
+}
+
+impl KeyCache {
+    pub fn new(directory: Arc<dyn KeyDirectory>, ttl: Duration) -> Self {
+        Self { directory, ttl, entries: RwLock::new(HashMap::new()) }
+    }
+
+    /// The unrevoked key whose token hashes to `hash`, or `None`.
+    pub async fn find(&self, hash: TokenHash) -> StoreResult<Option<Arc<ApiKey>>> {
+        if let Some(found) = self.cached(&hash) {
+            return Ok(found);
+        }
+        let key = self.directory.key_by_token(hash).await?;
+        let key = key.filter(|k| k.revoked_at.is_none()).map(Arc::new);
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_CACHED {
+            // Bounded against a flood of random tokens: drop what is stale, then everything.
+            entries.retain(|_, e| e.fetched.elapsed() < self.ttl);
+            if entries.len() >= MAX_CACHED {
+                entries.clear();
+            }
+        }
+        entries.insert(prefix(&hash), Entry { hash, key: key.clone(), fetched: Instant::now() });
+        Ok(key)
+    }
+
+    fn cached(&self, hash: &TokenHash) -> Option<Option<Arc<ApiKey>>> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let entry = entries.get(&prefix(hash))?;
+        let same: bool = entry.hash.0.ct_eq(&hash.0).into();
+        (same && entry.fetched.elapsed() < self.ttl).then(|| entry.key.clone())
+    }
+
+    /// Forgets a revoked key at once, so this process refuses it from the next request on.
+    pub fn evict(&self, id: KeyId) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|_, e| e.key.as_ref().is_none_or(|k| k.id != id));
+    }
+}
+
+fn prefix(hash: &TokenHash) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&hash.0[..16]);
+    out
+}
