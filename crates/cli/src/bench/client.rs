@@ -45,13 +45,23 @@ impl Connection {
 
     /// Sends a JSON POST and returns the status and the whole body.
     pub async fn post(&mut self, path: &str, body: String) -> anyhow::Result<(StatusCode, Bytes)> {
-        let request = Request::builder()
-            .method(Method::POST)
+        self.send(path, Some(body)).await
+    }
+
+    /// Sends a JSON POST when there is a body and a GET when there is none, and returns the status
+    /// and the whole body: the loop in `drive` times both kinds through this one path.
+    pub async fn send(&mut self, path: &str, body: Option<String>) -> anyhow::Result<(StatusCode, Bytes)> {
+        let builder = Request::builder()
             .uri(path)
             .header(hyper::header::HOST, &self.target.host)
-            .header(hyper::header::AUTHORIZATION, &self.target.authorization)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))?;
+            .header(hyper::header::AUTHORIZATION, &self.target.authorization);
+        let request = match body {
+            Some(body) => builder
+                .method(Method::POST)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))?,
+            None => builder.method(Method::GET).body(Full::new(Bytes::new()))?,
+        };
         self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;
         let status = response.status();

@@ -1,5 +1,6 @@
 //! `coffer bench`: a load generator for a running Coffer. It sets up its own ledger and accounts,
 //! drives N connections for a fixed time or request count, and reports throughput and latency.
+//! The load is transfers (single or batched) or, with `--reads`, reads of the accounts it made.
 
 mod client;
 mod report;
@@ -42,6 +43,9 @@ pub struct BenchArgs {
     /// Transfers per request: 1 uses POST /v1/transfers, more uses the batch endpoint.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Read a random one of the accounts (GET /v1/accounts/{id}) instead of sending transfers.
+    #[arg(long, conflicts_with_all = ["hot", "batch"])]
+    reads: bool,
     /// Ledger to create and use.
     #[arg(long, default_value = "BENCH")]
     ledger: String,
@@ -55,10 +59,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("need --connections ≥ 1, --accounts ≥ 2 and 1 ≤ --batch ≤ 8189");
     }
     let target = Target::parse(&args.url, &args.token)?;
-    let workload = Arc::new(
-        Workload::set_up(&target, &args.ledger, args.accounts, args.hot, args.batch, args.connections)
-            .await?,
-    );
+    let workload = Arc::new(Workload::set_up(&target, &args).await?);
 
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -134,7 +135,7 @@ async fn drive(
         }
         let (path, body) = workload.next_request(&mut rng);
         let began = Instant::now();
-        let result = connection.post(path, body).await;
+        let result = connection.send(&path, body).await;
         let micros = began.elapsed().as_micros() as u64;
         if limit.is_none() {
             sent.fetch_add(1, Ordering::Relaxed);
@@ -142,7 +143,7 @@ async fn drive(
         match result {
             Ok((status, body)) => {
                 stats.latency_us.saturating_record(micros);
-                stats.record(status, &body, workload.batch);
+                stats.record(status, &body, workload.transfers_per_request());
             }
             Err(_) => {
                 stats.connection_errors += 1;

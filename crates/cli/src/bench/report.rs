@@ -37,18 +37,21 @@ impl WorkerStats {
         }
     }
 
-    pub fn record(&mut self, status: StatusCode, body: &[u8], batch: usize) {
+    /// Counts one answer to a request that carried `transfers` transfers (0 for a read).
+    pub fn record(&mut self, status: StatusCode, body: &[u8], transfers: usize) {
         if !status.is_success() {
             *self.statuses.entry(status.as_u16()).or_default() += 1;
             return;
         }
         self.ok_requests += 1;
-        if batch <= 1 {
-            self.transfers_created += 1;
-        } else {
-            let failed = count(body, br#""status":"failed""#);
-            self.failed_items += failed;
-            self.transfers_created += batch as u64 - failed;
+        match transfers {
+            0 => {}
+            1 => self.transfers_created += 1,
+            batch => {
+                let failed = count(body, br#""status":"failed""#);
+                self.failed_items += failed;
+                self.transfers_created += batch as u64 - failed;
+            }
         }
     }
 
@@ -74,6 +77,7 @@ pub struct Report {
     pub connections: usize,
     pub mode: String,
     pub batch: usize,
+    pub reads: bool,
     pub seconds: f64,
     pub ok_requests: u64,
     pub transfers: u64,
@@ -103,6 +107,7 @@ impl Report {
             connections: args.connections,
             mode: if args.hot { "hot".into() } else { format!("uniform over {} accounts", args.accounts) },
             batch: args.batch,
+            reads: args.reads,
             seconds,
             ok_requests: stats.ok_requests,
             transfers: stats.transfers_created,
@@ -124,7 +129,9 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shape = if self.batch <= 1 {
+        let shape = if self.reads {
+            "reads of one account (GET /v1/accounts/{id})".to_owned()
+        } else if self.batch <= 1 {
             "single transfers".to_owned()
         } else {
             format!("batches of {}", self.batch)
@@ -134,11 +141,15 @@ impl fmt::Display for Report {
             "coffer bench: {} connections, {}, {shape}, {:.1} s",
             self.connections, self.mode, self.seconds
         )?;
-        writeln!(
-            f,
-            "throughput: {:.0} transfers/s ({:.0} requests/s, {} transfers)",
-            self.transfers_per_second, self.requests_per_second, self.transfers
-        )?;
+        if self.reads {
+            writeln!(f, "throughput: {:.0} reads/s ({} reads)", self.requests_per_second, self.ok_requests)?;
+        } else {
+            writeln!(
+                f,
+                "throughput: {:.0} transfers/s ({:.0} requests/s, {} transfers)",
+                self.transfers_per_second, self.requests_per_second, self.transfers
+            )?;
+        }
         let l = &self.latency_ms;
         writeln!(
             f,
