@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# What a proxy in front of one api replica costs, measured in one run on one machine: `coffer
+# bench` straight to `coffer serve`, through `coffer gateway` (rate limits on, raised above the
+# load), and through nginx as a plain keep-alive reverse proxy. Two loads for each: single
+# transfers (each answered after a commit) and `--reads` of one account (no commit, so the
+# proxy's share is not hidden behind the store). The targets take turns in the order direct,
+# gateway, nginx, nginx, gateway, direct, so that each has the same mean position in the run and
+# drift of the machine or of the growing store does not favour one; each figure is the mean of
+# its two runs. Prints requests/s, p50 and p99 against direct, and the CPU each process used.
+#
+#   scripts/bench-gateway.sh                          # embedded store, 15 s per run
+#   BENCH_SECONDS=30 BENCH_STORE=postgres scripts/bench-gateway.sh
+#
+# nginx comes from the Debian packages when /usr/sbin/nginx is missing (root or sudo needed); it
+# runs from a temporary directory on a port of its own, not as the system service.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p coffer
+bin=${CARGO_TARGET_DIR:-target}/release/coffer
+seconds=${BENCH_SECONDS:-15}
+store=${BENCH_STORE:-sqlite}
+admin_url=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+db=coffer_bench_gateway
+nginx=/usr/sbin/nginx
+token=bench-token
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  if [ "$store" = postgres ]; then psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ready() { # NAME PORT: wait until /readyz answers through that port
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$2/readyz" >/dev/null && return; sleep 0.1; done
+  echo "$1 did not become ready" >&2; exit 1
+}
+
+if [ ! -x $nginx ]; then
+  sudo=; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  apt_install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
+  echo "installing nginx from the Debian packages" >&2
+  apt_install nginx-light || apt_install nginx \
+    || { $sudo apt-get update -q >/dev/null && { apt_install nginx-light || apt_install nginx; }; }
+fi
+
+# The replica and the gateway get the same store settings: the gateway checks bearer tokens
+# against the store the replica serves.
+case $store in
+  sqlite) store_env=("COFFER_DATA_DIR=$work/data") ;;
+  postgres)
+    psql "$admin_url" -q -o /dev/null -c "SET client_min_messages = warning" \
+      -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+    store_env=("COFFER_DATABASE_URL=${admin_url%/*}/$db") ;;
+  *) echo "BENCH_STORE must be sqlite or postgres" >&2; exit 2 ;;
+esac
+
+# The api role alone: the relay and the worker would spend the cores catching up on the previous
+# run's events during the next one, which would charge one target for another's load.
+api_port=$(free_port)
+env "${store_env[@]}" COFFER_BOOTSTRAP_TOKEN=$token COFFER_LOG_LEVEL=warn \
+  "$bin" serve --listen "127.0.0.1:$api_port" --roles api >/dev/null &
+api_pid=$!; pids+=("$api_pid")
+ready replica "$api_port"
+
+# Limits stay on (every request is counted against its key and its address) but sit far above
+# what two cores can send. No Redis: each gateway limits on its own.
+gateway_port=$(free_port)
+env -u COFFER_REDIS_URL "${store_env[@]}" COFFER_LOG_LEVEL=warn \
+  COFFER_GATEWAY_RATE_LIMIT_PER_SECOND=1000000 COFFER_GATEWAY_RATE_LIMIT_BURST=1000000 \
+  COFFER_GATEWAY_IP_RATE_LIMIT_PER_SECOND=1000000 COFFER_GATEWAY_IP_RATE_LIMIT_BURST=1000000 \
+  "$bin" gateway --listen "127.0.0.1:$gateway_port" --upstreams "http://127.0.0.1:$api_port" >/dev/null &
+gateway_pid=$!; pids+=("$gateway_pid")
+ready gateway "$gateway_port"
+
+# nginx as it is usually put in front of an HTTP/1.1 service: kept-alive upstream connections,
+# no access log. Its defaults of 1,000 requests per connection (client and upstream side) are
+# raised so that reconnections do not count against it; the load generator never reconnects
+# to the others either.
+nginx_port=$(free_port)
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<EOF
+worker_processes auto;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  keepalive_requests 1000000;
+  upstream coffer {
+    server 127.0.0.1:$api_port;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://coffer;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+$nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" &
+nginx_pid=$!; pids+=("$nginx_pid")
+ready nginx "$nginx_port"
+
+# cpu PID...: CPU ticks used so far by each PID with its child processes (nginx's workers), then
+# the machine's busy and total ticks.
+cpu() {
+  python3 - "$@" <<'PY'
+import os, sys
+procs = {}
+for name in os.listdir("/proc"):
+    try:
+        fields = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()
+        procs[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    except (ValueError, OSError):
+        pass
+out = [sum(t for p, (pp, t) in procs.items() if int(pid) in (p, pp)) for pid in sys.argv[1:]]
+ticks = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+print(*out, sum(ticks) - ticks[3] - ticks[4], sum(ticks))
+PY
+}
+
+results=$work/results.tsv
+runs=0
+# run LOAD TARGET PORT PROXY_PID [ARGS...]: one `coffer bench` run; prints its figures and the CPU
+# the replica and the proxy used (setup included), and keeps its report for the summary.
+run() {
+  local load=$1 target=$2 port=$3 proxy=$4; shift 4
+  runs=$((runs + 1))
+  local report="$work/run-$runs.json"
+  local before after began ended
+  before=$(cpu "$api_pid" "${proxy:-$api_pid}"); began=$(date +%s.%N)
+  "$bin" bench --url "http://127.0.0.1:$port" --token $token --seconds "$seconds" \
+    --connections 64 --accounts 10000 --json "$@" > "$report"
+  after=$(cpu "$api_pid" "${proxy:-$api_pid}"); ended=$(date +%s.%N)
+  printf '%s\t%s\t%s\n' "$load" "$target" "$report" >> "$results"
+  python3 - "$load" "$target" "$report" "$before" "$after" "$began" "$ended" "$(getconf CLK_TCK)" "$(nproc)" "$proxy" <<'PY'
+import json, sys
+load, target, path, before, after, began, ended, hz, cores, proxy = sys.argv[1:]
+r = json.load(open(path))
+d = [b - a for a, b in zip(map(int, before.split()), map(int, after.split()))]
+wall = float(ended) - float(began)
+pct = lambda ticks: f"{100 * ticks / int(hz) / wall:.0f} %"
+l = r["latency_ms"]
+print(f"{load:9} {target:7} {r['requests_per_second']:8.0f} req/s  p50 {l['p50']:6.2f} ms  p99 {l['p99']:6.2f} ms"
+      f"  errors {r['errors']}  cpu: replica {pct(d[0])}, proxy {pct(d[1]) if proxy else '-'},"
+      f" machine {100 * d[2] / d[3] * int(cores):.0f} % of {100 * int(cores)} %")
+PY
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+echo "date:    $(date -u +%Y-%m-%dT%H:%MZ), $seconds s per run, 64 connections, 10,000 accounts"
+echo "coffer:  $("$bin" --version), store $store$([ "$store" = postgres ] && echo " $(psql "$admin_url" -Atc 'SHOW server_version')")"
+echo "nginx:   $($nginx -v 2>&1 | sed 's/^nginx version: //'), worker_processes auto"
+echo "order:   direct, gateway, nginx, nginx, gateway, direct (per load); CPU includes each run's setup"
+echo
+for load in transfers reads; do
+  flags=(); [ $load = reads ] && flags=(--reads)
+  for target in direct gateway nginx nginx gateway direct; do
+    case $target in
+      direct) run $load direct "$api_port" "" "${flags[@]}" ;;
+      gateway) run $load gateway "$gateway_port" "$gateway_pid" "${flags[@]}" ;;
+      nginx) run $load nginx "$nginx_port" "$nginx_pid" "${flags[@]}" ;;
+    esac
+  done
+done
+
+echo
+python3 - "$results" <<'PY'
+import json, sys
+runs = {}
+for line in open(sys.argv[1]):
+    load, target, path = line.rstrip("\n").split("\t")
+    runs.setdefault((load, target), []).append(json.load(open(path)))
+mean = lambda xs: sum(xs) / len(xs)
+print("requests/s, p50 and p99: the mean of each target's runs (requests/s of each run in brackets)")
+print()
+print("| load | target | requests/s | p50 | p99 | errors | / direct |")
+print("|---|---|---|---|---|---|---|")
+for load in ("transfers", "reads"):
+    direct = mean([r["requests_per_second"] for r in runs[(load, "direct")]])
+    for target in ("direct", "gateway", "nginx"):
+        rs = runs[(load, target)]
+        rps = mean([r["requests_per_second"] for r in rs])
+        each = ", ".join(f"{r['requests_per_second']:,.0f}" for r in rs)
+        p50 = mean([r["latency_ms"]["p50"] for r in rs])
+        p99 = mean([r["latency_ms"]["p99"] for r in rs])
+        errors = sum(r["errors"] for r in rs)
+        print(f"| {load} | {target} | {rps:,.0f} ({each}) | {p50:.2f} ms | {p99:.2f} ms | {errors} | {rps / direct:.2f} |")
+PY
