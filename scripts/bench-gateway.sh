@@ -115,19 +115,22 @@ $nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" &
 nginx_pid=$!; pids+=("$nginx_pid")
 ready nginx "$nginx_port"
 
-# cpu PID...: CPU ticks used so far by each PID with its child processes (nginx's workers), then
-# the machine's busy and total ticks.
+# cpu PID...: CPU ticks used so far by each PID with its live child processes (nginx's workers),
+# by this shell's finished children (the load generator, once it has exited), then the machine's
+# busy and total ticks. What the machine spent beyond these was spent by something else.
 cpu() {
-  python3 - "$@" <<'PY'
+  python3 - "$$" "$@" <<'PY'
 import os, sys
 procs = {}
 for name in os.listdir("/proc"):
     try:
-        fields = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()
-        procs[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+        procs[int(name)] = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()
     except (ValueError, OSError):
         pass
-out = [sum(t for p, (pp, t) in procs.items() if int(pid) in (p, pp)) for pid in sys.argv[1:]]
+shell, pids = int(sys.argv[1]), map(int, sys.argv[2:])
+own = lambda f: int(f[11]) + int(f[12])  # utime + stime
+out = [sum(own(f) for p, f in procs.items() if pid in (p, int(f[1]))) for pid in pids]
+out.append(int(procs[shell][13]) + int(procs[shell][14]))  # cutime + cstime
 ticks = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
 print(*out, sum(ticks) - ticks[3] - ticks[4], sum(ticks))
 PY
@@ -136,7 +139,8 @@ PY
 results=$work/results.tsv
 runs=0
 # run LOAD TARGET PORT PROXY_PID [ARGS...]: one `coffer bench` run; prints its figures and the CPU
-# the replica and the proxy used (setup included), and keeps its report for the summary.
+# the load generator, the replica, the proxy and everything else used (the run's setup included),
+# and keeps its report for the summary.
 run() {
   local load=$1 target=$2 port=$3 proxy=$4; shift 4
   runs=$((runs + 1))
@@ -154,10 +158,13 @@ r = json.load(open(path))
 d = [b - a for a, b in zip(map(int, before.split()), map(int, after.split()))]
 wall = float(ended) - float(began)
 pct = lambda ticks: f"{100 * ticks / int(hz) / wall:.0f} %"
+replica, proxy_ticks, client = d[0], d[1] if proxy else 0, d[2]
+busy = d[3] / d[4] * int(cores) * int(hz) * wall  # in ticks, from the machine's own count
 l = r["latency_ms"]
 print(f"{load:9} {target:7} {r['requests_per_second']:8.0f} req/s  p50 {l['p50']:6.2f} ms  p99 {l['p99']:6.2f} ms"
-      f"  errors {r['errors']}  cpu: replica {pct(d[0])}, proxy {pct(d[1]) if proxy else '-'},"
-      f" machine {100 * d[2] / d[3] * int(cores):.0f} % of {100 * int(cores)} %")
+      f"  errors {r['errors']}  cpu: client {pct(client)}, replica {pct(replica)},"
+      f" proxy {pct(proxy_ticks) if proxy else '-'}, other {pct(max(0, busy - client - replica - proxy_ticks))}"
+      f" (machine {pct(busy)} of {100 * int(cores)} %)")
 PY
 }
 
@@ -165,6 +172,7 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 echo "date:    $(date -u +%Y-%m-%dT%H:%MZ), $seconds s per run, 64 connections, 10,000 accounts"
 echo "coffer:  $("$bin" --version), store $store$([ "$store" = postgres ] && echo " $(psql "$admin_url" -Atc 'SHOW server_version')")"
 echo "nginx:   $($nginx -v 2>&1 | sed 's/^nginx version: //'), worker_processes auto"
+echo "load:    $(cut -d' ' -f1 /proc/loadavg) (1-minute load average before the first run)"
 echo "order:   direct, gateway, nginx, nginx, gateway, direct (per load); CPU includes each run's setup"
 echo
 for load in transfers reads; do
