@@ -85,7 +85,7 @@ pub fn new_traceparent() -> HeaderValue {
 /// Rewrites a client's request headers for the upstream: hop-by-hop gone, the request id and
 /// traceparent set, the client appended to `x-forwarded-for`, and the client's `Host` kept in
 /// `x-forwarded-host` (the upstream's own authority becomes `Host`).
-pub fn to_upstream(headers: &mut HeaderMap, request_id: &HeaderValue, client: IpAddr) {
+pub fn to_upstream(headers: &mut HeaderMap, request_id: &HeaderValue, client: IpAddr, tls: bool) {
     strip_hop_by_hop(headers);
     headers.insert(REQUEST_ID.clone(), request_id.clone());
     if !headers.get(&TRACEPARENT).is_some_and(|v| is_valid_traceparent(v.as_bytes())) {
@@ -102,7 +102,8 @@ pub fn to_upstream(headers: &mut HeaderMap, request_id: &HeaderValue, client: Ip
     if let Some(host) = headers.remove(HOST) {
         headers.insert(FORWARDED_HOST.clone(), host);
     }
-    headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
 }
 
 #[cfg(test)]
@@ -150,7 +151,7 @@ mod tests {
         headers.insert("tracestate", HeaderValue::from_static("vendor=1"));
         headers.insert(HOST, HeaderValue::from_static("api.example"));
         let id = request_id(&headers);
-        to_upstream(&mut headers, &id, "192.0.2.7".parse().unwrap());
+        to_upstream(&mut headers, &id, "192.0.2.7".parse().unwrap(), false);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(headers["x-forwarded-host"], "api.example");
         assert!(!headers.contains_key(HOST));

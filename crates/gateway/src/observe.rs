@@ -30,11 +30,12 @@ pub fn install_metrics() -> PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), DURATION_BUCKETS)
                 .unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed; /gateway/metrics will be empty");
-            }
+            // `install_recorder` also starts the upkeep thread that drains histogram samples
+            // every few seconds; without it they pile up in memory until a scrape.
+            let handle = builder.install_recorder().unwrap_or_else(|err| {
+                tracing::warn!(%err, "a metrics recorder was already installed; /gateway/metrics will be empty");
+                PrometheusBuilder::new().build_recorder().handle()
+            });
             metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered by the gateway, by status");
             metrics::describe_histogram!(
                 REQUEST_DURATION,

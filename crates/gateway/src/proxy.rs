@@ -36,6 +36,8 @@ pub struct Shared {
     pub limits: EdgeLimits,
     /// The token check; `None` leaves tokens to the replicas.
     auth: Option<EdgeAuth>,
+    /// Whether clients speak TLS to the gateway (for `x-forwarded-proto`).
+    tls: bool,
     /// One permit per request in hand: the concurrency limit that sheds load.
     concurrency: Arc<tokio::sync::Semaphore>,
     max_body_bytes: u64,
@@ -60,6 +62,7 @@ impl Shared {
             pool: Arc::new(Pool::new(config)),
             limits: EdgeLimits::new(config, limits),
             auth,
+            tls: config.tls_cert_path.is_some(),
             concurrency: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
@@ -151,7 +154,7 @@ pub async fn handle(
         return answer(GatewayProblem::rate_limited(retry_after), record, None, &request_id);
     }
     shared.budget.deposit();
-    headers::to_upstream(&mut parts.headers, &request_id, peer.ip());
+    headers::to_upstream(&mut parts.headers, &request_id, peer.ip(), shared.tls);
     let hold = body::hold(body, shared.retry_body_limit_bytes, shared.max_body_bytes);
     let held = match tokio::time::timeout(shared.body_read_timeout, hold).await {
         Ok(Ok(held)) => held,
@@ -164,7 +167,8 @@ pub async fn handle(
         }
         Err(_) => return answer(GatewayProblem::SlowBody.response(), record, None, &request_id),
     };
-    let replay = retry::classify(&parts.method, &parts.headers, held.bytes());
+    // Only a failed attempt asks, so the body of a request that succeeds is never parsed.
+    let safe_to_repeat = || retry::classify(&parts.method, &parts.headers, held.bytes()) == Replay::Safe;
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
 
     let Some(mut upstream) = shared.pool.pick(&[]) else {
@@ -177,11 +181,11 @@ pub async fn handle(
         tried.push(upstream.clone());
         let retry_reason = match &attempt {
             Attempt::Answered(response, _) if retry::is_retryable_status(response.status()) => {
-                (replay == Replay::Safe && held.available()).then_some(RetryReason::Status)
+                (held.available() && safe_to_repeat()).then_some(RetryReason::Status)
             }
             Attempt::Answered(..) | Attempt::TimedOut => None,
             Attempt::Unsent => held.available().then_some(RetryReason::Unsent),
-            Attempt::Broken => (replay == Replay::Safe && held.available()).then_some(RetryReason::Broken),
+            Attempt::Broken => (held.available() && safe_to_repeat()).then_some(RetryReason::Broken),
         };
         // The next upstream is chosen before the budget is asked, so that a retry with nowhere
         // to go costs no token and the client gets this attempt's own answer.

@@ -592,7 +592,9 @@ async fn tls_is_terminated_at_the_gateway() {
     let tls_client = reqwest::Client::builder().no_proxy().add_root_certificate(root).build().unwrap();
     let response = tls_client.get(format!("https://localhost:{port}/v1/ledgers")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.json::<Value>().await.unwrap()["path"], "/v1/ledgers");
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["path"], "/v1/ledgers");
+    assert_eq!(echoed["headers"]["x-forwarded-proto"], "https");
     // Plain HTTP on the TLS port gets no answer and reaches nothing.
     let plain = client().get(format!("http://127.0.0.1:{port}/v1/ledgers")).send().await;
     assert!(plain.is_err() || plain.unwrap().status() != 200);
