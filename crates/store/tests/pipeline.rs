@@ -205,6 +205,28 @@ async fn a_reset_forgets_the_projection_and_the_consumers_processed_events() {
     store.shutdown().await;
 }
 
+#[tokio::test]
+async fn rebuilds_running_at_once_still_count_each_event_once() {
+    let Some(store) = fresh().await else { return };
+    let entries: Vec<VolumeEntry> = (0..40).map(|_| entry("USD", 100, 1, 1)).collect();
+    // A rebuild: a reset, then the events again in small pages, so two of them interleave.
+    let rebuild = |store: std::sync::Arc<dyn coffer_store::Store>, entries: Vec<VolumeEntry>| async move {
+        store.reset_volumes("volumes").await.unwrap();
+        for page in entries.chunks(4) {
+            store.record_volumes("volumes", page).await.unwrap();
+        }
+    };
+    for round in 0..15 {
+        let one = tokio::spawn(rebuild((*store).clone(), entries.clone()));
+        let two = tokio::spawn(rebuild((*store).clone(), entries.clone()));
+        one.await.unwrap();
+        two.await.unwrap();
+        let rows = store.ledger_volumes(&code("USD"), 100, 100).await.unwrap();
+        assert_eq!(rows, vec![row(100, 1, 40, 40)], "round {round}");
+    }
+    store.shutdown().await;
+}
+
 // ---- dead letters ----
 
 fn letter(consumer: &str, event_id: Uuid) -> DeadLetter {

@@ -81,6 +81,12 @@ impl Projections for PgStore {
     async fn reset_volumes(&self, consumer: &str) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
+        // Each DELETE reads its own snapshot (READ COMMITTED). Without the lock, a recording that
+        // commits between the two would keep its volume rows (inserted after the first DELETE's
+        // snapshot) while losing its processed records to the second: the next replay would count
+        // those events twice. EXCLUSIVE waits for recordings in flight and holds off new ones
+        // until the reset commits; readers of the projection are not blocked.
+        tx.execute("LOCK TABLE ledger_volumes IN EXCLUSIVE MODE", &[]).await.map_err(pg_error)?;
         tx.execute("DELETE FROM ledger_volumes", &[]).await.map_err(pg_error)?;
         tx.execute("DELETE FROM processed_events WHERE consumer = $1", &[&consumer])
             .await
