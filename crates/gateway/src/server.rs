@@ -6,7 +6,6 @@
 //! otherwise hold a connection and a task forever; body slowness is `body_read_timeout_ms`'s
 //! job), and TLS. A TLS handshake gets the same deadline as the headers.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,7 +17,7 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -84,79 +83,40 @@ pub async fn serve(listener: Listener, app: Router, stop: impl Future<Output = (
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = per_connection(app.clone(), peer);
-        match &tls {
-            None => spawn_connection(&builder, &graceful, TokioIo::new(stream), service),
-            Some(acceptor) => {
-                let (acceptor, builder) = (acceptor.clone(), builder.clone());
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let connection =
-                                builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            let _ = watcher.watch(connection.into_owned()).await;
-                        }
-                        Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
+        let (app, builder, tls, watcher) = (app.clone(), builder.clone(), tls.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let Some(acceptor) = tls else {
+                return serve_connection(&builder, watcher, stream, app, peer).await;
+            };
+            match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(&builder, watcher, stream, app, peer).await,
+                Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
-        }
+        });
     }
     drop(tcp);
     tokio::time::timeout(drain, graceful.shutdown()).await.is_ok()
 }
 
-fn spawn_connection<I, S>(
-    builder: &Arc<Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
-    io: TokioIo<I>,
-    service: S,
+/// Serves one client connection (plain or TLS) until it closes or the drain ends it, with the
+/// client's address on every request (what the `ConnectInfo` extractor reads).
+async fn serve_connection<I>(
+    builder: &Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    app: Router,
+    peer: SocketAddr,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: ConnectionService,
 {
-    let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
-    let connection = graceful.watch(connection);
-    tokio::spawn(async move {
-        // A client that hangs up or times out is routine, not an error of the gateway.
-        if let Err(err) = connection.await {
-            tracing::debug!(error = %err, "client connection ended with an error");
-        }
-    });
-}
-
-/// What [`per_connection`] makes: a hyper service for one connection.
-pub trait ConnectionService:
-    hyper::service::Service<
-        http::Request<Incoming>,
-        Response = axum::response::Response,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S> ConnectionService for S where
-    S: hyper::service::Service<
-            http::Request<Incoming>,
-            Response = axum::response::Response,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static
-{
-}
-
-/// The router as a hyper service for one connection, with the client's address on every
-/// request (what the `ConnectInfo` extractor reads).
-fn per_connection(app: Router, peer: SocketAddr) -> impl ConnectionService {
-    hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         app.clone().call(request)
-    })
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    // A client that hangs up or times out is routine, not an error of the gateway.
+    if let Err(err) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(%peer, error = %err, "client connection ended with an error");
+    }
 }
