@@ -5,14 +5,13 @@
 //! and from static strings, so the label sets stay bounded and recording allocates nothing.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -23,48 +22,17 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 const REQUESTS_TOTAL: &str = "coffer_http_requests_total";
 const REQUEST_DURATION: &str = "coffer_http_request_duration_seconds";
-/// Seconds: from well under a group commit to the request timeout.
-const DURATION_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-
-/// Installs the process-wide Prometheus recorder the first time and answers its handle every
-/// time, so tests may build many apps in one process. Should another recorder already be
-/// installed, the handle renders an empty page rather than failing the start.
+/// Installs the process-wide Prometheus recorder (once; see `coffer_prometheus::install`) and
+/// describes the API's metrics.
 pub fn install_metrics() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), DURATION_BUCKETS)
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
-            }
-            metrics::describe_counter!(REQUESTS_TOTAL, "HTTP requests answered, by method, route and status");
-            metrics::describe_histogram!(
-                REQUEST_DURATION,
-                metrics::Unit::Seconds,
-                "Time to answer an HTTP request, by method and route"
-            );
-            spawn_upkeep(handle.clone());
-            handle
-        })
-        .clone()
-}
-
-/// Drains histogram samples now and then even when nobody scrapes, so they cannot pile up.
-fn spawn_upkeep(handle: PrometheusHandle) {
-    let upkeep = move || {
-        loop {
-            std::thread::sleep(Duration::from_secs(5));
-            handle.run_upkeep();
-        }
-    };
-    if let Err(err) = std::thread::Builder::new().name("coffer-metrics-upkeep".into()).spawn(upkeep) {
-        tracing::warn!(%err, "could not start the metrics upkeep thread");
-    }
+    let handle = coffer_prometheus::install(&[REQUEST_DURATION]);
+    metrics::describe_counter!(REQUESTS_TOTAL, "HTTP requests answered, by method, route and status");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time to answer an HTTP request, by method and route"
+    );
+    handle
 }
 
 /// The route a response answered, left by [`tag_route`] for the outer [`layer`].

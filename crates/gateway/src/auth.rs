@@ -26,11 +26,7 @@ impl EdgeAuth {
     /// The key a request authenticates with: 401 without one, 503 when keys cannot be read
     /// (the edge does not let unchecked tokens through while the key table is unreachable).
     pub async fn check(&self, headers: &HeaderMap) -> Result<Arc<ApiKey>, GatewayProblem> {
-        let token = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(bearer_token)
-            .ok_or(GatewayProblem::Unauthorized)?;
+        let token = bearer(headers).ok_or(GatewayProblem::Unauthorized)?;
         match self.keys.find(TokenHash::of(token)).await {
             Ok(Some(key)) => Ok(key),
             Ok(None) => Err(GatewayProblem::Unauthorized),
@@ -40,6 +36,11 @@ impl EdgeAuth {
             }
         }
     }
+}
+
+/// The bearer token a request carries, if its Authorization header holds one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(http::header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(bearer_token)
 }
 
 /// Paths any client may ask without a key: the replicas' liveness and readiness.

@@ -12,6 +12,7 @@ use coffer_ratelimit::{Decision, Limits, Rate};
 use coffer_store::ApiKey;
 use http::HeaderMap;
 
+use crate::auth::bearer;
 use crate::config::GatewayConfig;
 
 pub struct EdgeLimits {
@@ -47,11 +48,6 @@ impl EdgeLimits {
             None => Decision::Allowed,
         }
     }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    coffer_store::bearer_token(value)
 }
 
 /// A stable name for a token that does not reveal it: half of its SHA-256, in hex.

@@ -5,11 +5,10 @@
 //! it carries the bytes really sent and the whole latency. Metric labels are bounded: the status
 //! code, and the upstream URL, which comes from the configuration and never from a request.
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::UpstreamUrl;
 
@@ -18,36 +17,20 @@ const REQUEST_DURATION: &str = "coffer_gateway_request_duration_seconds";
 const UPSTREAM_HEALTHY: &str = "coffer_gateway_upstream_healthy";
 const RETRIES_TOTAL: &str = "coffer_gateway_retries_total";
 const RETRIES_DENIED_TOTAL: &str = "coffer_gateway_retries_denied_total";
-const DURATION_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-
-/// Installs the process-wide Prometheus recorder once and answers its handle every time (tests
-/// start many gateways in one process). If another recorder is installed, the page is empty.
+/// Installs the process-wide Prometheus recorder (once; see `coffer_prometheus::install`) and
+/// describes the gateway's metrics.
 pub fn install_metrics() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), DURATION_BUCKETS)
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            // `install_recorder` also starts the upkeep thread that drains histogram samples
-            // every few seconds; without it they pile up in memory until a scrape.
-            let handle = builder.install_recorder().unwrap_or_else(|err| {
-                tracing::warn!(%err, "a metrics recorder was already installed; /gateway/metrics will be empty");
-                PrometheusBuilder::new().build_recorder().handle()
-            });
-            metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered by the gateway, by status");
-            metrics::describe_histogram!(
-                REQUEST_DURATION,
-                metrics::Unit::Seconds,
-                "Time from a request's arrival to the end of its response body"
-            );
-            metrics::describe_gauge!(UPSTREAM_HEALTHY, "1 while an upstream may take requests, else 0");
-            metrics::describe_counter!(RETRIES_TOTAL, "Requests sent again to another upstream, by reason");
-            metrics::describe_counter!(RETRIES_DENIED_TOTAL, "Retries the retry budget refused");
-            handle
-        })
-        .clone()
+    let handle = coffer_prometheus::install(&[REQUEST_DURATION]);
+    metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered by the gateway, by status");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time from a request's arrival to the end of its response body"
+    );
+    metrics::describe_gauge!(UPSTREAM_HEALTHY, "1 while an upstream may take requests, else 0");
+    metrics::describe_counter!(RETRIES_TOTAL, "Requests sent again to another upstream, by reason");
+    metrics::describe_counter!(RETRIES_DENIED_TOTAL, "Retries the retry budget refused");
+    handle
 }
 
 pub fn upstream_health(url: &UpstreamUrl, healthy: bool) {
