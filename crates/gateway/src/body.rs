@@ -70,20 +70,25 @@ pub enum HoldError {
 /// (a declared length was already checked against the maximum). A body that declares no length
 /// (chunked) is held whole, up to `max` bytes, so that one too large is refused before any of it
 /// reaches an upstream. Trailers of a held body are dropped.
-pub async fn hold(mut body: Body, limit: usize, max: u64) -> Result<Held, HoldError> {
-    let declared = http_body::Body::size_hint(&body).exact().is_some();
-    if declared && http_body::Body::size_hint(&body).lower() > limit as u64 {
-        return Ok(stream(None, body));
+pub async fn hold<B>(mut body: B, limit: usize, max: u64) -> Result<Held, HoldError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let declared = body.size_hint().exact().is_some();
+    if declared && body.size_hint().lower() > limit as u64 {
+        return Ok(stream(None, Body::new(body)));
     }
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(HoldError::Read)?.into_data() else { continue };
+        let frame = frame.map_err(|err| HoldError::Read(axum::Error::new(err)))?;
+        let Ok(data) = frame.into_data() else { continue };
         buf.extend_from_slice(&data);
         if buf.len() as u64 > max {
             return Err(HoldError::TooLarge);
         }
         if declared && buf.len() > limit {
-            return Ok(stream(Some(buf.freeze()), body));
+            return Ok(stream(Some(buf.freeze()), Body::new(body)));
         }
     }
     Ok(Held::Bytes(buf.freeze()))

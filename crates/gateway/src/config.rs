@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use http::Uri;
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use serde::{Deserialize, Serialize};
 
 /// A configuration the gateway refuses to start with.
@@ -39,12 +39,12 @@ impl UpstreamUrl {
     }
 
     /// The absolute URI of `path_and_query` on this upstream.
-    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
+    pub fn join(&self, path_and_query: PathAndQuery) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).expect("a scheme, an authority and a path make a URI")
     }
 }
 

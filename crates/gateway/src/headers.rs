@@ -3,9 +3,9 @@
 //! W3C `traceparent` so one id follows it through the gateway, the api and the events; the
 //! client's address is appended to `x-forwarded-for`.
 
-use std::net::IpAddr;
-
-use http::header::{CONNECTION, HOST};
+use http::header::{
+    CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::Rng;
 use uuid::Uuid;
@@ -18,32 +18,34 @@ static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that never cross a proxy, whatever `Connection` says.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// Drops the hop-by-hop headers, including those a `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -54,7 +56,9 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
         .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic))
         .cloned()
         .unwrap_or_else(|| {
-            HeaderValue::from_str(&Uuid::now_v7().to_string()).expect("a UUID is a header value")
+            let id = Uuid::now_v7();
+            HeaderValue::from_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()))
+                .expect("a UUID is a header value")
         })
 }
 
@@ -79,24 +83,29 @@ pub fn new_traceparent() -> HeaderValue {
     let mut rng = rand::rng();
     let trace: u128 = rng.random_range(1..=u128::MAX);
     let parent: u64 = rng.random_range(1..=u64::MAX);
-    HeaderValue::from_str(&format!("00-{trace:032x}-{parent:016x}-01")).expect("hex is a header value")
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    hex::encode_to_slice(trace.to_be_bytes(), &mut value[3..35]).expect("16 bytes are 32 hex digits");
+    hex::encode_to_slice(parent.to_be_bytes(), &mut value[36..52]).expect("8 bytes are 16 hex digits");
+    HeaderValue::from_bytes(&value).expect("hex is a header value")
 }
 
 /// Rewrites a client's request headers for the upstream: hop-by-hop gone, the request id and
 /// traceparent set, the client appended to `x-forwarded-for`, and the client's `Host` kept in
 /// `x-forwarded-host` (the upstream's own authority becomes `Host`).
-pub fn to_upstream(headers: &mut HeaderMap, request_id: &HeaderValue, client: IpAddr, tls: bool) {
+pub fn to_upstream(headers: &mut HeaderMap, request_id: &HeaderValue, client: &HeaderValue, tls: bool) {
     strip_hop_by_hop(headers);
     headers.insert(REQUEST_ID.clone(), request_id.clone());
     if !headers.get(&TRACEPARENT).is_some_and(|v| is_valid_traceparent(v.as_bytes())) {
         headers.insert(TRACEPARENT.clone(), new_traceparent());
         headers.remove(&TRACESTATE);
     }
-    let forwarded = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client.to_string(),
+    let forwarded = match headers.get(&FORWARDED_FOR) {
+        Some(earlier) => {
+            HeaderValue::from_bytes(&[earlier.as_bytes(), b", ", client.as_bytes()].concat()).ok()
+        }
+        None => Some(client.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    if let Some(value) = forwarded {
         headers.insert(FORWARDED_FOR.clone(), value);
     }
     if let Some(host) = headers.remove(HOST) {
@@ -151,7 +160,7 @@ mod tests {
         headers.insert("tracestate", HeaderValue::from_static("vendor=1"));
         headers.insert(HOST, HeaderValue::from_static("api.example"));
         let id = request_id(&headers);
-        to_upstream(&mut headers, &id, "192.0.2.7".parse().unwrap(), false);
+        to_upstream(&mut headers, &id, &HeaderValue::from_static("192.0.2.7"), false);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(headers["x-forwarded-host"], "api.example");
         assert!(!headers.contains_key(HOST));

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::uri::PathAndQuery;
 use http::{Method, Request, header};
 use tokio::task::JoinSet;
 
@@ -45,7 +46,7 @@ impl Drop for AbortOnDrop {
 
 async fn check(shared: &Shared, upstream: &Upstream, timeout: Duration) -> bool {
     let url = &upstream.url;
-    let Ok(uri) = url.join("/readyz") else { return false };
+    let uri = url.join(PathAndQuery::from_static("/readyz"));
     let Ok(request) = Request::builder()
         .method(Method::GET)
         .uri(uri)

@@ -131,7 +131,6 @@ impl Gateway {
             let app = admin_router(shared.clone(), metrics);
             tokio::spawn(axum::serve(admin, app).into_future())
         });
-        let app = Router::new().fallback(proxy::handle).with_state(shared);
         let scheme = if listener.tls.is_some() { "https" } else { "http" };
         tracing::info!(listen = %config.listen, scheme, upstreams = config.upstreams.0.len(), "coffer gateway is serving");
         let shutdown = async move {
@@ -139,7 +138,7 @@ impl Gateway {
             tracing::info!("gateway draining: no new connections, finishing requests in flight");
         };
         let drain = Duration::from_millis(config.drain_timeout_ms);
-        if server::serve(listener, app, shutdown, drain).await {
+        if server::serve(listener, shared, shutdown, drain).await {
             tracing::info!("gateway drained");
         } else {
             tracing::warn!("requests in flight did not finish within the drain timeout");

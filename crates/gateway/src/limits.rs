@@ -30,9 +30,14 @@ impl EdgeLimits {
         }
     }
 
-    /// The client address's allowance.
-    pub async fn check_ip(&self, peer: IpAddr) -> Decision {
-        self.limits.check(&format!("ip:{peer}"), self.per_ip).await
+    /// A client address's name among the limits (worked out once per connection).
+    pub fn ip_name(peer: IpAddr) -> String {
+        format!("ip:{peer}")
+    }
+
+    /// The allowance of the client address named `ip_name`.
+    pub async fn check_ip(&self, ip_name: &str) -> Decision {
+        self.limits.check(ip_name, self.per_ip).await
     }
 
     /// A key's allowance: one second's worth of burst at its own rate, or the configured default.

@@ -7,15 +7,13 @@
 //! when safe to repeat; else 502, outcome unknown), or a timeout (504, never retried: a slow
 //! write retried elsewhere doubles the load that made it slow).
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::response::Response;
 use coffer_ratelimit::{Decision, Limits};
-use http::Version;
+use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -29,6 +27,7 @@ use crate::observe::{self, AccessRecord, RetryReason};
 use crate::pool::{InFlight, Outcome, Pool, Upstream};
 use crate::problem::GatewayProblem;
 use crate::retry::{self, Budget, Replay};
+use http::uri::PathAndQuery;
 
 /// What every request handler shares.
 pub struct Shared {
@@ -77,6 +76,21 @@ impl Shared {
     }
 }
 
+/// What the gateway knows of a client connection, worked out once for all of its requests.
+pub struct Peer {
+    /// The address's name among the rate limits.
+    limit_name: String,
+    /// The address as `x-forwarded-for` lists it.
+    forwarded: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(ip: IpAddr) -> Self {
+        let forwarded = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a header value");
+        Self { limit_name: EdgeLimits::ip_name(ip), forwarded }
+    }
+}
+
 /// The methods an HTTP API is spoken with; anything else (TRACE, CONNECT, made-up ones) is
 /// refused at the edge.
 fn is_api_method(method: &http::Method) -> bool {
@@ -88,10 +102,14 @@ fn is_api_method(method: &http::Method) -> bool {
 /// A path with no `.`/`..` segment (plain or percent-encoded) and no encoded slash, backslash
 /// or control character: what a router behind the edge may read differently is refused.
 fn is_plain_path(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    let tricky = ["%2e", "%2f", "%5c", "%00", "\\"].iter().any(|s| lower.contains(s));
+    let bytes = path.as_bytes();
+    let tricky_escape = bytes.windows(3).any(|w| {
+        let escaped = (w[1], w[2].to_ascii_lowercase());
+        w[0] == b'%' && matches!(escaped, (b'2', b'e' | b'f') | (b'5', b'c') | (b'0', b'0'))
+    });
     let dot_segment = path.split('/').any(|segment| segment == "." || segment == "..");
-    path.starts_with('/') && !tricky && !dot_segment && !path.bytes().any(|b| b.is_ascii_control())
+    let odd_byte = bytes.iter().any(|b| *b == b'\\' || b.is_ascii_control());
+    path.starts_with('/') && !tricky_escape && !dot_segment && !odd_byte
 }
 
 /// The body length a request declares, if it does.
@@ -109,15 +127,11 @@ enum Attempt {
     TimedOut,
 }
 
-/// The fallback handler of the proxy listener.
-pub async fn handle(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
+/// Answers one request of a client: every request on the proxy listener comes here.
+pub async fn handle(shared: &Shared, peer: &Peer, request: Request<Incoming>) -> Response<Logged<Body>> {
     let (mut parts, body) = request.into_parts();
     let request_id = headers::request_id(&parts.headers);
-    let mut record = AccessRecord::new(request_id.clone(), parts.method.clone(), parts.uri.path());
+    let mut record = AccessRecord::new(request_id.clone(), parts.method.clone(), parts.uri.clone());
     // Shed, refused and limited before anything else: they cost no upstream work and no budget.
     let Ok(_permit) = shared.concurrency.clone().try_acquire_owned() else {
         return answer(GatewayProblem::Overloaded.response(), record, None, &request_id);
@@ -136,7 +150,7 @@ pub async fn handle(
     if declared_length(&parts.headers).is_some_and(|length| length > shared.max_body_bytes) {
         return answer(GatewayProblem::TooLarge.response(), record, None, &request_id);
     }
-    if let Decision::Limited { retry_after } = shared.limits.check_ip(peer.ip()).await {
+    if let Decision::Limited { retry_after } = shared.limits.check_ip(&peer.limit_name).await {
         return answer(GatewayProblem::rate_limited(retry_after), record, None, &request_id);
     }
     let by_key = match &shared.auth {
@@ -154,7 +168,7 @@ pub async fn handle(
         return answer(GatewayProblem::rate_limited(retry_after), record, None, &request_id);
     }
     shared.budget.deposit();
-    headers::to_upstream(&mut parts.headers, &request_id, peer.ip(), shared.tls);
+    headers::to_upstream(&mut parts.headers, &request_id, &peer.forwarded, shared.tls);
     let hold = body::hold(body, shared.retry_body_limit_bytes, shared.max_body_bytes);
     let held = match tokio::time::timeout(shared.body_read_timeout, hold).await {
         Ok(Ok(held)) => held,
@@ -169,15 +183,16 @@ pub async fn handle(
     };
     // Only a failed attempt asks, so the body of a request that succeeds is never parsed.
     let safe_to_repeat = || retry::classify(&parts.method, &parts.headers, held.bytes()) == Replay::Safe;
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+    let path_and_query =
+        parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     let Some(mut upstream) = shared.pool.pick(&[]) else {
         return answer(GatewayProblem::NoUpstream.response(), record, None, &request_id);
     };
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     loop {
-        record.upstream = Some(upstream.url.to_string());
-        let attempt = send(&shared, &upstream, &parts, &path_and_query, &held).await;
+        record.upstream = Some(upstream.url.clone());
+        let attempt = send(shared, &upstream, &parts, &path_and_query, &held).await;
         tried.push(upstream.clone());
         let retry_reason = match &attempt {
             Attempt::Answered(response, _) if retry::is_retryable_status(response.status()) => {
@@ -221,13 +236,10 @@ async fn send(
     shared: &Shared,
     upstream: &Arc<Upstream>,
     parts: &http::request::Parts,
-    path_and_query: &str,
+    path_and_query: &PathAndQuery,
     held: &Held,
 ) -> Attempt {
-    let Ok(uri) = upstream.url.join(path_and_query) else {
-        // The path came through the server's own URI parser; joining it cannot fail in practice.
-        return Attempt::Unsent;
-    };
+    let uri = upstream.url.join(path_and_query.clone());
     let mut request = http::Request::new(held.for_attempt());
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
@@ -256,18 +268,43 @@ async fn send(
 }
 
 /// The response to the client: the request id on it, the access log written when it ends.
-fn answer<B>(
-    response: Response<B>,
+fn answer(
+    response: Response<Body>,
     mut record: AccessRecord,
     in_flight: Option<InFlight>,
-    id: &http::HeaderValue,
-) -> Response
-where
-    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
+    id: &HeaderValue,
+) -> Response<Logged<Body>> {
     let (mut parts, body) = response.into_parts();
     parts.headers.insert(headers::REQUEST_ID.clone(), id.clone());
-    record.status = parts.status.as_u16();
-    Response::from_parts(parts, Body::new(Logged::new(body, record, in_flight)))
+    record.status = parts.status;
+    Response::from_parts(parts, Logged::new(body, record, in_flight))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_plain_path;
+
+    #[test]
+    fn only_plain_paths_pass() {
+        for plain in ["/", "/v1/ledgers", "/v1/accounts/a.b", "/v1/x%20y", "/v1/%41", "/v1/..x", "/v1/%2"] {
+            assert!(is_plain_path(plain), "{plain}");
+        }
+        for odd in [
+            "v1/ledgers",
+            "/v1/../keys",
+            "/v1/./keys",
+            "/v1/..",
+            "/v1/%2e%2e/admin",
+            "/v1/%2E%2E/admin",
+            "/v1/..%2fkeys",
+            "/v1/ledgers%2Fusd",
+            "/v1/a%5cb",
+            "/v1/a%5Cb",
+            "/v1/a%00",
+            "/v1/a\\b",
+            "/v1/a\u{7f}",
+        ] {
+            assert!(!is_plain_path(odd), "{odd}");
+        }
+    }
 }

@@ -5,6 +5,10 @@
 //! a header read timeout (a slowloris client that sends its headers a byte at a time would
 //! otherwise hold a connection and a task forever; body slowness is `body_read_timeout_ms`'s
 //! job), and TLS. A TLS handshake gets the same deadline as the headers.
+//!
+//! Every request goes straight to the proxy handler, with no router in between: the proxy
+//! listener has one route, and what a router costs per request is a measurable share of a
+//! proxy's work (docs/BENCHMARKS.md).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,8 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
+use std::convert::Infallible;
+
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -24,7 +28,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tower_service::Service;
+
+use crate::proxy::{self, Peer, Shared};
 
 /// Why TLS could not be set up from the configured files.
 #[derive(Debug, thiserror::Error)]
@@ -58,10 +63,15 @@ pub struct Listener {
     pub header_read_timeout: Duration,
 }
 
-/// Serves `app` on every connection until `stop` completes, then stops accepting and lets each
+/// Serves the proxy on every connection until `stop` completes, then stops accepting and lets each
 /// connection finish its request in flight (and close) for at most `drain`. Answers whether
 /// everything finished in time.
-pub async fn serve(listener: Listener, app: Router, stop: impl Future<Output = ()>, drain: Duration) -> bool {
+pub async fn serve(
+    listener: Listener,
+    shared: Arc<Shared>,
+    stop: impl Future<Output = ()>,
+    drain: Duration,
+) -> bool {
     let Listener { tcp, tls, header_read_timeout } = listener;
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
@@ -83,13 +93,14 @@ pub async fn serve(listener: Listener, app: Router, stop: impl Future<Output = (
             },
         };
         let _ = stream.set_nodelay(true);
-        let (app, builder, tls, watcher) = (app.clone(), builder.clone(), tls.clone(), graceful.watcher());
+        let (shared, builder, tls, watcher) =
+            (shared.clone(), builder.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
             let Some(acceptor) = tls else {
-                return serve_connection(&builder, watcher, stream, app, peer).await;
+                return serve_connection(&builder, watcher, stream, shared, peer).await;
             };
             match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve_connection(&builder, watcher, stream, app, peer).await,
+                Ok(Ok(stream)) => serve_connection(&builder, watcher, stream, shared, peer).await,
                 Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -99,20 +110,20 @@ pub async fn serve(listener: Listener, app: Router, stop: impl Future<Output = (
     tokio::time::timeout(drain, graceful.shutdown()).await.is_ok()
 }
 
-/// Serves one client connection (plain or TLS) until it closes or the drain ends it, with the
-/// client's address on every request (what the `ConnectInfo` extractor reads).
+/// Serves one client connection (plain or TLS) until it closes or the drain ends it.
 async fn serve_connection<I>(
     builder: &Builder<TokioExecutor>,
     watcher: Watcher,
     io: I,
-    app: Router,
+    shared: Arc<Shared>,
     peer: SocketAddr,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().call(request)
+    let client = Arc::new(Peer::new(peer.ip()));
+    let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        let (shared, client) = (shared.clone(), client.clone());
+        async move { Ok::<_, Infallible>(proxy::handle(&shared, &client, request).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     // A client that hangs up or times out is routine, not an error of the gateway.

@@ -203,7 +203,10 @@ async fn an_upstream_down_at_start_is_routed_around_and_reported() {
         reqwest::get(format!("{}/gateway/metrics", gateway.admin)).await.unwrap().text().await.unwrap();
     let gauge = format!("coffer_gateway_upstream_healthy{{upstream=\"http://{dead}\"}} 0");
     assert!(metrics.contains(&gauge), "{metrics}");
-    assert!(metrics.contains("coffer_gateway_requests_total{status=\"200\"}"), "{metrics}");
+    // Every request is counted once, by its status (the test's own process, so the count is
+    // exactly this test's), and timed.
+    assert!(metrics.contains("coffer_gateway_requests_total{status=\"200\"} 40\n"), "{metrics}");
+    assert!(metrics.contains("coffer_gateway_request_duration_seconds_count 40\n"), "{metrics}");
 }
 
 #[tokio::test]
