@@ -6,7 +6,10 @@
 # proxy's share is not hidden behind the store). The targets take turns in the order direct,
 # gateway, nginx, nginx, gateway, direct, so that each has the same mean position in the run and
 # drift of the machine or of the growing store does not favour one; each figure is the mean of
-# its two runs. Prints requests/s, p50 and p99 against direct, and the CPU each process used.
+# its two runs. Prints requests/s, p50 and p99 against direct, and the CPU each process used, per
+# second and per request. On a shared VM the hypervisor takes CPU from the guest ("steal") in
+# bursts; that moves requests/s from run to run, while the CPU a process spends per request
+# (which steal does not count) holds, so the summary gives both.
 #
 #   scripts/bench-gateway.sh                          # embedded store, 15 s per run
 #   BENCH_SECONDS=30 BENCH_STORE=postgres scripts/bench-gateway.sh
@@ -117,7 +120,8 @@ ready nginx "$nginx_port"
 
 # cpu PID...: CPU ticks used so far by each PID with its live child processes (nginx's workers),
 # by this shell's finished children (the load generator, once it has exited), then the machine's
-# busy and total ticks. What the machine spent beyond these was spent by something else.
+# busy, total and stolen ticks. What the machine spent beyond these, steal aside, was spent by
+# something else.
 cpu() {
   python3 - "$$" "$@" <<'PY'
 import os, sys
@@ -132,7 +136,7 @@ own = lambda f: int(f[11]) + int(f[12])  # utime + stime
 out = [sum(own(f) for p, f in procs.items() if pid in (p, int(f[1]))) for pid in pids]
 out.append(int(procs[shell][13]) + int(procs[shell][14]))  # cutime + cstime
 ticks = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
-print(*out, sum(ticks) - ticks[3] - ticks[4], sum(ticks))
+print(*out, sum(ticks) - ticks[3] - ticks[4] - ticks[7], sum(ticks), ticks[7])
 PY
 }
 
@@ -159,12 +163,17 @@ d = [b - a for a, b in zip(map(int, before.split()), map(int, after.split()))]
 wall = float(ended) - float(began)
 pct = lambda ticks: f"{100 * ticks / int(hz) / wall:.0f} %"
 replica, proxy_ticks, client = d[0], d[1] if proxy else 0, d[2]
-busy = d[3] / d[4] * int(cores) * int(hz) * wall  # in ticks, from the machine's own count
+scale = int(cores) * int(hz) * wall / d[4]  # machine ticks to this run's ticks
+busy, steal = d[3] * scale, d[5] * scale
 l = r["latency_ms"]
+requests = r["requests_per_second"] * wall
+per_request = lambda ticks: 1e6 * ticks / int(hz) / requests  # µs of CPU per request
 print(f"{load:9} {target:7} {r['requests_per_second']:8.0f} req/s  p50 {l['p50']:6.2f} ms  p99 {l['p99']:6.2f} ms"
       f"  errors {r['errors']}  cpu: client {pct(client)}, replica {pct(replica)},"
-      f" proxy {pct(proxy_ticks) if proxy else '-'}, other {pct(max(0, busy - client - replica - proxy_ticks))}"
-      f" (machine {pct(busy)} of {100 * int(cores)} %)")
+      f" proxy {pct(proxy_ticks) if proxy else '-'}, other {pct(max(0, busy - client - replica - proxy_ticks))},"
+      f" stolen {pct(steal)} (machine {pct(busy)} of {100 * int(cores)} %)")
+json.dump({"replica_us": per_request(replica), "proxy_us": per_request(proxy_ticks) if proxy else None,
+           "stolen_pct": 100 * steal / int(hz) / wall}, open(path + ".cpu", "w"))
 PY
 }
 
@@ -192,12 +201,13 @@ import json, sys
 runs = {}
 for line in open(sys.argv[1]):
     load, target, path = line.rstrip("\n").split("\t")
-    runs.setdefault((load, target), []).append(json.load(open(path)))
+    runs.setdefault((load, target), []).append(json.load(open(path)) | json.load(open(path + ".cpu")))
 mean = lambda xs: sum(xs) / len(xs)
-print("requests/s, p50 and p99: the mean of each target's runs (requests/s of each run in brackets)")
+print("requests/s, p50, p99 and CPU per request: the mean of each target's runs (requests/s of each")
+print("run in brackets); stolen: CPU the hypervisor took from the machine, in % of one core")
 print()
-print("| load | target | requests/s | p50 | p99 | errors | / direct |")
-print("|---|---|---|---|---|---|---|")
+print("| load | target | requests/s | p50 | p99 | errors | / direct | replica CPU/req | proxy CPU/req | stolen |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for load in ("transfers", "reads"):
     direct = mean([r["requests_per_second"] for r in runs[(load, "direct")]])
     for target in ("direct", "gateway", "nginx"):
@@ -207,5 +217,9 @@ for load in ("transfers", "reads"):
         p50 = mean([r["latency_ms"]["p50"] for r in rs])
         p99 = mean([r["latency_ms"]["p99"] for r in rs])
         errors = sum(r["errors"] for r in rs)
-        print(f"| {load} | {target} | {rps:,.0f} ({each}) | {p50:.2f} ms | {p99:.2f} ms | {errors} | {rps / direct:.2f} |")
+        replica = mean([r["replica_us"] for r in rs])
+        proxy = "-" if target == "direct" else f"{mean([r['proxy_us'] for r in rs]):.1f} µs"
+        stolen = mean([r["stolen_pct"] for r in rs])
+        print(f"| {load} | {target} | {rps:,.0f} ({each}) | {p50:.2f} ms | {p99:.2f} ms | {errors} | {rps / direct:.2f}"
+              f" | {replica:.1f} µs | {proxy} | {stolen:.0f} % |")
 PY
