@@ -96,19 +96,10 @@ impl Default for Config {
 
 /// Roles from a list (`roles = ["api"]`) or from one comma-separated string (the environment).
 fn roles<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Role>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Roles {
-        List(Vec<Role>),
-        Text(String),
-    }
-    match Roles::deserialize(d)? {
-        Roles::List(roles) => Ok(roles),
-        Roles::Text(text) => text
-            .split(',')
-            .map(|role| Role::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(role.trim())))
-            .collect(),
-    }
+    coffer_gateway::list_setting(d)?
+        .iter()
+        .map(|role| Role::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(role.trim())))
+        .collect()
 }
 
 /// Values given on the command line; they win over everything else.
@@ -282,6 +273,7 @@ mod tests {
             )?;
             jail.set_env("COFFER_GATEWAY_UPSTREAMS", "http://127.0.0.1:8081, http://api-2.internal:8082");
             jail.set_env("COFFER_GATEWAY_EJECT_MS", "900");
+            jail.set_env("COFFER_GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1");
             let overrides = Overrides {
                 gateway: GatewayOverrides {
                     listen: Some("127.0.0.1:7000".parse().unwrap()),
@@ -296,7 +288,25 @@ mod tests {
             assert_eq!(gateway.eject_ms, 900);
             let upstreams: Vec<String> = gateway.upstreams.0.iter().map(ToString::to_string).collect();
             assert_eq!(upstreams, ["http://127.0.0.1:8081", "http://api-2.internal:8082"]);
+            assert!(gateway.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+            assert!(gateway.trusted_proxies.contains("192.0.2.1".parse().unwrap()));
+            assert!(!gateway.trusted_proxies.contains("192.0.2.2".parse().unwrap()));
             assert!(gateway.validate().is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn roles_come_as_a_list_or_as_one_comma_separated_string() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("roles.toml", "roles = [\"relay\"]\n")?;
+            let from_file = Config::load(Some(Path::new("roles.toml")), Overrides::default());
+            assert_eq!(from_file.map_err(|e| e.to_string())?.roles, [Role::Relay]);
+            jail.set_env("COFFER_ROLES", "api, worker,");
+            let from_env = Config::load(Some(Path::new("roles.toml")), Overrides::default());
+            assert_eq!(from_env.map_err(|e| e.to_string())?.roles, [Role::Api, Role::Worker]);
+            jail.set_env("COFFER_ROLES", "api,bogus");
+            assert!(Config::load(None, Overrides::default()).is_err(), "an unknown role is refused");
             Ok(())
         });
     }
@@ -314,6 +324,9 @@ mod tests {
             jail.set_env("COFFER_GATEWAY_UPSTREAMS", "");
             let config = Config::load(None, Overrides::default()).map_err(|e| e.to_string())?;
             assert!(config.gateway.validate().is_err(), "no upstream at all");
+            jail.set_env("COFFER_GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8, lb.internal");
+            let refused = Config::load(None, Overrides::default()).map(|_| ()).map_err(|e| format!("{e:#}"));
+            assert!(refused.unwrap_err().contains("lb.internal"), "a name is not a trusted proxy");
             jail.set_env("COFFER_GATEWAY_UPSTREAMS", "http://a:1");
             jail.set_env("COFFER_GATEWAY_LISTN", "127.0.0.1:1");
             assert!(Config::load(None, Overrides::default()).is_err(), "a misspelt gateway setting");

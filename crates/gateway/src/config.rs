@@ -4,8 +4,10 @@
 //! Upstreams are parsed into [`UpstreamUrl`] when the configuration is read, so a typo in the
 //! list stops the start instead of becoming a replica that is "down" forever.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+
+use ipnet::IpNet;
 
 use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -22,6 +24,8 @@ pub enum ConfigError {
     DuplicateUpstream(String),
     #[error("gateway.{field} {reason}")]
     OutOfRange { field: &'static str, reason: &'static str },
+    #[error("gateway.trusted_proxies: {0:?} is neither an IP address nor a network (10.0.0.0/8)")]
+    BadTrustedProxy(String),
 }
 
 /// One upstream: `http://host:port`, no path, no query. The host may be a DNS name; it is
@@ -99,22 +103,55 @@ pub struct Upstreams(pub Vec<UpstreamUrl>);
 
 impl<'de> Deserialize<'de> for Upstreams {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            List(Vec<String>),
-            Text(String),
-        }
-        let items = match Raw::deserialize(d)? {
-            Raw::List(items) => items,
-            Raw::Text(text) => text.split(',').map(str::to_owned).collect(),
-        };
-        items
+        list_setting(d)?
             .into_iter()
-            .filter(|item| !item.trim().is_empty())
             .map(UpstreamUrl::try_from)
             .collect::<Result<_, _>>()
             .map(Upstreams)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The items of a list setting given as a TOML list or as one comma-separated string (what an
+/// environment variable can hold), blanks left out.
+pub fn list_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match Raw::deserialize(d)? {
+        Raw::List(items) => items,
+        Raw::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items.into_iter().filter(|item| !item.trim().is_empty()).collect())
+}
+
+/// The proxies in front of the gateway whose `x-forwarded-for` it believes: addresses or
+/// networks, a TOML list or one comma-separated string (`COFFER_GATEWAY_TRUSTED_PROXIES`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedProxies {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let parse = |item: String| {
+            let text = item.trim();
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| ConfigError::BadTrustedProxy(item.clone()))
+        };
+        list_setting(d)?
+            .into_iter()
+            .map(parse)
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
             .map_err(serde::de::Error::custom)
     }
 }
@@ -180,6 +217,12 @@ pub struct GatewayConfig {
     /// Requests per second one client address may send through the gateways.
     pub ip_rate_limit_per_second: u32,
     pub ip_rate_limit_burst: u32,
+    /// Proxies in front of the gateway (a load balancer): when one of them is the connection's
+    /// peer, the client is the rightmost `x-forwarded-for` entry that is not one of them. The
+    /// client address is what the address limit counts and what the access log records.
+    /// Empty (the default): the peer is the client, and an `x-forwarded-for` it sends is
+    /// replaced, not extended, since anyone can write one.
+    pub trusted_proxies: TrustedProxies,
     /// How long a shared (Redis) limit check may take before the local limit answers instead.
     pub redis_timeout_ms: u64,
     /// Requests handled at once; more are shed with 503 and Retry-After before any work.
@@ -231,6 +274,7 @@ impl Default for GatewayConfig {
             rate_limit_burst: 1_000,
             ip_rate_limit_per_second: 2_000,
             ip_rate_limit_burst: 2_000,
+            trusted_proxies: TrustedProxies::default(),
             redis_timeout_ms: 50,
             max_concurrent_requests: 4096,
             max_body_bytes: 8 * 1024 * 1024,

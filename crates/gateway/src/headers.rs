@@ -13,7 +13,7 @@ use uuid::Uuid;
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -90,24 +90,16 @@ pub fn new_traceparent() -> HeaderValue {
 }
 
 /// Rewrites a client's request headers for the upstream: hop-by-hop gone, the request id and
-/// traceparent set, the client appended to `x-forwarded-for`, and the client's `Host` kept in
+/// traceparent set, `x-forwarded-for` as `client` worked it out, and the client's `Host` kept in
 /// `x-forwarded-host` (the upstream's own authority becomes `Host`).
-pub fn to_upstream(headers: &mut HeaderMap, request_id: &HeaderValue, client: &HeaderValue, tls: bool) {
+pub fn to_upstream(headers: &mut HeaderMap, request_id: &HeaderValue, forwarded_for: HeaderValue, tls: bool) {
     strip_hop_by_hop(headers);
     headers.insert(REQUEST_ID.clone(), request_id.clone());
     if !headers.get(&TRACEPARENT).is_some_and(|v| is_valid_traceparent(v.as_bytes())) {
         headers.insert(TRACEPARENT.clone(), new_traceparent());
         headers.remove(&TRACESTATE);
     }
-    let forwarded = match headers.get(&FORWARDED_FOR) {
-        Some(earlier) => {
-            HeaderValue::from_bytes(&[earlier.as_bytes(), b", ", client.as_bytes()].concat()).ok()
-        }
-        None => Some(client.clone()),
-    };
-    if let Some(value) = forwarded {
-        headers.insert(FORWARDED_FOR.clone(), value);
-    }
+    headers.insert(FORWARDED_FOR.clone(), forwarded_for);
     if let Some(host) = headers.remove(HOST) {
         headers.insert(FORWARDED_HOST.clone(), host);
     }
@@ -155,13 +147,12 @@ mod tests {
     #[test]
     fn the_upstream_gets_ids_and_the_client_address() {
         let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         headers.insert("traceparent", HeaderValue::from_static("garbage"));
         headers.insert("tracestate", HeaderValue::from_static("vendor=1"));
         headers.insert(HOST, HeaderValue::from_static("api.example"));
         let id = request_id(&headers);
-        to_upstream(&mut headers, &id, &HeaderValue::from_static("192.0.2.7"), false);
-        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        to_upstream(&mut headers, &id, HeaderValue::from_static("192.0.2.7"), false);
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
         assert_eq!(headers["x-forwarded-host"], "api.example");
         assert!(!headers.contains_key(HOST));
         assert!(is_valid_traceparent(headers["traceparent"].as_bytes()));

@@ -3,7 +3,8 @@
 //! safe to retry, and logs and measures every request.
 //!
 //! The rooms: `config` (what to run with, checked at start), `server` (accepting connections:
-//! TLS, header deadline, drain), `auth` (the token check), `limits` (rate limits per client
+//! TLS, header deadline, drain), `client` (who the client is: the peer, or behind trusted
+//! proxies what they forwarded), `auth` (the token check), `limits` (rate limits per client
 //! address and API key), `pool` (health and choice of upstream, the circuit breaker), `health`
 //! (active checks), `retry` (what may be repeated, the budget), `headers` (what a proxy
 //! rewrites), `body` (holding, handing off and logging bodies), `proxy` (the handler),
@@ -12,6 +13,7 @@
 
 mod auth;
 mod body;
+mod client;
 mod config;
 mod headers;
 mod health;
@@ -40,7 +42,7 @@ use tokio::net::TcpListener;
 
 pub use coffer_ratelimit::Limits;
 pub use coffer_store::KeyDirectory;
-pub use config::{ConfigError, GatewayConfig, UpstreamUrl, Upstreams};
+pub use config::{ConfigError, GatewayConfig, TrustedProxies, UpstreamUrl, Upstreams, list_setting};
 pub use server::TlsError;
 
 /// Why the gateway could not start or keep serving.

@@ -5,6 +5,7 @@
 //! it carries the bytes really sent and the whole latency. Metric labels are bounded: the status
 //! code, and the upstream URL, which comes from the configuration and never from a request.
 
+use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,8 @@ pub fn retry_denied() {
 pub struct AccessRecord {
     pub start: Instant,
     pub request_id: HeaderValue,
+    /// The client's address (see `client`).
+    pub client: IpAddr,
     pub method: Method,
     pub uri: Uri,
     pub status: StatusCode,
@@ -90,10 +93,11 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    pub fn new(request_id: HeaderValue, method: Method, uri: Uri) -> Self {
+    pub fn new(request_id: HeaderValue, client: IpAddr, method: Method, uri: Uri) -> Self {
         Self {
             start: Instant::now(),
             request_id,
+            client,
             method,
             uri,
             status: StatusCode::OK,
@@ -109,6 +113,7 @@ impl AccessRecord {
         tracing::info!(
             target: "coffer_gateway::access",
             request_id = self.request_id.to_str().unwrap_or_default(),
+            client = %self.client,
             key_id = self.key_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
             method = self.method.as_str(),
             path = self.uri.path(),

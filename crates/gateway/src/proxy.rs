@@ -7,7 +7,6 @@
 //! when safe to repeat; else 502, outcome unknown), or a timeout (504, never retried: a slow
 //! write retried elsewhere doubles the load that made it slow).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::auth::{self, EdgeAuth};
 use crate::body::{self, Held, HoldError, Logged, ProxyBody};
-use crate::config::GatewayConfig;
+use crate::client::Peer;
+use crate::config::{GatewayConfig, TrustedProxies};
 use crate::headers;
 use crate::limits::EdgeLimits;
 use crate::observe::{self, AccessRecord, RetryReason};
@@ -37,6 +37,7 @@ pub struct Shared {
     auth: Option<EdgeAuth>,
     /// Whether clients speak TLS to the gateway (for `x-forwarded-proto`).
     tls: bool,
+    pub trusted_proxies: TrustedProxies,
     /// One permit per request in hand: the concurrency limit that sheds load.
     concurrency: Arc<tokio::sync::Semaphore>,
     max_body_bytes: u64,
@@ -62,6 +63,7 @@ impl Shared {
             limits: EdgeLimits::new(config, limits),
             auth,
             tls: config.tls_cert_path.is_some(),
+            trusted_proxies: config.trusted_proxies.clone(),
             concurrency: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
@@ -73,21 +75,6 @@ impl Shared {
             max_retries: config.max_retries,
             retry_backoff: Duration::from_millis(config.retry_backoff_ms),
         }
-    }
-}
-
-/// What the gateway knows of a client connection, worked out once for all of its requests.
-pub struct Peer {
-    /// The address's name among the rate limits.
-    limit_name: String,
-    /// The address as `x-forwarded-for` lists it.
-    forwarded: HeaderValue,
-}
-
-impl Peer {
-    pub fn new(ip: IpAddr) -> Self {
-        let forwarded = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a header value");
-        Self { limit_name: EdgeLimits::ip_name(ip), forwarded }
     }
 }
 
@@ -131,7 +118,9 @@ enum Attempt {
 pub async fn handle(shared: &Shared, peer: &Peer, request: Request<Incoming>) -> Response<Logged<Body>> {
     let (mut parts, body) = request.into_parts();
     let request_id = headers::request_id(&parts.headers);
-    let mut record = AccessRecord::new(request_id.clone(), parts.method.clone(), parts.uri.clone());
+    let client = peer.client(&parts.headers, &shared.trusted_proxies);
+    let mut record =
+        AccessRecord::new(request_id.clone(), client.ip, parts.method.clone(), parts.uri.clone());
     // Shed, refused and limited before anything else: they cost no upstream work and no budget.
     let Ok(_permit) = shared.concurrency.clone().try_acquire_owned() else {
         return answer(GatewayProblem::Overloaded.response(), record, None, &request_id);
@@ -150,7 +139,7 @@ pub async fn handle(shared: &Shared, peer: &Peer, request: Request<Incoming>) ->
     if declared_length(&parts.headers).is_some_and(|length| length > shared.max_body_bytes) {
         return answer(GatewayProblem::TooLarge.response(), record, None, &request_id);
     }
-    if let Decision::Limited { retry_after } = shared.limits.check_ip(&peer.limit_name).await {
+    if let Decision::Limited { retry_after } = shared.limits.check_ip(&client.limit_name).await {
         return answer(GatewayProblem::rate_limited(retry_after), record, None, &request_id);
     }
     let by_key = match &shared.auth {
@@ -168,7 +157,7 @@ pub async fn handle(shared: &Shared, peer: &Peer, request: Request<Incoming>) ->
         return answer(GatewayProblem::rate_limited(retry_after), record, None, &request_id);
     }
     shared.budget.deposit();
-    headers::to_upstream(&mut parts.headers, &request_id, &peer.forwarded, shared.tls);
+    headers::to_upstream(&mut parts.headers, &request_id, client.forwarded_for, shared.tls);
     let hold = body::hold(body, shared.retry_body_limit_bytes, shared.max_body_bytes);
     let held = match tokio::time::timeout(shared.body_read_timeout, hold).await {
         Ok(Ok(held)) => held,

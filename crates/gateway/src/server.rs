@@ -29,7 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::proxy::{self, Peer, Shared};
+use crate::client::Peer;
+use crate::proxy::{self, Shared};
 
 /// Why TLS could not be set up from the configured files.
 #[derive(Debug, thiserror::Error)]
@@ -120,10 +121,10 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let client = Arc::new(Peer::new(peer.ip()));
+    let facts = Arc::new(Peer::new(peer.ip(), &shared.trusted_proxies));
     let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-        let (shared, client) = (shared.clone(), client.clone());
-        async move { Ok::<_, Infallible>(proxy::handle(&shared, &client, request).await) }
+        let (shared, facts) = (shared.clone(), facts.clone());
+        async move { Ok::<_, Infallible>(proxy::handle(&shared, &facts, request).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     // A client that hangs up or times out is routine, not an error of the gateway.

@@ -384,6 +384,50 @@ async fn a_key_or_an_address_over_its_rate_is_429_and_sent_nowhere() {
 }
 
 #[tokio::test]
+async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
+    let (upstream, seen) = echo(Duration::ZERO).await;
+    let forwarded = |base: String, chain: &'static str| async move {
+        let response = client()
+            .get(format!("{base}/v1/ledgers"))
+            .bearer_auth("key-a")
+            .header("x-forwarded-for", chain)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        (status, body["headers"]["x-forwarded-for"].as_str().map(str::to_owned))
+    };
+
+    // Nobody trusted: a client's own x-forwarded-for is dropped, and it cannot escape its
+    // address limit by claiming other addresses.
+    let open =
+        Running::start(&[upstream], |c| (c.ip_rate_limit_per_second, c.ip_rate_limit_burst) = (1, 2)).await;
+    assert_eq!(forwarded(open.base.clone(), "203.0.113.1").await, (200, Some("127.0.0.1".into())));
+    assert_eq!(forwarded(open.base.clone(), "203.0.113.2").await.1.as_deref(), Some("127.0.0.1"));
+    assert_eq!(forwarded(open.base.clone(), "203.0.113.3").await.0, 429, "one address, whatever it claims");
+
+    // Behind a trusted proxy (here, the loopback peer): the chain is kept and extended, and
+    // each forwarded client has its own address limit.
+    let behind = Running::start(&[upstream], |c| {
+        (c.ip_rate_limit_per_second, c.ip_rate_limit_burst) = (1, 2);
+        c.trusted_proxies = serde_json::from_str(r#""127.0.0.0/8, 10.0.0.0/8""#).unwrap();
+    })
+    .await;
+    let chain = "198.51.100.7, 203.0.113.1, 10.0.0.9";
+    let expected = format!("{chain}, 127.0.0.1");
+    assert_eq!(forwarded(behind.base.clone(), chain).await, (200, Some(expected)));
+    assert_eq!(forwarded(behind.base.clone(), "203.0.113.1").await.0, 200);
+    assert_eq!(
+        forwarded(behind.base.clone(), "203.0.113.1").await.0,
+        429,
+        "203.0.113.1's burst of 2 is spent"
+    );
+    assert_eq!(forwarded(behind.base.clone(), "198.51.100.7, 203.0.113.2").await.0, 200, "another client");
+    assert_eq!(seen.load(Ordering::SeqCst), 5, "limited requests reached no upstream");
+}
+
+#[tokio::test]
 async fn a_body_sent_one_byte_at_a_time_is_408_and_sent_nowhere() {
     let (upstream, seen) = echo(Duration::ZERO).await;
     let gateway = Running::start(&[upstream], |c| c.body_read_timeout_ms = 500).await;
