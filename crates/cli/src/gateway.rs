@@ -1,14 +1,22 @@
 //! `coffer gateway`: the edge proxy in front of the api replicas. The work is in
-//! `coffer-gateway`; this wires the configuration, the key table and the shutdown signal to it.
+//! `coffer-gateway`; this wires the configuration, the key table and the signals to it: SIGTERM
+//! (or ctrl-c) drains, SIGHUP reads the configuration again and applies its upstream list.
 
 use std::sync::Arc;
 
 use anyhow::Context;
+use coffer_gateway::{GatewayConfig, UpstreamControl};
 use coffer_store::KeyDirectory;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the gateway until a shutdown signal; `reload` reads the configuration again (the same
+/// file, environment and flags as at start).
+pub async fn run(
+    config: Config,
+    reload: impl Fn() -> anyhow::Result<Config> + Send + 'static,
+) -> anyhow::Result<()> {
     config.gateway.validate().context("invalid gateway configuration")?;
     let timeout = std::time::Duration::from_millis(config.gateway.redis_timeout_ms);
     let limits = match &config.redis_url {
@@ -19,9 +27,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         true => Some(key_directory(&config).await?),
         false => None,
     };
+    let started_with = config.gateway.clone();
     let gateway = coffer_gateway::Gateway::bind_with(config.gateway, limits, keys).await?;
+    let hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let reloads = tokio::spawn(reload_on_hangup(hangups, reload, gateway.upstream_control(), started_with));
     gateway.serve(crate::serve::shutdown_signal()).await?;
+    reloads.abort();
     Ok(())
+}
+
+/// On each SIGHUP: the configuration is read again and its upstream list applied. A
+/// configuration that does not load or validate changes nothing. Other settings are read at
+/// start only; a change to them is reported, not applied.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    reload: impl Fn() -> anyhow::Result<Config>,
+    control: UpstreamControl,
+    started_with: GatewayConfig,
+) {
+    let besides_upstreams =
+        |config: &GatewayConfig| GatewayConfig { upstreams: Default::default(), ..config.clone() };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reading the configuration again");
+        let applied = reload().and_then(|config| {
+            control.replace(&config.gateway.upstreams).context("gateway.upstreams")?;
+            Ok(config.gateway)
+        });
+        match applied {
+            Ok(config) if besides_upstreams(&config) != besides_upstreams(&started_with) => tracing::warn!(
+                "gateway settings other than the upstream list changed; they take effect at the next start"
+            ),
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(error = format!("{err:#}"), "configuration not reloaded; nothing changed")
+            }
+        }
+    }
 }
 
 /// The replicas' key table, read-only: PostgreSQL when `database_url` is set, else the

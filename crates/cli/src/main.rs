@@ -126,10 +126,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
         Command::Gateway { listen, admin_listen, upstreams } => {
-            let gateway = config::GatewayOverrides { listen, admin_listen, upstreams };
-            let config = load_with(Overrides { gateway, ..Default::default() })?;
+            let file = cli.config.clone();
+            let load = move || {
+                let gateway = config::GatewayOverrides { listen, admin_listen, upstreams: upstreams.clone() };
+                Config::load(file.as_deref(), Overrides { gateway, ..Default::default() })
+            };
+            let config = load()?;
             logging::init(config.log_format, &config.log_level)?;
-            runtime()?.block_on(gateway::run(config))
+            runtime()?.block_on(gateway::run(config, load))
         }
     }
 }

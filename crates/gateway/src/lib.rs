@@ -112,6 +112,11 @@ impl Gateway {
         self.listener.tcp.local_addr().unwrap_or(self.config.listen)
     }
 
+    /// What replaces the upstream list while the gateway serves.
+    pub fn upstream_control(&self) -> UpstreamControl {
+        UpstreamControl(self.shared.pool.clone())
+    }
+
     /// Where the admin endpoints are, if they are served.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
@@ -152,6 +157,22 @@ impl Gateway {
     }
 }
 
+/// Replaces the upstream list of a running gateway: upstreams that stay keep their state, new
+/// ones join, removed ones drain. Behind `PUT /gateway/upstreams` and the binary's reload.
+#[derive(Clone)]
+pub struct UpstreamControl(Arc<pool::Pool>);
+
+impl UpstreamControl {
+    /// Applies `list`, or refuses it (empty, or an entry twice) and changes nothing. Answers how
+    /// many upstreams were added and removed.
+    pub fn replace(&self, list: &Upstreams) -> Result<(usize, usize), ConfigError> {
+        list.validate()?;
+        let (added, removed) = self.0.replace(&list.0);
+        tracing::info!(added, removed, upstreams = list.0.len(), "upstream list replaced");
+        Ok((added, removed))
+    }
+}
+
 /// The gateway's own endpoints, on their own listener.
 fn admin_router(shared: Arc<proxy::Shared>, metrics: PrometheusHandle) -> Router {
     Router::new()
@@ -177,13 +198,11 @@ async fn upstreams(State(shared): State<Arc<proxy::Shared>>) -> Response {
 /// `PUT /gateway/upstreams` with the new list (a JSON list of URLs, or one comma-separated
 /// string): upstreams that stay keep their state, new ones join, removed ones drain.
 async fn replace_upstreams(State(shared): State<Arc<proxy::Shared>>, body: axum::body::Bytes) -> Response {
-    let parsed = serde_json::from_slice::<Upstreams>(&body)
+    let replaced = serde_json::from_slice::<Upstreams>(&body)
         .map_err(|e| e.to_string())
-        .and_then(|list| list.validate().map(|()| list).map_err(|e| e.to_string()));
-    match parsed {
-        Ok(list) => {
-            let (added, removed) = shared.pool.replace(&list.0);
-            tracing::info!(added, removed, "upstream list replaced");
+        .and_then(|list| UpstreamControl(shared.pool.clone()).replace(&list).map_err(|e| e.to_string()));
+    match replaced {
+        Ok((added, removed)) => {
             axum::Json(serde_json::json!({"added": added, "removed": removed})).into_response()
         }
         Err(reason) => {

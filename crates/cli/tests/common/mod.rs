@@ -139,18 +139,23 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    /// A gateway in front of `upstreams`, with more settings in the environment (the replicas'
-    /// store for the token check, `COFFER_GATEWAY_…`, `COFFER_REDIS_URL`).
+    /// A gateway in front of `upstreams` (none: the list comes from the configuration), with
+    /// more settings in the environment (the replicas' store for the token check,
+    /// `COFFER_GATEWAY_…`, `COFFER_REDIS_URL`, `COFFER_CONFIG`).
     pub async fn start_with(
         upstreams: &[String],
         env: &[(&str, &str)],
         log: std::fs::File,
     ) -> GatewayProcess {
         let (port, admin_port) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        command
             .args(["gateway", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--upstreams", &upstreams.join(",")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")]);
+        if !upstreams.is_empty() {
+            command.args(["--upstreams", &upstreams.join(",")]);
+        }
+        let child = command
             .env("COFFER_LOG_LEVEL", "info")
             .env("COFFER_LOG_FORMAT", "json")
             .envs(env.iter().copied())
@@ -188,6 +193,12 @@ impl GatewayProcess {
 }
 
 impl GatewayProcess {
+    /// SIGHUP: the gateway reads its configuration again.
+    pub fn hang_up(&self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    }
+
     /// SIGTERM: the gateway drains and exits on its own.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
