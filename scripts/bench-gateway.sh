@@ -13,6 +13,14 @@
 #
 #   scripts/bench-gateway.sh                          # embedded store, 15 s per run
 #   BENCH_SECONDS=30 BENCH_STORE=postgres scripts/bench-gateway.sh
+#   BENCH_PROXY_CPUS=1 scripts/bench-gateway.sh       # the proxies on CPU 1, the rest elsewhere
+#
+# By default every process shares every core, so a proxy's CPU comes out of the replica's and
+# the load generator's. With BENCH_PROXY_CPUS (a taskset CPU list) the proxies run on those CPUs
+# and the replica and the load generator on the others, as when a gateway has a machine of its
+# own: the ratio to direct then shows what a proxy adds to a replica's throughput and latency,
+# not what it takes from its cores. nginx gets one worker per proxy CPU, as `auto` would on a
+# machine of that size; the gateway's runtime sizes itself to the CPUs it may use.
 #
 # nginx comes from the Debian packages when /usr/sbin/nginx is missing (root or sudo needed); it
 # runs from a temporary directory on a port of its own, not as the system service.
@@ -28,6 +36,27 @@ nginx=/usr/sbin/nginx
 token=bench-token
 work=$(mktemp -d)
 pids=()
+# on_cpus WHOM: the taskset prefix that keeps the proxies (WHOM=proxy) or everything else
+# (WHOM=rest) on their CPUs when BENCH_PROXY_CPUS is set, and nothing otherwise.
+proxy_cpus=${BENCH_PROXY_CPUS:-}
+if [ -n "$proxy_cpus" ]; then
+  rest_cpus=$(python3 -c '
+import os, sys
+def cpus(spec):
+    out = set()
+    for part in spec.split(","):
+        a, _, b = part.partition("-")
+        out.update(range(int(a), int(b or a) + 1))
+    return out
+rest = sorted(os.sched_getaffinity(0) - cpus(sys.argv[1]))
+if not rest: sys.exit("BENCH_PROXY_CPUS leaves no CPU for the replica and the load generator")
+print(",".join(map(str, rest)))' "$proxy_cpus")
+  proxy_workers=$(taskset -c "$proxy_cpus" nproc)
+fi
+on_cpus() {
+  [ -z "$proxy_cpus" ] && return
+  case $1 in proxy) echo taskset -c "$proxy_cpus" ;; rest) echo taskset -c "$rest_cpus" ;; esac
+}
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   if [ "$store" = postgres ]; then psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true; fi
@@ -64,7 +93,7 @@ esac
 # run's events during the next one, which would charge one target for another's load.
 api_port=$(free_port)
 env "${store_env[@]}" COFFER_BOOTSTRAP_TOKEN=$token COFFER_LOG_LEVEL=warn \
-  "$bin" serve --listen "127.0.0.1:$api_port" --roles api >/dev/null &
+  $(on_cpus rest) "$bin" serve --listen "127.0.0.1:$api_port" --roles api >/dev/null &
 api_pid=$!; pids+=("$api_pid")
 ready replica "$api_port"
 
@@ -74,7 +103,7 @@ gateway_port=$(free_port)
 env -u COFFER_REDIS_URL "${store_env[@]}" COFFER_LOG_LEVEL=warn \
   COFFER_GATEWAY_RATE_LIMIT_PER_SECOND=1000000 COFFER_GATEWAY_RATE_LIMIT_BURST=1000000 \
   COFFER_GATEWAY_IP_RATE_LIMIT_PER_SECOND=1000000 COFFER_GATEWAY_IP_RATE_LIMIT_BURST=1000000 \
-  "$bin" gateway --listen "127.0.0.1:$gateway_port" --upstreams "http://127.0.0.1:$api_port" >/dev/null &
+  $(on_cpus proxy) "$bin" gateway --listen "127.0.0.1:$gateway_port" --upstreams "http://127.0.0.1:$api_port" >/dev/null &
 gateway_pid=$!; pids+=("$gateway_pid")
 ready gateway "$gateway_port"
 
@@ -85,7 +114,7 @@ ready gateway "$gateway_port"
 nginx_port=$(free_port)
 mkdir -p "$work/nginx"
 cat > "$work/nginx/nginx.conf" <<EOF
-worker_processes auto;
+worker_processes ${proxy_workers:-auto};
 daemon off;
 pid $work/nginx/nginx.pid;
 error_log $work/nginx/error.log warn;
@@ -114,7 +143,7 @@ http {
   }
 }
 EOF
-$nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" &
+$(on_cpus proxy) $nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" &
 nginx_pid=$!; pids+=("$nginx_pid")
 ready nginx "$nginx_port"
 
@@ -151,7 +180,7 @@ run() {
   local report="$work/run-$runs.json"
   local before after began ended
   before=$(cpu "$api_pid" "${proxy:-$api_pid}"); began=$(date +%s.%N)
-  "$bin" bench --url "http://127.0.0.1:$port" --token $token --seconds "$seconds" \
+  $(on_cpus rest) "$bin" bench --url "http://127.0.0.1:$port" --token $token --seconds "$seconds" \
     --connections 64 --accounts 10000 --json "$@" > "$report"
   after=$(cpu "$api_pid" "${proxy:-$api_pid}"); ended=$(date +%s.%N)
   printf '%s\t%s\t%s\n' "$load" "$target" "$report" >> "$results"
@@ -180,7 +209,12 @@ PY
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 echo "date:    $(date -u +%Y-%m-%dT%H:%MZ), $seconds s per run, 64 connections, 10,000 accounts"
 echo "coffer:  $("$bin" --version), store $store$([ "$store" = postgres ] && echo " $(psql "$admin_url" -Atc 'SHOW server_version')")"
-echo "nginx:   $($nginx -v 2>&1 | sed 's/^nginx version: //'), worker_processes auto"
+echo "nginx:   $($nginx -v 2>&1 | sed 's/^nginx version: //'), worker_processes ${proxy_workers:-auto}"
+if [ -n "$proxy_cpus" ]; then
+  echo "cpus:    proxies on $proxy_cpus, replica and load generator on $rest_cpus"
+else
+  echo "cpus:    every process on every core"
+fi
 echo "load:    $(cut -d' ' -f1 /proc/loadavg) (1-minute load average before the first run)"
 echo "order:   direct, gateway, nginx, nginx, gateway, direct (per load); CPU includes each run's setup"
 echo

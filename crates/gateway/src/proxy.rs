@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use coffer_ratelimit::{Decision, Limits};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -27,7 +28,6 @@ use crate::observe::{self, AccessRecord, RetryReason};
 use crate::pool::{InFlight, Outcome, Pool, Upstream};
 use crate::problem::GatewayProblem;
 use crate::retry::{self, Budget, Replay};
-use http::uri::PathAndQuery;
 
 /// What every request handler shares.
 pub struct Shared {
