@@ -155,7 +155,20 @@ async fn a_replica_killed_under_load_behind_the_gateway_fails_no_request() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|l| l["target"] == "coffer_gateway::access")
         .expect("an access log line");
-    for field in ["request_id", "method", "path", "status", "bytes", "latency_ms", "upstream", "retries"] {
+    let fields = [
+        "request_id",
+        "client",
+        "key_id",
+        "method",
+        "path",
+        "status",
+        "bytes",
+        "latency_ms",
+        "upstream",
+        "retries",
+    ];
+    for field in fields {
         assert!(line["fields"].get(field).is_some(), "{field} missing in {line}");
     }
+    assert_eq!(line["fields"]["client"], "127.0.0.1");
 }
