@@ -15,12 +15,20 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::observe::AccessRecord;
 use crate::pool::InFlight;
 
 /// A request body, ready for one or more attempts.
-pub enum Held {
+pub struct Held {
+    kept: Kept,
+    /// The bytes this body takes of the gateway's budget for held bodies, given back when the
+    /// request is done with it.
+    _reserved: Option<OwnedSemaphorePermit>,
+}
+
+enum Kept {
     /// All of it, in memory: any attempt can send it.
     Bytes(Bytes),
     /// Too big to hold: it can be sent once, or handed to a second attempt if the first never
@@ -29,28 +37,33 @@ pub enum Held {
 }
 
 impl Held {
+    /// No body at all.
+    pub fn empty() -> Self {
+        Self { kept: Kept::Bytes(Bytes::new()), _reserved: None }
+    }
+
     pub fn bytes(&self) -> Option<&[u8]> {
-        match self {
-            Held::Bytes(bytes) => Some(bytes),
-            Held::Stream(_) => None,
+        match &self.kept {
+            Kept::Bytes(bytes) => Some(bytes),
+            Kept::Stream(_) => None,
         }
     }
 
     /// Whether an attempt can still send the whole body.
     pub fn available(&self) -> bool {
-        match self {
-            Held::Bytes(_) => true,
-            Held::Stream(slot) => lock(slot).is_some(),
+        match &self.kept {
+            Kept::Bytes(_) => true,
+            Kept::Stream(slot) => lock(slot).is_some(),
         }
     }
 
     /// The body of one attempt.
     pub fn for_attempt(&self) -> ProxyBody {
-        match self {
-            Held::Bytes(bytes) => {
+        match &self.kept {
+            Kept::Bytes(bytes) => {
                 http_body_util::Full::new(bytes.clone()).map_err(|never| match never {}).boxed_unsync()
             }
-            Held::Stream(slot) => Handoff { slot: slot.clone(), taken: None }.boxed_unsync(),
+            Kept::Stream(slot) => Handoff { slot: slot.clone(), taken: None }.boxed_unsync(),
         }
     }
 }
@@ -63,6 +76,8 @@ pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, axum::Err
 pub enum HoldError {
     /// More than the gateway takes arrived (a body without a declared length).
     TooLarge,
+    /// The bodies held at this moment already take the whole budget for held bodies.
+    NoRoom,
     Read(axum::Error),
 }
 
@@ -70,32 +85,54 @@ pub enum HoldError {
 /// (a declared length was already checked against the maximum). A body that declares no length
 /// (chunked) is held whole, up to `max` bytes, so that one too large is refused before any of it
 /// reaches an upstream. Trailers of a held body are dropped.
-pub async fn hold<B>(mut body: B, limit: usize, max: u64) -> Result<Held, HoldError>
+///
+/// Every byte held is first taken from `budget` (permits of one byte, shared by all requests),
+/// so that many large bodies at once cannot exhaust the gateway's memory: when the budget is
+/// spent the request is refused (`NoRoom`) before any of it is sent.
+pub async fn hold<B>(mut body: B, limit: usize, max: u64, budget: &Arc<Semaphore>) -> Result<Held, HoldError>
 where
     B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
     let declared = body.size_hint().exact().is_some();
     if declared && body.size_hint().lower() > limit as u64 {
-        return Ok(stream(None, Body::new(body)));
+        return Ok(stream(None, Body::new(body), None));
     }
     let mut buf = BytesMut::new();
+    let mut reserved: Option<OwnedSemaphorePermit> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|err| HoldError::Read(axum::Error::new(err)))?;
         let Ok(data) = frame.into_data() else { continue };
-        buf.extend_from_slice(&data);
-        if buf.len() as u64 > max {
+        if buf.len() as u64 + data.len() as u64 > max {
             return Err(HoldError::TooLarge);
         }
+        reserve(budget, &mut reserved, data.len())?;
+        buf.extend_from_slice(&data);
         if declared && buf.len() > limit {
-            return Ok(stream(Some(buf.freeze()), Body::new(body)));
+            return Ok(stream(Some(buf.freeze()), Body::new(body), reserved));
         }
     }
-    Ok(Held::Bytes(buf.freeze()))
+    Ok(Held { kept: Kept::Bytes(buf.freeze()), _reserved: reserved })
 }
 
-fn stream(prefix: Option<Bytes>, rest: Body) -> Held {
-    Held::Stream(Arc::new(Mutex::new(Some(Unread { prefix, rest }))))
+/// Takes `bytes` more of the budget into `reserved`, or refuses at once: waiting for room
+/// would hold the client's connection and its bytes so far while the gateway is short.
+fn reserve(
+    budget: &Arc<Semaphore>,
+    reserved: &mut Option<OwnedSemaphorePermit>,
+    bytes: usize,
+) -> Result<(), HoldError> {
+    let bytes = u32::try_from(bytes).map_err(|_| HoldError::TooLarge)?;
+    let permit = budget.clone().try_acquire_many_owned(bytes).map_err(|_| HoldError::NoRoom)?;
+    match reserved {
+        Some(reserved) => reserved.merge(permit),
+        None => *reserved = Some(permit),
+    }
+    Ok(())
+}
+
+fn stream(prefix: Option<Bytes>, rest: Body, reserved: Option<OwnedSemaphorePermit>) -> Held {
+    Held { kept: Kept::Stream(Arc::new(Mutex::new(Some(Unread { prefix, rest })))), _reserved: reserved }
 }
 
 fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

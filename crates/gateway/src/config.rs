@@ -230,6 +230,12 @@ pub struct GatewayConfig {
     /// The largest request body, in bytes; a request declaring more, or sending more without a
     /// declared length (chunked, held whole for this check), is a 413 sent nowhere.
     pub max_body_bytes: u64,
+    /// The most request-body bytes held in memory at once, over all requests (bodies held to
+    /// be sent again, and chunked ones held whole). A request whose body does not fit in what
+    /// is left is shed (503 `overloaded`, Retry-After) before anything is sent; with the
+    /// default, 4,096 requests at once cannot make the gateway hold 32 GiB. At least
+    /// `max_body_bytes`, so that any one body fits when the gateway is not busy.
+    pub max_held_body_bytes: usize,
     /// The most header bytes (names and values) a request may carry; more is a 431.
     pub max_header_bytes: usize,
     /// How long a client may take to send a body the gateway holds (up to
@@ -278,6 +284,7 @@ impl Default for GatewayConfig {
             redis_timeout_ms: 50,
             max_concurrent_requests: 4096,
             max_body_bytes: 8 * 1024 * 1024,
+            max_held_body_bytes: 256 * 1024 * 1024,
             body_read_timeout_ms: 10_000,
             max_header_bytes: 16 * 1024,
             header_read_timeout_ms: 10_000,
@@ -330,6 +337,16 @@ impl GatewayConfig {
         }
         if self.max_retries > 5 {
             return Err(ConfigError::OutOfRange { field: "max_retries", reason: "must be at most 5" });
+        }
+        let held = self.max_held_body_bytes as u64;
+        if held < self.max_body_bytes || held < self.retry_body_limit_bytes as u64 {
+            return Err(ConfigError::OutOfRange {
+                field: "max_held_body_bytes",
+                reason: "must be at least max_body_bytes and retry_body_limit_bytes (one body must fit)",
+            });
+        }
+        if self.max_held_body_bytes > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::OutOfRange { field: "max_held_body_bytes", reason: "is too large" });
         }
         if self.retry_budget_percent > 100 {
             return Err(ConfigError::OutOfRange {
@@ -397,7 +414,19 @@ mod tests {
         let config =
             GatewayConfig { upstreams: one.clone(), check_interval_ms: 0, ..GatewayConfig::default() };
         assert!(matches!(config.validate(), Err(ConfigError::OutOfRange { field: "check_interval_ms", .. })));
-        let config = GatewayConfig { upstreams: one, retry_budget_percent: 101, ..GatewayConfig::default() };
+        let config =
+            GatewayConfig { upstreams: one.clone(), retry_budget_percent: 101, ..GatewayConfig::default() };
         assert!(config.validate().is_err());
+        let small = |held: usize| GatewayConfig {
+            upstreams: one.clone(),
+            max_body_bytes: 10_000,
+            retry_body_limit_bytes: 5_000,
+            max_held_body_bytes: held,
+            ..GatewayConfig::default()
+        };
+        assert_eq!(small(10_000).validate(), Ok(()));
+        let refused = small(9_999).validate();
+        assert!(matches!(refused, Err(ConfigError::OutOfRange { field: "max_held_body_bytes", .. })));
+        assert!(small(usize::MAX).validate().is_err(), "more than a semaphore counts");
     }
 }

@@ -51,7 +51,7 @@ async fn check(shared: &Shared, upstream: &Upstream, timeout: Duration) -> bool 
         .method(Method::GET)
         .uri(uri)
         .header(header::USER_AGENT, "coffer-gateway-health")
-        .body(Held::Bytes(bytes::Bytes::new()).for_attempt())
+        .body(Held::empty().for_attempt())
     else {
         return false;
     };

@@ -40,6 +40,8 @@ pub struct Shared {
     pub trusted_proxies: TrustedProxies,
     /// One permit per request in hand: the concurrency limit that sheds load.
     concurrency: Arc<tokio::sync::Semaphore>,
+    /// One permit per byte of request body held in memory, over all requests.
+    held_body_budget: Arc<tokio::sync::Semaphore>,
     max_body_bytes: u64,
     max_header_bytes: usize,
     body_read_timeout: Duration,
@@ -65,6 +67,7 @@ impl Shared {
             tls: config.tls_cert_path.is_some(),
             trusted_proxies: config.trusted_proxies.clone(),
             concurrency: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+            held_body_budget: Arc::new(tokio::sync::Semaphore::new(config.max_held_body_bytes)),
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
@@ -158,11 +161,15 @@ pub async fn handle(shared: &Shared, peer: &Peer, request: Request<Incoming>) ->
     }
     shared.budget.deposit();
     headers::to_upstream(&mut parts.headers, &request_id, client.forwarded_for, shared.tls);
-    let hold = body::hold(body, shared.retry_body_limit_bytes, shared.max_body_bytes);
+    let hold =
+        body::hold(body, shared.retry_body_limit_bytes, shared.max_body_bytes, &shared.held_body_budget);
     let held = match tokio::time::timeout(shared.body_read_timeout, hold).await {
         Ok(Ok(held)) => held,
         Ok(Err(HoldError::TooLarge)) => {
             return answer(GatewayProblem::TooLarge.response(), record, None, &request_id);
+        }
+        Ok(Err(HoldError::NoRoom)) => {
+            return answer(GatewayProblem::Overloaded.response(), record, None, &request_id);
         }
         Ok(Err(HoldError::Read(err))) => {
             tracing::debug!(error = %err, "reading the request body failed");

@@ -558,31 +558,50 @@ async fn bad_tokens_are_401_at_the_edge_and_never_reach_an_upstream() {
     assert_eq!(client().get(format!("{}/readyz", gateway.base)).send().await.unwrap().status(), 200);
 }
 
+/// A chunked POST to the gateway at `addr`, written by hand: chunks of the sizes in `first`,
+/// then, once `go` fires, those in `then` and the end. Returns the raw answer. Stops writing
+/// when the gateway has closed the connection (it may answer before the body ends).
+async fn chunked_post(
+    addr: String,
+    first: Vec<usize>,
+    go: tokio::sync::oneshot::Receiver<()>,
+    then: Vec<usize>,
+) -> String {
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/transfers HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let chunk = |n: &usize| format!("{n:x}\r\n{}\r\n", "x".repeat(*n));
+    let mut open = true;
+    for n in &first {
+        open = open && socket.write_all(chunk(n).as_bytes()).await.is_ok();
+    }
+    let _ = go.await;
+    for n in &then {
+        open = open && socket.write_all(chunk(n).as_bytes()).await.is_ok();
+    }
+    if open {
+        let _ = socket.write_all(b"0\r\n\r\n").await;
+    }
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A signal that has already fired.
+fn at_once() -> tokio::sync::oneshot::Receiver<()> {
+    let (fire, fired) = tokio::sync::oneshot::channel();
+    fire.send(()).unwrap();
+    fired
+}
+
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_is_413_and_sent_nowhere() {
     let (upstream, seen) = echo(Duration::ZERO).await;
     let gateway = Running::start(&[upstream], |c| c.max_body_bytes = 10_000).await;
     let addr = gateway.base.trim_start_matches("http://").to_owned();
-    let send_chunked = |total: usize| {
-        let addr = addr.clone();
-        async move {
-            let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            let head = format!(
-                "POST /v1/transfers HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-            );
-            socket.write_all(head.as_bytes()).await.unwrap();
-            for _ in 0..total / 1000 {
-                let chunk = format!("3e8\r\n{}\r\n", "x".repeat(1000));
-                if socket.write_all(chunk.as_bytes()).await.is_err() {
-                    break;
-                }
-            }
-            let _ = socket.write_all(b"0\r\n\r\n").await;
-            let mut answer = Vec::new();
-            let _ = socket.read_to_end(&mut answer).await;
-            String::from_utf8_lossy(&answer).into_owned()
-        }
-    };
+    let send_chunked = |total: usize| chunked_post(addr.clone(), vec![1000; total / 1000], at_once(), vec![]);
     let answer = send_chunked(20_000).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("payload_too_large"), "{answer}");
@@ -591,6 +610,33 @@ async fn a_chunked_body_over_the_limit_is_413_and_sent_nowhere() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"body_len\":5000"), "{answer}");
     assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_held_body_budget_are_shed_and_the_budget_comes_back() {
+    let (upstream, seen) = echo(Duration::ZERO).await;
+    let gateway = Running::start(&[upstream], |c| {
+        (c.max_body_bytes, c.retry_body_limit_bytes, c.max_held_body_bytes) = (1_000, 1_000, 1_000);
+    })
+    .await;
+    let addr = gateway.base.trim_start_matches("http://").to_owned();
+
+    // The first request holds 700 bytes and waits; the second needs 600 more than the 300 left.
+    let (finish_first, first_waits) = tokio::sync::oneshot::channel();
+    let first = tokio::spawn(chunked_post(addr.clone(), vec![700], first_waits, vec![100]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = chunked_post(addr.clone(), vec![600], at_once(), vec![]).await;
+    assert!(second.starts_with("HTTP/1.1 503"), "{second}");
+    assert!(second.contains("overloaded") && second.contains("retry-after"), "{second}");
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "the shed request reached nothing");
+
+    finish_first.send(()).unwrap();
+    let first = first.await.unwrap();
+    assert!(first.starts_with("HTTP/1.1 200") && first.contains("\"body_len\":800"), "{first}");
+    // The first request's bytes are back in the budget.
+    let again = chunked_post(addr, vec![600], at_once(), vec![]).await;
+    assert!(again.starts_with("HTTP/1.1 200") && again.contains("\"body_len\":600"), "{again}");
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
