@@ -205,17 +205,6 @@ async fn replace_upstreams(State(shared): State<Arc<proxy::Shared>>, body: axum:
         Ok((added, removed)) => {
             axum::Json(serde_json::json!({"added": added, "removed": removed})).into_response()
         }
-        Err(reason) => {
-            let problem = serde_json::json!({
-                "type": "https://coffer.dev/problems/invalid_request",
-                "title": "The upstream list is invalid",
-                "status": 400,
-                "detail": reason,
-                "code": "invalid_request",
-            });
-            let mut response = axum::Json(problem).into_response();
-            *response.status_mut() = http::StatusCode::BAD_REQUEST;
-            response
-        }
+        Err(reason) => problem::invalid_upstream_list(&reason),
     }
 }

@@ -41,13 +41,44 @@ pub enum GatewayProblem {
 }
 
 #[derive(Serialize)]
-struct Problem {
+struct Problem<'a> {
     #[serde(rename = "type")]
     type_uri: String,
     title: &'static str,
     status: u16,
-    detail: &'static str,
+    detail: &'a str,
     code: &'static str,
+}
+
+/// A problem+json answer; 503s say when to come back, 401s how to authenticate.
+fn problem_response(status: StatusCode, code: &'static str, title: &'static str, detail: &str) -> Response {
+    let problem = Problem {
+        type_uri: format!("https://coffer.dev/problems/{code}"),
+        title,
+        status: status.as_u16(),
+        detail,
+        code,
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        StatusCode::UNAUTHORIZED => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        _ => {}
+    }
+    response
+}
+
+/// The admin endpoint's answer to an upstream list it cannot take, saying why.
+pub fn invalid_upstream_list(reason: &str) -> Response {
+    problem_response(StatusCode::BAD_REQUEST, "invalid_request", "The upstream list is invalid", reason)
 }
 
 impl GatewayProblem {
@@ -145,28 +176,6 @@ impl GatewayProblem {
     }
 
     pub fn response(self) -> Response {
-        let code = self.code();
-        let problem = Problem {
-            type_uri: format!("https://coffer.dev/problems/{code}"),
-            title: self.title(),
-            status: self.status().as_u16(),
-            detail: self.detail(),
-            code,
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut response = Response::new(Body::from(body));
-        *response.status_mut() = self.status();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        match self.status() {
-            StatusCode::SERVICE_UNAVAILABLE => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            StatusCode::UNAUTHORIZED => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            _ => {}
-        }
-        response
+        problem_response(self.status(), self.code(), self.title(), self.detail())
     }
 }
