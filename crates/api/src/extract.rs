@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use bytes::Bytes;
-use coffer_ledger::{AccountId, LedgerCode, TransferId};
+use coffer_ledger::{AccountId, LedgerCode, TraceParent, TransferId};
 use coffer_store::KeyId;
 use http::request::Parts;
 use http::{HeaderMap, header};
@@ -20,6 +20,26 @@ use uuid::Uuid;
 use crate::config::ApiConfig;
 use crate::error::{ApiError, ErrorCode, FieldError};
 use crate::state::AppState;
+
+/// The request's W3C trace context, when its `traceparent` header holds a valid one: the events
+/// its commands cause carry it. A malformed one is ignored (the trace restarts), not refused: a
+/// tracing header must never fail a payment.
+pub struct Trace(pub Option<TraceParent>);
+
+impl Trace {
+    pub fn of(headers: &HeaderMap) -> Self {
+        let header = headers.get("traceparent").and_then(|value| value.to_str().ok());
+        Self(header.and_then(|text| TraceParent::try_from(text).ok()))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Trace {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(&parts.headers))
+    }
+}
 
 /// Which body limit a JSON body is held to, and whether it may be left out.
 pub trait BodyKind: Send + Sync + 'static {

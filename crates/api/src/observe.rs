@@ -1,5 +1,6 @@
 //! Observability designed in: a request id on every request and response, one tracing span per
-//! request (method, route, status, latency), the request timeout, and the HTTP metrics.
+//! request (method, route, status, latency, and the W3C trace id when the request came with a
+//! `traceparent`), the request timeout, and the HTTP metrics.
 //!
 //! Metric labels come from the matched route template (`/v1/transfers/{id}`), never the raw path,
 //! and from static strings, so the label sets stay bounded and recording allocates nothing.
@@ -10,12 +11,14 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use coffer_ledger::TraceParent;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::extract::Trace;
 use crate::routes::ROUTES;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -69,9 +72,11 @@ pub async fn layer(State(timeout): State<Duration>, mut req: Request, next: Next
         .unwrap_or_else(new_request_id);
     req.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
     let method = method_label(req.method());
+    let trace = Trace::of(req.headers()).0;
     let span = tracing::info_span!(
         "request",
         request_id = request_id.to_str().unwrap_or_default(),
+        trace_id = trace.as_ref().map(TraceParent::trace_id),
         method,
         key_id = tracing::field::Empty,
         route = tracing::field::Empty,

@@ -76,6 +76,30 @@ impl IntoParams for IdempotencyHeader {
     }
 }
 
+/// The optional W3C `traceparent` header of the writes that emit events.
+pub struct TraceHeader;
+
+impl IntoParams for TraceHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"));
+        vec![
+            ParameterBuilder::new()
+                .name("traceparent")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(
+                    "W3C trace context. Every event the request causes carries it as its `traceparent` \
+                     extension, and the request's log lines carry its trace id. One that is not of \
+                     version 00 with non-zero ids is ignored, as the W3C recommendation asks.",
+                ))
+                .schema(Some(schema))
+                .build(),
+        ]
+    }
+}
+
 fn problem(description: &str, retry_after: bool) -> Response {
     let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build();
     let mut response = ResponseBuilder::new().description(description).content(PROBLEM_JSON, content);

@@ -124,6 +124,68 @@ async fn the_stream_resumes_after_a_disconnect_without_a_gap_or_a_duplicate() {
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "ids grow: {positions:?}");
 }
 
+/// POSTs `body` to `path` with `traceparent` set to `trace`; answers the created record's id.
+async fn post_traced(app: &App, path: &str, trace: &str, body: Value) -> Value {
+    let response = app
+        .client
+        .post(app.url(path))
+        .bearer_auth(ADMIN)
+        .header("traceparent", trace)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{path}: {}", response.status());
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn events_carry_the_traceparent_of_the_request_that_caused_them() {
+    let Some(app) = spawn().await else { return };
+    let (a, b) = app.two_accounts("USD").await;
+    let mut stream = Stream::open(&app, &format!("?after=0&account={a}"), None).await;
+    let _ = stream.take(1).await; // a's own creation, sent untraced
+
+    let single = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let transfer =
+        json!({"debit_account_id": a, "credit_account_id": b, "amount": 5, "ledger": "USD", "code": 1});
+    post_traced(&app, "/v1/transfers", single, transfer.clone()).await;
+
+    let hold = json!({"debit_account_id": a, "credit_account_id": b, "amount": 9, "ledger": "USD", "code": 1, "pending": true});
+    let hold_id = post_traced(&app, "/v1/transfers", single, hold).await["id"].as_str().unwrap().to_owned();
+    let posting = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    post_traced(&app, &format!("/v1/transfers/{hold_id}/post"), posting, json!({})).await;
+
+    let batch = "00-11111111111111111111111111111111-2222222222222222-00";
+    post_traced(
+        &app,
+        "/v1/transfers/batch",
+        batch,
+        json!({"transfers": [transfer.clone(), transfer.clone()]}),
+    )
+    .await;
+
+    // A malformed traceparent is ignored, not refused: the write goes through, untraced.
+    post_traced(&app, "/v1/transfers", "00-not-a-trace-01", transfer).await;
+
+    let traces: Vec<(String, Value)> = stream
+        .take(7)
+        .await
+        .into_iter()
+        .map(|event| (event.event, event.data.get("traceparent").cloned().unwrap_or(Value::Null)))
+        .collect();
+    let expected = [
+        ("coffer.transfer.created", json!(single)),
+        ("coffer.transfer.created", json!(single)),
+        ("coffer.transfer.created", json!(posting)),
+        ("coffer.transfer.posted", json!(posting)),
+        ("coffer.transfer.created", json!(batch)),
+        ("coffer.transfer.created", json!(batch)),
+        ("coffer.transfer.created", Value::Null),
+    ];
+    assert_eq!(traces, expected.map(|(kind, trace)| (kind.to_owned(), trace)));
+}
+
 #[tokio::test]
 async fn a_stream_without_a_position_starts_at_the_end() {
     let Some(app) = spawn().await else { return };
@@ -251,6 +313,7 @@ fn letter(consumer: &str, position: i64) -> DeadLetter {
             subject: uuid::Uuid::now_v7(),
             time: Timestamp::now(),
             data: r#"{"amount":5}"#.into(),
+            traceparent: None,
         },
         error: "boom".into(),
         attempts: 8,

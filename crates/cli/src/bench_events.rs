@@ -125,7 +125,7 @@ async fn setup(store: &dyn Store) -> anyhow::Result<Vec<AccountId>> {
             metadata: None,
         })
     }));
-    store.submit(Submission { commands, atomic: true }).await?;
+    store.submit(Submission::new(commands, true)).await?;
     Ok(ids)
 }
 
@@ -154,7 +154,7 @@ async fn backlog(
         .with_style(ProgressStyle::with_template("{bar:40} {pos}/{len} backlog transfers")?);
     for start in (0..count).step_by(5000) {
         let commands = (start..count.min(start + 5000)).map(|n| transfer(accounts, n)).collect();
-        store.submit(Submission { commands, atomic: false }).await?;
+        store.submit(Submission::new(commands, false)).await?;
         bar.set_position(count.min(start + 5000) as u64);
     }
     bar.finish_and_clear();

@@ -5,7 +5,7 @@
 //! zero-padded to 19 digits: the extension requires a lexicographically ordered string, and 19
 //! digits hold every positive 64-bit position.
 
-use coffer_ledger::Timestamp;
+use coffer_ledger::{Timestamp, TraceParent};
 use coffer_store::OutboxEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -30,10 +30,14 @@ struct CloudEvent<'a> {
     time: String,
     datacontenttype: &'static str,
     sequence: String,
+    /// The W3C trace context of the request that caused the event (the CloudEvents distributed
+    /// tracing extension), left out when there was none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
     data: &'a RawValue,
 }
 
-/// The fields [`decode`] reads back; others (a `traceparent`) are ignored.
+/// The fields [`decode`] reads back; others (a `tracestate`, say) are ignored.
 #[derive(Deserialize)]
 struct Received<'a> {
     id: uuid::Uuid,
@@ -45,6 +49,8 @@ struct Received<'a> {
     time: Timestamp,
     #[serde(borrow)]
     sequence: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    traceparent: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     data: &'a RawValue,
 }
@@ -67,6 +73,7 @@ pub fn encode(event: &OutboxEvent) -> Result<Vec<u8>, serde_json::Error> {
         time: event.time.to_rfc3339(),
         datacontenttype: "application/json",
         sequence: sequence(event.position),
+        traceparent: event.traceparent.as_ref().map(TraceParent::as_str),
         data,
     })
 }
@@ -75,12 +82,17 @@ pub fn encode(event: &OutboxEvent) -> Result<Vec<u8>, serde_json::Error> {
 /// get back.
 pub fn decode(json: &[u8]) -> Result<OutboxEvent, serde_json::Error> {
     let event: Received = serde_json::from_slice(json)?;
-    let position = event.sequence.parse().map_err(|_| {
-        <serde_json::Error as serde::de::Error>::custom(format!(
-            "sequence {:?} is not a position",
-            event.sequence
-        ))
-    })?;
+    let invalid = |why: String| <serde_json::Error as serde::de::Error>::custom(why);
+    let position = event
+        .sequence
+        .parse()
+        .map_err(|_| invalid(format!("sequence {:?} is not a position", event.sequence)))?;
+    let traceparent = event
+        .traceparent
+        .map(|text| {
+            TraceParent::try_from(text.as_ref()).map_err(|e| invalid(format!("traceparent {text:?}: {e}")))
+        })
+        .transpose()?;
     Ok(OutboxEvent {
         position,
         id: event.id,
@@ -89,6 +101,7 @@ pub fn decode(json: &[u8]) -> Result<OutboxEvent, serde_json::Error> {
         subject: event.subject,
         time: event.time,
         data: event.data.get().to_owned(),
+        traceparent,
     })
 }
 
@@ -108,6 +121,7 @@ mod tests {
             subject: uuid::Uuid::from_u128(2),
             time: Timestamp::from_micros(1_700_000_000_123_456),
             data: r#"{"id":"00000000-0000-0000-0000-000000000002","amount":5}"#.into(),
+            traceparent: None,
         };
         let json: Value = serde_json::from_slice(&encode(&event).unwrap()).unwrap();
         assert_eq!(
@@ -125,6 +139,25 @@ mod tests {
             })
         );
         assert_eq!(decode(&encode(&event).unwrap()).unwrap(), event, "decode reverses encode");
+
+        let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let traced = OutboxEvent { traceparent: Some(TraceParent::try_from(trace).unwrap()), ..event };
+        let json: Value = serde_json::from_slice(&encode(&traced).unwrap()).unwrap();
+        assert_eq!(json["traceparent"], trace);
+        assert_eq!(decode(&encode(&traced).unwrap()).unwrap(), traced, "decode keeps the traceparent");
+    }
+
+    #[test]
+    fn a_received_event_with_a_malformed_traceparent_is_refused() {
+        let mut json: Value = json!({
+            "specversion": "1.0", "id": "00000000-0000-0000-0000-000000000001", "source": "coffer",
+            "type": "coffer.account.created", "subject": "00000000-0000-0000-0000-000000000002",
+            "time": "2023-11-14T22:13:20Z", "sequence": "0000000000000000001", "data": {},
+        });
+        assert!(decode(&serde_json::to_vec(&json).unwrap()).unwrap().traceparent.is_none());
+        json["traceparent"] = json!("00-xyz");
+        let error = decode(&serde_json::to_vec(&json).unwrap()).unwrap_err();
+        assert!(error.to_string().contains("traceparent"), "{error}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use coffer_ledger::{
     AccountFlags, AccountId, Amount, Command, LedgerCode, NewAccount, NewLedger, NewTransfer, Resolution,
-    Scale, Submission, TransferId,
+    Scale, Submission, TraceParent, TransferId,
 };
 use coffer_store::StoreConfig;
 use coffer_testkit::{Backend, TestStore};
@@ -104,7 +104,11 @@ async fn every_event_matches_the_schema_of_its_type() {
     commands.push(transfer(expiring, a, b, 30, Some(Some(1))));
     commands.push(Command::PostPending(resolve(posted)));
     commands.push(Command::VoidPending(resolve(voided)));
-    store.submit(Submission { commands, atomic: true }).await.expect("the workload applies");
+    let trace = TraceParent::try_from("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    store
+        .submit(Submission::new(commands, true).traced(Some(trace.clone())))
+        .await
+        .expect("the workload applies");
 
     // Wait for the expiry task to release the last hold.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -122,6 +126,9 @@ async fn every_event_matches_the_schema_of_its_type() {
         let json: Value = serde_json::from_slice(&coffer_events::encode(event).unwrap()).unwrap();
         let errors: Vec<String> = validator(&event.kind).iter_errors(&json).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{} does not match its schema: {errors:?}\n{json:#}", event.kind);
+        // The expiry task's own change was sent by no request, so it has no trace.
+        let expected = (event.kind != "coffer.transfer.expired").then(|| trace.as_str());
+        assert_eq!(json.get("traceparent").and_then(Value::as_str), expected, "{json:#}");
     }
 
     // The schemas have teeth: a wrong sequence, status or amount, or a missing field, is refused.

@@ -65,7 +65,7 @@ async fn workload(store: &dyn Store, transfers: usize) -> Vec<OutboxEvent> {
             metadata: None,
         }));
     }
-    store.submit(Submission { commands, atomic: true }).await.unwrap();
+    store.submit(Submission::new(commands, true)).await.unwrap();
     let events = store.events_after(0, 10_000).await.unwrap();
     assert_eq!(events.len(), 2 + transfers, "two accounts created and the transfers");
     events

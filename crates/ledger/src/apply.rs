@@ -36,6 +36,7 @@ fn apply_submission(state: &mut State, submission: &Submission, now: Timestamp) 
             }
         }
     }
+    state.trace_events_since(start, &submission.trace);
     outcomes
 }
 

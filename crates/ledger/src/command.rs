@@ -1,7 +1,7 @@
 //! What a client asks the ledger to do, and what it answers for each request.
 
 use crate::model::{Account, AccountFlags, Ledger, Transfer};
-use crate::scalar::{AccountId, Amount, ExternalRef, LedgerCode, Metadata, Scale, TransferId};
+use crate::scalar::{AccountId, Amount, ExternalRef, LedgerCode, Metadata, Scale, TraceParent, TransferId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewLedger {
@@ -97,12 +97,24 @@ impl Command {
 pub struct Submission {
     pub commands: Vec<Command>,
     pub atomic: bool,
+    /// The trace of the request, carried by every event the commands cause.
+    pub trace: Option<TraceParent>,
 }
 
 impl Submission {
+    /// Commands with no trace.
+    pub fn new(commands: Vec<Command>, atomic: bool) -> Self {
+        Self { commands, atomic, trace: None }
+    }
+
     /// A request of a single command.
     pub fn one(command: Command) -> Self {
-        Self { commands: vec![command], atomic: false }
+        Self::new(vec![command], false)
+    }
+
+    /// The same commands, sent in `trace`.
+    pub fn traced(self, trace: Option<TraceParent>) -> Self {
+        Self { trace, ..self }
     }
 }
 

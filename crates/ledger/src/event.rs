@@ -1,6 +1,7 @@
 //! The domain events a change emits; the store writes them to the outbox in the same transaction.
 
 use crate::model::{Account, Transfer};
+use crate::scalar::TraceParent;
 
 /// What happened. Names map one to one onto the CloudEvents `type`s of DESIGN.md §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,4 +47,11 @@ impl Event {
             Self::Transfer(_, t) => t.id.0,
         }
     }
+}
+
+/// An event as a batch emitted it: with the trace of the submission whose command caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    pub event: Event,
+    pub trace: Option<TraceParent>,
 }

@@ -16,9 +16,10 @@ pub use apply::apply;
 pub use command::{
     Command, NewAccount, NewLedger, NewTransfer, Outcome, Record, RejectCode, Resolution, Submission,
 };
-pub use event::{Event, EventKind};
+pub use event::{Emitted, Event, EventKind};
 pub use model::{Account, AccountFlags, Balance, Ledger, Transfer, TransferStatus};
 pub use scalar::{
-    AccountId, Amount, ExternalRef, InvalidValue, LedgerCode, Metadata, Scale, Timestamp, TransferId,
+    AccountId, Amount, ExternalRef, InvalidValue, LedgerCode, Metadata, Scale, Timestamp, TraceParent,
+    TransferId,
 };
 pub use state::{Changes, State};

@@ -288,6 +288,56 @@ impl utoipa::PartialSchema for Timestamp {
 #[cfg(feature = "utoipa")]
 impl utoipa::ToSchema for Timestamp {}
 
+/// The W3C trace context (`traceparent`, version 00) of the request that sent a command: the
+/// events the command causes carry it, so a consumer can join the trace that made the change.
+/// Only the form this crate can pass on unchanged is accepted: `00-`, 32 lowercase hex digits
+/// (the trace id, not all zero), `-`, 16 (the parent id, not all zero), `-`, 2 (the flags).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TraceParent(std::sync::Arc<str>);
+
+impl TraceParent {
+    /// Whether `value` is a traceparent of that form.
+    pub fn is_valid(value: &[u8]) -> bool {
+        let hex = |part: &[u8]| part.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+        let not_zero = |part: &[u8]| part.iter().any(|b| *b != b'0');
+        value.len() == 55
+            && value.starts_with(b"00-")
+            && value[35] == b'-'
+            && value[52] == b'-'
+            && hex(&value[3..35])
+            && not_zero(&value[3..35])
+            && hex(&value[36..52])
+            && not_zero(&value[36..52])
+            && hex(&value[53..55])
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The trace id: the 32 hex digits every span of the trace shares.
+    pub fn trace_id(&self) -> &str {
+        &self.0[3..35]
+    }
+}
+
+impl TryFrom<&str> for TraceParent {
+    type Error = InvalidValue;
+    fn try_from(value: &str) -> Result<Self, InvalidValue> {
+        if Self::is_valid(value.as_bytes()) {
+            Ok(Self(value.into()))
+        } else {
+            Err(InvalidValue("a traceparent is 00-<32 hex>-<16 hex>-<2 hex>, lowercase, ids not all zero"))
+        }
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,5 +364,24 @@ mod tests {
         let json = serde_json::to_string(&Timestamp::from_micros(1_700_000_000_123_456)).unwrap();
         let back: Timestamp = serde_json::from_str(&json).unwrap();
         assert_eq!(back.as_micros(), 1_700_000_000_123_456);
+    }
+
+    #[test]
+    fn traceparent_shape() {
+        let good = TraceParent::try_from("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(good.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        for bad in [
+            "",
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+        ] {
+            assert!(TraceParent::try_from(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -2,9 +2,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::event::Event;
+use crate::event::{Emitted, Event};
 use crate::model::{Account, Balance, Ledger, Transfer, TransferStatus};
-use crate::scalar::{AccountId, LedgerCode, TransferId};
+use crate::scalar::{AccountId, LedgerCode, TraceParent, TransferId};
 
 /// The slice of the ledger a batch works on: whatever the store loaded for it, plus what the batch
 /// creates. It journals every change so an atomic submission can be rolled back.
@@ -18,7 +18,7 @@ pub struct State {
     created_accounts: Vec<AccountId>,
     created_transfers: Vec<TransferId>,
     resolved_transfers: Vec<TransferId>,
-    events: Vec<Event>,
+    events: Vec<Emitted>,
 }
 
 /// Everything one batch changed, ready to persist. Records appear as they stand at the end.
@@ -31,7 +31,7 @@ pub struct Changes {
     pub transfers_created: Vec<Transfer>,
     /// Transfers that existed before the batch and whose status it changed, sorted by id.
     pub statuses: Vec<(TransferId, TransferStatus)>,
-    pub events: Vec<Event>,
+    pub events: Vec<Emitted>,
 }
 
 impl Changes {
@@ -140,7 +140,14 @@ impl State {
     }
 
     pub(crate) fn emit(&mut self, event: Event) {
-        self.events.push(event);
+        self.events.push(Emitted { event, trace: None });
+    }
+
+    /// Gives the events emitted since `at` the trace of the submission that caused them.
+    pub(crate) fn trace_events_since(&mut self, at: Checkpoint, trace: &Option<TraceParent>) {
+        if trace.is_some() {
+            self.events[at.events..].iter_mut().for_each(|emitted| emitted.trace.clone_from(trace));
+        }
     }
 
     pub(crate) fn checkpoint(&self) -> Checkpoint {

@@ -20,8 +20,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use coffer_ledger::{
-    Changes, Command, Event, NewLedger, Outcome, Record, RejectCode, Scale, State, Submission, Timestamp,
-    apply,
+    Changes, Command, Emitted, Event, NewLedger, Outcome, Record, RejectCode, Scale, State, Submission,
+    Timestamp, TraceParent, apply,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -50,8 +50,8 @@ struct Run<'a> {
     creators: BTreeMap<Key, Command>,
     /// Every command issued that names a record of its own, for `Op::Repeat`.
     issued: Vec<Command>,
-    /// The events expected in the next `take_changes`.
-    events: Vec<Event>,
+    /// The events expected in the next `take_changes`, each with its submission's trace.
+    events: Vec<Emitted>,
     log: Vec<Logged>,
     seen: &'a RefCell<BTreeMap<&'static str, usize>>,
 }
@@ -76,16 +76,18 @@ impl<'a> Run<'a> {
             (0..2).map(|l| Command::CreateLedger(NewLedger { code: ledger_code(l), scale })).collect();
         prelude.extend((0..PRELUDE_ACCOUNTS).map(|i| Command::CreateAccount(template_account(i))));
         self.issued.extend(prelude.iter().cloned());
-        self.step(vec![Submission { commands: prelude, atomic: false }], true);
+        self.step(vec![Submission::new(prelude, false)], true);
 
         for (i, step) in steps.iter().enumerate() {
             self.now = Timestamp::from_micros(self.now.as_micros() + step.advance_us);
             let submissions: Vec<Submission> = step
                 .submissions
                 .iter()
-                .map(|(ops, atomic)| {
+                .enumerate()
+                .map(|(j, (ops, atomic))| {
                     let at = Now { state: &self.state, issued: &self.issued, now: self.now };
-                    Submission { commands: ops.iter().map(|op| concrete(op, &at)).collect(), atomic: *atomic }
+                    Submission::new(ops.iter().map(|op| concrete(op, &at)).collect(), *atomic)
+                        .traced(trace_of(i, j))
                 })
                 .collect();
             self.issued
@@ -158,7 +160,8 @@ impl<'a> Run<'a> {
             }
             return outcomes;
         }
-        self.events.extend(events);
+        self.events
+            .extend(events.into_iter().map(|event| Emitted { event, trace: submission.trace.clone() }));
         outcomes
     }
 
@@ -177,7 +180,9 @@ impl<'a> Run<'a> {
         check_outcome(&before, command, &outcome, &after, self.now, &self.creators);
         check_invariants(&after);
         let events = expected_events(command, &outcome, &after);
-        assert_eq!(changes.events, events, "events of {command:?}");
+        let emitted: Vec<&Event> = changes.events.iter().map(|emitted| &emitted.event).collect();
+        assert_eq!(emitted, events.iter().collect::<Vec<_>>(), "events of {command:?}");
+        assert!(changes.events.iter().all(|emitted| emitted.trace.is_none()), "an untraced command's events");
         self.count(label(command, &outcome, &before));
         (outcome, events)
     }
@@ -187,7 +192,7 @@ impl<'a> Run<'a> {
         let before = Snapshot::of(&copy);
         let later = Timestamp::from_micros(self.now.as_micros() + 86_400_000_000);
         let commands: Vec<Command> = self.creators.values().cloned().collect();
-        let outcomes = apply(&mut copy, &[Submission { commands: commands.clone(), atomic: true }], later);
+        let outcomes = apply(&mut copy, &[Submission::new(commands.clone(), true)], later);
         for (command, outcome) in commands.iter().zip(&outcomes[0]) {
             let record = before.record(key(command).unwrap());
             assert_eq!(Some(outcome), record.map(Outcome::Exists).as_ref(), "resubmitting {command:?}");
@@ -284,4 +289,11 @@ fn random_command_sequences_keep_every_invariant() {
     for label in codes.iter().map(|c| c.as_str()).chain(others) {
         assert!(seen.get(label).is_some_and(|n| *n > 0), "no scenario reached {label}: {seen:?}");
     }
+}
+
+/// The trace of submission `j` of step `i`: every other one has none, so events of traced and
+/// untraced submissions meet in one batch.
+fn trace_of(i: usize, j: usize) -> Option<TraceParent> {
+    let value = format!("00-{:032x}-{:016x}-01", i + 1, j + 1);
+    (j % 2 == i % 2).then(|| TraceParent::try_from(value.as_str()).expect("a valid traceparent"))
 }

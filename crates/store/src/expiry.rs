@@ -58,8 +58,7 @@ async fn expire_due(sequencer: &Sequencer, holds: &impl DueHolds, chunk: usize) 
             return;
         }
         let full = due.len() == chunk;
-        let submission =
-            Submission { commands: due.into_iter().map(Command::ExpirePending).collect(), atomic: false };
+        let submission = Submission::new(due.into_iter().map(Command::ExpirePending).collect(), false);
         let outcomes = match sequencer.submit(submission).await {
             Ok(outcomes) => outcomes,
             // Overloaded or stopping: the holds stay due and the next tick tries again.

@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use coffer_ledger::{Event, Timestamp};
+use coffer_ledger::{Emitted, Event, Timestamp, TraceParent};
 use uuid::Uuid;
 
 /// An event as the outbox holds it: a CloudEvents envelope and its position.
@@ -23,46 +23,46 @@ pub struct OutboxEvent {
     pub time: Timestamp,
     /// The record's JSON, as the API shows it.
     pub data: String,
+    /// The W3C trace context of the request that caused the event, when it came with one.
+    pub traceparent: Option<TraceParent>,
 }
 
-/// The envelopes of one batch: every event's JSON in one buffer, each at its own range.
-pub(crate) struct Envelopes {
+/// The envelopes of one batch: every event's JSON in one buffer, each at its own range, beside
+/// the events they were made from (which give `type`, `subject` and the trace).
+pub(crate) struct Envelopes<'a> {
+    events: &'a [Emitted],
     json: String,
-    rows: Vec<(Uuid, &'static str, Uuid, Range<usize>)>,
+    rows: Vec<(Uuid, Range<usize>)>,
 }
 
-/// One outbox row: the event's id, CloudEvents `type`, `subject` and `data`.
+/// One outbox row: the event's id, CloudEvents `type`, `subject`, `data` and `traceparent`.
 pub(crate) struct Envelope<'a> {
     pub id: Uuid,
     pub kind: &'static str,
     pub subject: Uuid,
     pub data: &'a str,
+    pub traceparent: Option<&'a str>,
 }
 
-impl Envelopes {
-    pub fn encode(events: &[Event]) -> Self {
+impl<'a> Envelopes<'a> {
+    pub fn encode(events: &'a [Emitted]) -> Self {
         let mut json = Vec::with_capacity(events.len() * 512);
         let mut rows = Vec::with_capacity(events.len());
         // One fresh v7 id per batch, counted up in its random bits for each event: ids stay
         // unique and time-ordered without a getrandom system call per event.
         let first = Uuid::now_v7().as_u128();
-        for (i, event) in events.iter().enumerate() {
+        for (i, emitted) in events.iter().enumerate() {
             let start = json.len();
             // Records are plain data with string keys: serializing them into memory cannot fail.
-            match event {
+            match &emitted.event {
                 Event::Account(_, account) => serde_json::to_writer(&mut json, account),
                 Event::Transfer(_, transfer) => serde_json::to_writer(&mut json, transfer),
             }
             .expect("records always serialize");
-            rows.push((
-                event_id(first, i),
-                event.kind().cloud_event_type(),
-                event.subject(),
-                start..json.len(),
-            ));
+            rows.push((event_id(first, i), start..json.len()));
         }
         let json = String::from_utf8(json).expect("serde_json writes UTF-8");
-        Self { json, rows }
+        Self { events, json, rows }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -70,11 +70,12 @@ impl Envelopes {
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Envelope<'_>> {
-        self.rows.iter().map(|(id, kind, subject, range)| Envelope {
+        self.events.iter().zip(&self.rows).map(|(Emitted { event, trace }, (id, range))| Envelope {
             id: *id,
-            kind,
-            subject: *subject,
+            kind: event.kind().cloud_event_type(),
+            subject: event.subject(),
             data: &self.json[range.clone()],
+            traceparent: trace.as_ref().map(TraceParent::as_str),
         })
     }
 }

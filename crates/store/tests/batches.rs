@@ -19,7 +19,7 @@ async fn one_outcome_per_command_in_order_and_a_rejection_does_not_fail_the_batc
         transfer(t1, a, b, 10, "USD"),
         transfer(t1, a, b, 11, "USD"),
     ];
-    let outcomes = store.submit(Submission { commands, atomic: false }).await.unwrap();
+    let outcomes = store.submit(Submission::new(commands, false)).await.unwrap();
     assert!(matches!(&outcomes[0], Outcome::Created(Record::Transfer(t)) if t.id == t1));
     assert_eq!(outcomes[1], Outcome::Rejected(RejectCode::AccountNotFound));
     assert!(matches!(&outcomes[2], Outcome::Created(Record::Transfer(t)) if t.id == t2));
@@ -49,7 +49,7 @@ async fn an_atomic_submission_that_fails_applies_nothing() {
         transfer(t2, bank, shop, 5, "USD"),
         transfer(t3, alice, shop, 60, "USD"),
     ];
-    let outcomes = store.submit(Submission { commands, atomic: true }).await.unwrap();
+    let outcomes = store.submit(Submission::new(commands, true)).await.unwrap();
     assert_eq!(
         outcomes,
         vec![
@@ -66,7 +66,7 @@ async fn an_atomic_submission_that_fails_applies_nothing() {
 
     // The same legs without the overdraft apply together.
     let commands = vec![transfer(t1, alice, shop, 60, "USD"), transfer(t2, bank, shop, 5, "USD")];
-    let outcomes = store.submit(Submission { commands, atomic: true }).await.unwrap();
+    let outcomes = store.submit(Submission::new(commands, true)).await.unwrap();
     assert!(outcomes.iter().all(|o| matches!(o, Outcome::Created(_))));
     assert_eq!(balance_of(store.as_ref(), shop).await.credits_posted, 65);
     store.shutdown().await;
@@ -119,7 +119,7 @@ async fn a_batch_bigger_than_the_limit_still_applies_whole() {
     let Some(store) = fresh_with(config).await else { return };
     let [a, b] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
     let commands = (0..10).map(|_| transfer(TransferId::generate(), a, b, 1, "USD")).collect();
-    let outcomes = store.submit(Submission { commands, atomic: true }).await.unwrap();
+    let outcomes = store.submit(Submission::new(commands, true)).await.unwrap();
     assert_eq!(outcomes.iter().filter(|o| matches!(o, Outcome::Created(_))).count(), 10);
     store.shutdown().await;
 }
@@ -174,9 +174,9 @@ async fn a_reused_id_is_answered_as_existing_even_where_it_would_now_be_refused(
         transfer(spent, alice, shop, 100, "USD"),
         transfer(t2, bank, shop, 2, "USD"),
     ];
-    let outcomes = store.submit(Submission { commands: commands.clone(), atomic: false }).await.unwrap();
+    let outcomes = store.submit(Submission::new(commands.clone(), false)).await.unwrap();
     assert!(matches!(outcomes[..], [Outcome::Created(_), Outcome::Exists(_), Outcome::Created(_)]));
-    let outcomes = store.submit(Submission { commands, atomic: true }).await.unwrap();
+    let outcomes = store.submit(Submission::new(commands, true)).await.unwrap();
     assert!(outcomes.iter().all(|o| matches!(o, Outcome::Exists(_))));
     assert_eq!(balance_of(store.as_ref(), shop).await.credits_posted, 103);
     store.shutdown().await;

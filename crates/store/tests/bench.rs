@@ -23,7 +23,7 @@ async fn accounts(store: &SqliteStore, n: usize) -> Vec<AccountId> {
     let ids: Vec<AccountId> = (0..n).map(|_| AccountId::generate()).collect();
     for chunk in ids.chunks(5000) {
         let commands = chunk.iter().map(|id| account(*id, "USD", None)).collect();
-        store.submit(Submission { commands, atomic: false }).await.unwrap();
+        store.submit(Submission::new(commands, false)).await.unwrap();
     }
     ids
 }
@@ -47,10 +47,7 @@ async fn bench_batches_of_8000() {
             (0..batches_each)
                 .map(|b| {
                     let base = (c * batches_each + b) * size;
-                    Submission {
-                        commands: (0..size).map(|i| random_transfer(&ids, base + i)).collect(),
-                        atomic: false,
-                    }
+                    Submission::new((0..size).map(|i| random_transfer(&ids, base + i)).collect(), false)
                 })
                 .collect()
         })

@@ -47,7 +47,7 @@ async fn worker(store: Arc<SqliteStore>, world: Arc<World>, seed: u64) {
                     .map(|_| sent[rng.random_range(0..sent.len())].clone())
                     .collect();
                 commands.push(random_transfer(&mut rng, &world));
-                Submission { commands, atomic: rng.random_bool(0.3) }
+                Submission::new(commands, rng.random_bool(0.3))
             }
             0..=4 => Submission::one(random_transfer(&mut rng, &world)),
             5 | 6 => {
@@ -60,14 +60,8 @@ async fn worker(store: Arc<SqliteStore>, world: Arc<World>, seed: u64) {
                 };
                 Submission::one(command)
             }
-            7 => Submission {
-                commands: (0..3).map(|_| random_transfer(&mut rng, &world)).collect(),
-                atomic: true,
-            },
-            _ => Submission {
-                commands: (0..20).map(|_| random_transfer(&mut rng, &world)).collect(),
-                atomic: false,
-            },
+            7 => Submission::new((0..3).map(|_| random_transfer(&mut rng, &world)).collect(), true),
+            _ => Submission::new((0..20).map(|_| random_transfer(&mut rng, &world)).collect(), false),
         };
         sent.extend(submission.commands.iter().cloned());
         let outcomes = store.submit(submission).await.expect("submit");

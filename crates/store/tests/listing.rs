@@ -61,8 +61,8 @@ async fn accounts_page_through_each_filter() {
     }
     // Two submissions in separate batches, so sequence numbers span commits.
     let second = commands.split_off(20);
-    store.submit(Submission { commands, atomic: false }).await.unwrap();
-    store.submit(Submission { commands: second, atomic: false }).await.unwrap();
+    store.submit(Submission::new(commands, false)).await.unwrap();
+    store.submit(Submission::new(second, false)).await.unwrap();
 
     let s = store.clone();
     let listed =
@@ -114,7 +114,7 @@ async fn transfers_page_by_account_on_both_sides_and_by_ledger() {
                 everything.push(id);
             }
         }
-        store.submit(Submission { commands, atomic: false }).await.unwrap();
+        store.submit(Submission::new(commands, false)).await.unwrap();
     }
     assert!(mine.len() > 10);
 

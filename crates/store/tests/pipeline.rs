@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use coffer_ledger::{AccountId, Timestamp};
+use coffer_ledger::{AccountId, Submission, Timestamp, TraceParent, TransferId};
 use coffer_store::{
     AttemptResult, DeadLetter, Delivery, DeliveryAttempt, DeliveryStatus, OutboxEvent, VolumeEntry,
     VolumeRow, Webhook, WebhookEvent,
@@ -136,6 +136,54 @@ async fn pruning_deletes_only_old_events_at_or_below_the_position() {
     store.shutdown().await;
 }
 
+// ---- traces ----
+
+fn trace(n: u8) -> TraceParent {
+    TraceParent::try_from(format!("00-{n:032x}-{n:016x}-01").as_str()).unwrap()
+}
+
+#[tokio::test]
+async fn events_carry_the_trace_of_the_submission_that_caused_them() {
+    let Some(store) = fresh().await else { return };
+    let (a, b) = (AccountId::generate(), AccountId::generate());
+    created(store.as_ref(), ledger("USD")).await;
+    let (traced, untraced, failed) = (TransferId::generate(), TransferId::generate(), TransferId::generate());
+    // Submitted at once, so they can meet in one batch: each event must still get its own trace.
+    let (first, second, third, fourth) = tokio::join!(
+        store.submit(
+            Submission::new(vec![account(a, "USD", None), account(b, "USD", None)], true)
+                .traced(Some(trace(1)))
+        ),
+        store.submit(Submission::new(vec![transfer(traced, a, b, 5, "USD")], false).traced(Some(trace(2)))),
+        store.submit(Submission::new(vec![transfer(untraced, a, b, 7, "USD")], false)),
+        // Refused as a whole (its second leg names no account), so it leaves no event at all.
+        store.submit(
+            Submission::new(
+                vec![
+                    transfer(failed, a, b, 9, "USD"),
+                    transfer(TransferId::generate(), a, AccountId::generate(), 1, "USD")
+                ],
+                true,
+            )
+            .traced(Some(trace(3))),
+        ),
+    );
+    for outcomes in [first, second, third, fourth] {
+        outcomes.expect("the store takes the submission");
+    }
+    let by_subject: std::collections::HashMap<Uuid, Option<TraceParent>> = store
+        .events_after(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| (event.subject, event.traceparent))
+        .collect();
+    let expected =
+        [(a.0, Some(trace(1))), (b.0, Some(trace(1))), (traced.0, Some(trace(2))), (untraced.0, None)];
+    assert_eq!(by_subject, expected.into_iter().collect(), "events and their traces");
+    store.shutdown().await;
+}
+
 // ---- the volume projection ----
 
 fn entry(ledger: &str, day: i32, code: u16, amount: u64) -> VolumeEntry {
@@ -241,6 +289,9 @@ fn letter(consumer: &str, event_id: Uuid) -> DeadLetter {
             subject: Uuid::now_v7(),
             time: at(1),
             data: r#"{"amount":5}"#.to_owned(),
+            traceparent: Some(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".try_into().expect("a traceparent"),
+            ),
         },
         error: "handler failed".to_owned(),
         attempts: 5,

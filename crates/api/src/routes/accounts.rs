@@ -10,9 +10,9 @@ use super::{answer, json, submit_one};
 use crate::auth::{Caller, ReadScope, WriteScope};
 use crate::dto::{AccountQuery, CreateAccount, List, PageQuery};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery, JsonBody};
+use crate::extract::{ApiPath, ApiQuery, JsonBody, Trace};
 use crate::idempotency::NewIds;
-use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
+use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, TraceHeader, WriteProblems};
 use crate::state::AppState;
 
 fn account(record: Record) -> Option<Account> {
@@ -26,7 +26,7 @@ fn account(record: Record) -> Option<Account> {
 /// one with different fields a 409.
 #[utoipa::path(
     post, path = "/v1/accounts", tag = "accounts",
-    params(IdempotencyHeader),
+    params(IdempotencyHeader, TraceHeader),
     request_body = CreateAccount,
     responses(
         (status = 201, description = "Created", body = Account),
@@ -37,6 +37,7 @@ fn account(record: Record) -> Option<Account> {
 pub async fn create_account(
     State(state): State<AppState>,
     _: Caller<WriteScope>,
+    trace: Trace,
     ids: NewIds,
     JsonBody(body, _): JsonBody<CreateAccount>,
 ) -> Result<Response, ApiError> {
@@ -49,7 +50,7 @@ pub async fn create_account(
         external_ref: body.external_ref,
         metadata: body.metadata,
     });
-    answer(submit_one(&state, command, Some(id.0)).await?, account)
+    answer(submit_one(&state, command, Some(id.0), trace).await?, account)
 }
 
 /// List accounts, oldest first, optionally of one ledger or with one external_ref.

@@ -14,9 +14,9 @@ use super::transfers::{hold, transfer};
 use crate::auth::{Caller, WriteScope};
 use crate::dto::{BatchItem, BatchResponse, BatchResult, BatchStatus, CreateBatch, ItemError};
 use crate::error::{ApiError, FieldError};
-use crate::extract::{JsonBody, Large};
+use crate::extract::{JsonBody, Large, Trace};
 use crate::idempotency::NewIds;
-use crate::openapi::{IdempotencyHeader, WriteProblems};
+use crate::openapi::{IdempotencyHeader, TraceHeader, WriteProblems};
 use crate::state::AppState;
 
 /// Most items in one batch: what one group commit takes, less a few for the other waiters.
@@ -29,13 +29,14 @@ const MAX_ERRORS: usize = 100;
 /// their own report `linked_item_failed` when any other did.
 #[utoipa::path(
     post, path = "/v1/transfers/batch", tag = "transfers",
-    params(IdempotencyHeader),
+    params(IdempotencyHeader, TraceHeader),
     request_body = CreateBatch,
     responses((status = 200, description = "One result per item, in order", body = BatchResponse), WriteProblems)
 )]
 pub async fn create_batch(
     State(state): State<AppState>,
     _: Caller<WriteScope>,
+    trace: Trace,
     ids: NewIds,
     JsonBody(body, _): JsonBody<CreateBatch, Large>,
 ) -> Result<Response, ApiError> {
@@ -53,7 +54,7 @@ pub async fn create_batch(
         errors.truncate(MAX_ERRORS);
         return Err(ApiError::invalid(errors));
     }
-    let outcomes = state.store.submit(Submission { commands, atomic: body.atomic }).await?;
+    let outcomes = state.store.submit(Submission::new(commands, body.atomic).traced(trace.0)).await?;
     let results = outcomes.into_iter().enumerate().map(|(index, outcome)| result(index, outcome)).collect();
     Ok(json(StatusCode::OK, &BatchResponse { results }))
 }

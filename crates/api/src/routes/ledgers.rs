@@ -9,7 +9,7 @@ use super::{answer, json, submit_one};
 use crate::auth::{AdminScope, Caller, ReadScope};
 use crate::dto::{CreateLedger, List, PageQuery};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery, JsonBody};
+use crate::extract::{ApiPath, ApiQuery, JsonBody, Trace};
 use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
 use crate::state::AppState;
 
@@ -38,7 +38,8 @@ pub async fn create_ledger(
 ) -> Result<Response, ApiError> {
     let command = Command::CreateLedger(NewLedger { code: body.code, scale: body.scale });
     // Ledgers are named by their code, not a UUID: an unknown outcome is settled by sending it again.
-    answer(submit_one(&state, command, None).await?, ledger)
+    // Creating one emits no event, so there is no trace to carry.
+    answer(submit_one(&state, command, None, Trace(None)).await?, ledger)
 }
 
 /// List ledgers, oldest first.

@@ -25,6 +25,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::extract::Trace;
 use crate::idempotency::IDEMPOTENT_REPLAYED;
 use crate::observe;
 use crate::openapi::ApiDoc;
@@ -120,10 +121,16 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     }
 }
 
-/// Submits one command. `id` is the record's id, named in the error should the outcome be unknown,
-/// because a client that let Coffer choose the id could not otherwise retry.
-pub async fn submit_one(state: &AppState, command: Command, id: Option<Uuid>) -> Result<Outcome, ApiError> {
-    let outcomes = state.store.submit(Submission::one(command)).await.map_err(|err| match (err, id) {
+/// Submits one command, sent in `trace`. `id` is the record's id, named in the error should the
+/// outcome be unknown, because a client that let Coffer choose the id could not otherwise retry.
+pub async fn submit_one(
+    state: &AppState,
+    command: Command,
+    id: Option<Uuid>,
+    Trace(trace): Trace,
+) -> Result<Outcome, ApiError> {
+    let submission = Submission::one(command).traced(trace);
+    let outcomes = state.store.submit(submission).await.map_err(|err| match (err, id) {
         (err @ StoreError::OutcomeUnknown(_), Some(id)) => {
             let mut api = ApiError::from(err);
             api.detail = format!(

@@ -13,9 +13,9 @@ use super::{answer, json, submit_one};
 use crate::auth::{Caller, ReadScope, WriteScope};
 use crate::dto::{CreateTransfer, List, PostPending, TimeoutSeconds, TransferQuery, VoidPending};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery, JsonBody, Optional};
+use crate::extract::{ApiPath, ApiQuery, JsonBody, Optional, Trace};
 use crate::idempotency::NewIds;
-use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
+use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, TraceHeader, WriteProblems};
 use crate::state::AppState;
 
 pub(super) fn transfer(record: Record) -> Option<Transfer> {
@@ -42,7 +42,7 @@ pub(super) fn hold(
 /// Create a transfer, or a hold with `"pending": true`.
 #[utoipa::path(
     post, path = "/v1/transfers", tag = "transfers",
-    params(IdempotencyHeader),
+    params(IdempotencyHeader, TraceHeader),
     request_body = CreateTransfer,
     responses(
         (status = 201, description = "Created", body = Transfer),
@@ -53,6 +53,7 @@ pub(super) fn hold(
 pub async fn create_transfer(
     State(state): State<AppState>,
     _: Caller<WriteScope>,
+    trace: Trace,
     ids: NewIds,
     JsonBody(body, _): JsonBody<CreateTransfer>,
 ) -> Result<Response, ApiError> {
@@ -69,7 +70,7 @@ pub async fn create_transfer(
         external_ref: body.external_ref,
         metadata: body.metadata,
     });
-    answer(submit_one(&state, command, Some(id.0)).await?, transfer)
+    answer(submit_one(&state, command, Some(id.0), trace).await?, transfer)
 }
 
 /// List transfers, oldest first, optionally of one account or ledger.
@@ -108,7 +109,7 @@ pub async fn get_transfer(
 /// its own whose `pending_id` names the hold. The body may be left out.
 #[utoipa::path(
     post, path = "/v1/transfers/{id}/post", tag = "transfers",
-    params(("id" = String, Path, format = Uuid, description = "The pending transfer's id"), IdempotencyHeader),
+    params(("id" = String, Path, format = Uuid, description = "The pending transfer's id"), IdempotencyHeader, TraceHeader),
     request_body(content = Option<PostPending>, description = "Optional; omitted, the whole amount is posted"),
     responses(
         (status = 201, description = "Posted; the posting transfer", body = Transfer),
@@ -119,6 +120,7 @@ pub async fn get_transfer(
 pub async fn post_transfer(
     State(state): State<AppState>,
     _: Caller<WriteScope>,
+    trace: Trace,
     ids: NewIds,
     ApiPath(pending_id): ApiPath<TransferId>,
     JsonBody(body, _): JsonBody<PostPending, Optional>,
@@ -132,13 +134,13 @@ pub async fn post_transfer(
         external_ref: None,
         metadata: None,
     });
-    answer(submit_one(&state, command, Some(id.0)).await?, transfer)
+    answer(submit_one(&state, command, Some(id.0), trace).await?, transfer)
 }
 
 /// Void a pending transfer, releasing its whole amount. The body may be left out.
 #[utoipa::path(
     post, path = "/v1/transfers/{id}/void", tag = "transfers",
-    params(("id" = String, Path, format = Uuid, description = "The pending transfer's id"), IdempotencyHeader),
+    params(("id" = String, Path, format = Uuid, description = "The pending transfer's id"), IdempotencyHeader, TraceHeader),
     request_body(content = Option<VoidPending>, description = "Optional"),
     responses(
         (status = 201, description = "Voided; the voiding transfer", body = Transfer),
@@ -149,6 +151,7 @@ pub async fn post_transfer(
 pub async fn void_transfer(
     State(state): State<AppState>,
     _: Caller<WriteScope>,
+    trace: Trace,
     ids: NewIds,
     ApiPath(pending_id): ApiPath<TransferId>,
     JsonBody(body, _): JsonBody<VoidPending, Optional>,
@@ -162,5 +165,5 @@ pub async fn void_transfer(
         external_ref: None,
         metadata: None,
     });
-    answer(submit_one(&state, command, Some(id.0)).await?, transfer)
+    answer(submit_one(&state, command, Some(id.0), trace).await?, transfer)
 }

@@ -31,7 +31,7 @@ pub async fn ledger_with_accounts(store: &dyn Store, n: usize) -> Vec<AccountId>
             metadata: None,
         })
     }));
-    store.submit(Submission { commands, atomic: true }).await.unwrap();
+    store.submit(Submission::new(commands, true)).await.unwrap();
     ids
 }
 
@@ -54,7 +54,7 @@ pub fn transfer(from: AccountId, to: AccountId, amount: u64, code: u16) -> Comma
 pub async fn transfers(store: &dyn Store, from: AccountId, to: AccountId, count: u64) {
     for chunk in (1..=count).collect::<Vec<_>>().chunks(50) {
         let commands = chunk.iter().map(|amount| transfer(from, to, *amount, 1)).collect();
-        store.submit(Submission { commands, atomic: false }).await.unwrap();
+        store.submit(Submission::new(commands, false)).await.unwrap();
     }
 }
 

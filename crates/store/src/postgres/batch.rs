@@ -268,9 +268,10 @@ const INSERT_TRANSFERS: &str = "INSERT INTO transfers (id, debit_account_id, cre
 const UPDATE_STATUSES: &str = "UPDATE transfers AS t SET status = u.status FROM unnest($1::uuid[], $2::text[]) AS u(id, status) \
                WHERE t.id = u.id";
 const INSERT_EVENTS: &str = "WITH clock AS (UPDATE outbox_clock SET position = position + $6 WHERE single RETURNING position) \
-     INSERT INTO outbox (position, id, type, subject, time, data) \
-     SELECT clock.position - $6 + u.n, u.id, u.type, u.subject, $4, u.data \
-     FROM clock, unnest($1::uuid[], $2::text[], $3::uuid[], $5::text[]) WITH ORDINALITY AS u(id, type, subject, data, n)";
+     INSERT INTO outbox (position, id, type, subject, time, data, traceparent) \
+     SELECT clock.position - $6 + u.n, u.id, u.type, u.subject, $4, u.data, u.trace \
+     FROM clock, unnest($1::uuid[], $2::text[], $3::uuid[], $5::text[], $7::text[]) WITH ORDINALITY \
+     AS u(id, type, subject, data, trace, n)";
 
 /// The statements a batch writes with, prepared before the batch sends any of them (see
 /// [`write_changes`]).
@@ -480,14 +481,16 @@ async fn write_events(
     if envelopes.is_empty() {
         return Ok(());
     }
-    let (mut ids, mut kinds, mut subjects, mut data) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut kinds, mut subjects, mut data, mut traces) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for e in envelopes.iter() {
         ids.push(e.id);
         kinds.push(e.kind);
         subjects.push(e.subject);
         data.push(e.data);
+        traces.push(e.traceparent);
     }
     let count = ids.len() as i64;
-    client.execute(statement, &[&ids, &kinds, &subjects, &now.as_micros(), &data, &count]).await?;
+    client.execute(statement, &[&ids, &kinds, &subjects, &now.as_micros(), &data, &count, &traces]).await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use coffer_ledger::{
     Account, AccountId, Amount, Balance, ExternalRef, InvalidValue, Ledger, LedgerCode, Metadata, Scale,
-    Timestamp, Transfer, TransferId, TransferStatus,
+    Timestamp, TraceParent, Transfer, TransferId, TransferStatus,
 };
 use tokio_postgres::Row;
 
@@ -18,6 +18,12 @@ pub(super) fn damaged(column: &str, why: impl std::fmt::Display) -> StoreError {
 
 pub(super) fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, column: usize) -> StoreResult<T> {
     row.try_get(column).map_err(pg_error)
+}
+
+/// A stored `traceparent`: the store writes only valid ones, so one that does not parse is damage.
+pub(super) fn traceparent(row: &Row, column: usize) -> StoreResult<Option<TraceParent>> {
+    let text: Option<&str> = get(row, column)?;
+    text.map(|text| TraceParent::try_from(text).map_err(|e| damaged("traceparent", e))).transpose()
 }
 
 fn ledger_code(row: &Row, column: usize) -> StoreResult<LedgerCode> {

@@ -148,7 +148,7 @@ pub(super) async fn events_after(
 ) -> StoreResult<Vec<OutboxEvent>> {
     let statement = client
         .prepare_cached(
-            "SELECT position, id, source, type, subject, time, data FROM outbox \
+            "SELECT position, id, source, type, subject, time, data, traceparent FROM outbox \
              WHERE position > $1 ORDER BY position LIMIT $2",
         )
         .await
@@ -164,6 +164,7 @@ pub(super) async fn events_after(
                 subject: row.try_get(4).map_err(pg_error)?,
                 time: Timestamp::from_micros(row.try_get(5).map_err(pg_error)?),
                 data: row.try_get(6).map_err(pg_error)?,
+                traceparent: codec::traceparent(row, 7)?,
             })
         })
         .collect()

@@ -71,7 +71,7 @@ fn ledgers(first: usize, count: usize) -> Submission {
             Command::CreateLedger(NewLedger { code, scale: Scale::try_from(2).unwrap() })
         })
         .collect();
-    Submission { commands, atomic: false }
+    Submission::new(commands, false)
 }
 
 fn codes(outcomes: &[Outcome]) -> Vec<String> {
@@ -178,7 +178,7 @@ async fn shutdown_applies_what_was_queued_then_refuses_new_work() {
     }
     assert!(!sequencer.is_open());
     assert!(matches!(sequencer.submit(ledgers(9, 1)).await, Err(StoreError::Unavailable(_))));
-    assert_eq!(sequencer.submit(Submission { commands: vec![], atomic: false }).await, Ok(vec![]));
+    assert_eq!(sequencer.submit(Submission::new(vec![], false)).await, Ok(vec![]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 
 use coffer_ledger::{
     Account, AccountId, Amount, Balance, ExternalRef, InvalidValue, Ledger, LedgerCode, Metadata, Scale,
-    Timestamp, Transfer, TransferId, TransferStatus,
+    Timestamp, TraceParent, Transfer, TransferId, TransferStatus,
 };
 use rusqlite::Row;
 use rusqlite::types::Type;
@@ -23,6 +23,12 @@ pub(super) fn invalid(column: usize, why: InvalidValue) -> rusqlite::Error {
 pub(super) fn uuid(row: &Row<'_>, column: usize) -> rusqlite::Result<Uuid> {
     let bytes: [u8; 16] = row.get(column)?;
     Ok(Uuid::from_bytes(bytes))
+}
+
+/// A stored `traceparent`: the store writes only valid ones, so one that does not parse is damage.
+pub(super) fn traceparent(row: &Row<'_>, column: usize) -> rusqlite::Result<Option<TraceParent>> {
+    let text: Option<String> = row.get(column)?;
+    text.map(|text| TraceParent::try_from(text.as_str()).map_err(|why| invalid(column, why))).transpose()
 }
 
 fn optional_uuid(row: &Row<'_>, column: usize) -> rusqlite::Result<Option<Uuid>> {

@@ -225,7 +225,8 @@ pub(crate) fn events_after(
     limit: usize,
 ) -> rusqlite::Result<Vec<OutboxEvent>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, id, source, type, subject, time, data FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        "SELECT seq, id, source, type, subject, time, data, traceparent FROM outbox \
+         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
     let rows = stmt.query_map(rusqlite::params![position, limit as i64], |row| {
         Ok(OutboxEvent {
@@ -236,6 +237,7 @@ pub(crate) fn events_after(
             subject: uuid::Uuid::from_bytes(row.get(4)?),
             time: coffer_ledger::Timestamp::from_micros(row.get(5)?),
             data: row.get(6)?,
+            traceparent: codec::traceparent(row, 7)?,
         })
     })?;
     rows.collect()

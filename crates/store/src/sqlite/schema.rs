@@ -241,6 +241,11 @@ CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_
 -- An endpoint's deliveries, newest first.
 CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries (webhook_id, id);
 "#,
+    r#"
+-- The W3C trace context of the request that caused an event (DESIGN §3), when it had one.
+ALTER TABLE outbox ADD COLUMN traceparent TEXT;
+ALTER TABLE dead_letters ADD COLUMN traceparent TEXT;
+"#,
 ];
 
 /// The schema version this binary writes.

@@ -70,7 +70,7 @@ async fn account_listings_are_complete_on_both_sides_of_the_postings_watermark()
     let accounts: Vec<AccountId> = (0..5).map(|_| AccountId::generate()).collect();
     let mut commands = vec![ledger];
     commands.extend(accounts.iter().map(|id| new_account(*id)));
-    store.submit(Submission { commands, atomic: false }).await.unwrap();
+    store.submit(Submission::new(commands, false)).await.unwrap();
 
     // Batches of 1 to 7 transfers; every flush point falls somewhere inside a batch.
     let mut expected: Vec<Vec<TransferId>> = vec![Vec::new(); accounts.len()];
@@ -79,9 +79,8 @@ async fn account_listings_are_complete_on_both_sides_of_the_postings_watermark()
             .map(|i| new_transfer(accounts[(round + i) % 5], accounts[(round + 2 * i + 1) % 5]))
             .filter(|c| !matches!(c, Command::CreateTransfer(t) if t.debit_account_id == t.credit_account_id))
             .collect();
-        for (command, outcome) in commands
-            .iter()
-            .zip(store.submit(Submission { commands: commands.clone(), atomic: false }).await.unwrap())
+        for (command, outcome) in
+            commands.iter().zip(store.submit(Submission::new(commands.clone(), false)).await.unwrap())
         {
             assert!(matches!(outcome, Outcome::Created(_)));
             if let Command::CreateTransfer(t) = command {

@@ -5,7 +5,7 @@
 //! statement. New transfers and accounts get their sequence numbers here, explicitly, so their
 //! postings are known without asking SQLite which rowid each row got.
 
-use coffer_ledger::{Account, Changes, Event, Timestamp, Transfer};
+use coffer_ledger::{Account, Changes, Emitted, Timestamp, Transfer};
 use rusqlite::{Statement, Transaction, params};
 
 use super::batch::RowIds;
@@ -174,19 +174,20 @@ pub(super) fn insert_rows<T>(
 }
 
 /// Writes each event as a CloudEvents envelope (see [`Envelopes`]).
-fn write_events(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> rusqlite::Result<()> {
+fn write_events(tx: &Transaction<'_>, events: &[Emitted], now: Timestamp) -> rusqlite::Result<()> {
     let envelopes = Envelopes::encode(events);
     if envelopes.is_empty() {
         return Ok(());
     }
     let rows: Vec<Envelope<'_>> = envelopes.iter().collect();
-    let insert = "INSERT INTO outbox (id, type, subject, time, data) VALUES ";
-    insert_rows(tx, insert, 5, &rows, |s, o, e| {
+    let insert = "INSERT INTO outbox (id, type, subject, time, data, traceparent) VALUES ";
+    insert_rows(tx, insert, 6, &rows, |s, o, e| {
         s.raw_bind_parameter(o + 1, e.id.as_bytes())?;
         s.raw_bind_parameter(o + 2, e.kind)?;
         s.raw_bind_parameter(o + 3, e.subject.as_bytes())?;
         s.raw_bind_parameter(o + 4, now.as_micros())?;
-        s.raw_bind_parameter(o + 5, e.data)
+        s.raw_bind_parameter(o + 5, e.data)?;
+        s.raw_bind_parameter(o + 6, e.traceparent)
     })
 }
 

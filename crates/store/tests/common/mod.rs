@@ -137,7 +137,7 @@ pub async fn setup(store: &dyn Store, n: usize) -> Vec<AccountId> {
     created(store, ledger("USD")).await;
     let ids: Vec<AccountId> = (0..n).map(|_| AccountId::generate()).collect();
     let commands = ids.iter().map(|id| account(*id, "USD", None)).collect();
-    let outcomes = store.submit(Submission { commands, atomic: true }).await.unwrap();
+    let outcomes = store.submit(Submission::new(commands, true)).await.unwrap();
     assert!(outcomes.iter().all(|o| matches!(o, Outcome::Created(_))));
     ids
 }

@@ -11,19 +11,19 @@ use super::{count_u32, row_limit};
 use crate::{DeadLetter, DeadLetters, OutboxEvent, StoreResult};
 
 const COLUMNS: &str = "id, consumer, position, event_id, source, type, subject, time, data, \
-                       error, attempts, failed_at, replay_requested";
+                       error, attempts, failed_at, replay_requested, traceparent";
 
 /// A second letter for the same consumer and event takes the first one's place whole, its id
 /// included: it is the newer failure, and ids sort by the time letters died.
 const ADD: &str = "\
 INSERT INTO dead_letters (id, consumer, position, event_id, source, type, subject, time, data, \
-                          error, attempts, failed_at, replay_requested) \
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                          error, attempts, failed_at, replay_requested, traceparent) \
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
 ON CONFLICT (consumer, event_id) DO UPDATE \
   SET id = excluded.id, position = excluded.position, source = excluded.source, type = excluded.type, \
       subject = excluded.subject, time = excluded.time, data = excluded.data, error = excluded.error, \
       attempts = excluded.attempts, failed_at = excluded.failed_at, \
-      replay_requested = excluded.replay_requested";
+      replay_requested = excluded.replay_requested, traceparent = excluded.traceparent";
 
 #[async_trait]
 impl DeadLetters for PgStore {
@@ -48,6 +48,7 @@ impl DeadLetters for PgStore {
                     &i64::from(attempts),
                     &failed_at.as_micros(),
                     &replay_requested,
+                    &event.traceparent.as_ref().map(|trace| trace.as_str()),
                 ],
             )
             .await
@@ -130,6 +131,7 @@ fn letter(row: &Row) -> StoreResult<DeadLetter> {
             subject: codec::get(row, 6)?,
             time: Timestamp::from_micros(codec::get(row, 7)?),
             data: codec::get(row, 8)?,
+            traceparent: codec::traceparent(row, 13)?,
         },
         error: codec::get(row, 9)?,
         attempts: count_u32(row, 10, "attempts")?,

@@ -6,11 +6,11 @@ use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_it
 use uuid::Uuid;
 
 use super::{SqliteStore, count, sql_limit};
-use crate::sqlite::codec::{timestamp, uuid};
+use crate::sqlite::codec::{timestamp, traceparent, uuid};
 use crate::{DeadLetter, DeadLetters, OutboxEvent, StoreResult};
 
 const COLUMNS: &str = "id, consumer, position, event_id, source, type, subject, time, data, error, \
-                       attempts, failed_at, replay_requested";
+                       attempts, failed_at, replay_requested, traceparent";
 
 #[async_trait]
 impl DeadLetters for SqliteStore {
@@ -70,12 +70,13 @@ impl DeadLetters for SqliteStore {
 fn add(conn: &Connection, letter: &DeadLetter) -> rusqlite::Result<()> {
     let event = &letter.event;
     conn.prepare_cached(&format!(
-        "INSERT INTO dead_letters ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+        "INSERT INTO dead_letters ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
          ON CONFLICT (consumer, event_id) DO UPDATE SET \
              id = excluded.id, position = excluded.position, source = excluded.source, \
              type = excluded.type, subject = excluded.subject, time = excluded.time, \
              data = excluded.data, error = excluded.error, attempts = excluded.attempts, \
-             failed_at = excluded.failed_at, replay_requested = excluded.replay_requested"
+             failed_at = excluded.failed_at, replay_requested = excluded.replay_requested, \
+             traceparent = excluded.traceparent"
     ))?
     .execute(params![
         letter.id.as_bytes(),
@@ -91,6 +92,7 @@ fn add(conn: &Connection, letter: &DeadLetter) -> rusqlite::Result<()> {
         letter.attempts,
         letter.failed_at.as_micros(),
         letter.replay_requested,
+        event.traceparent.as_ref().map(|trace| trace.as_str()),
     ])?;
     Ok(())
 }
@@ -144,6 +146,7 @@ fn letter(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
             subject: uuid(row, 6)?,
             time: timestamp(row, 7)?,
             data: row.get(8)?,
+            traceparent: traceparent(row, 13)?,
         },
         error: row.get(9)?,
         attempts: count(row, 10)?,
