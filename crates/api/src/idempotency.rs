@@ -53,18 +53,25 @@ pub struct NewIds(Option<IdSeed>);
 
 impl NewIds {
     pub fn id(&self, index: usize) -> Uuid {
-        let Some(seed) = &self.0 else { return Uuid::now_v7() };
-        let mut h = Sha256::new();
-        h.update(b"coffer-derived-id-v1\0");
-        h.update(seed.principal.0.as_bytes());
-        h.update((seed.key.len() as u32).to_be_bytes());
-        h.update(seed.key.as_bytes());
-        h.update((index as u64).to_be_bytes());
-        let digest = h.finalize();
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest[..16]);
-        Uuid::new_v8(bytes)
+        match &self.0 {
+            Some(seed) => derived_id(seed.principal, &seed.key, index),
+            None => Uuid::now_v7(),
+        }
     }
+}
+
+/// The id of item `index` of a request by `principal` with Idempotency-Key `key` (see [`NewIds`]).
+pub fn derived_id(principal: KeyId, key: &str, index: usize) -> Uuid {
+    let mut h = Sha256::new();
+    h.update(b"coffer-derived-id-v1\0");
+    h.update(principal.0.as_bytes());
+    h.update((key.len() as u32).to_be_bytes());
+    h.update(key.as_bytes());
+    h.update((index as u64).to_be_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::new_v8(bytes)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for NewIds {

@@ -50,6 +50,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 pub use auth::{bootstrap, generate_token};
 pub use config::{ApiConfig, InvalidConfig};
 pub use error::{ApiError, ErrorCode, FieldError, PROBLEM_JSON, Problem};
+pub use idempotency::derived_id;
 pub use observe::install_metrics;
 
 use auth::Authenticator;

@@ -7,10 +7,10 @@ mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use coffer_api::ApiConfig;
+use coffer_api::{ApiConfig, derived_id};
 use coffer_events::WEBHOOKS_CONSUMER;
 use coffer_ledger::Timestamp;
-use coffer_store::{AttemptResult, DeliveryAttempt, WebhookEvent};
+use coffer_store::{AttemptResult, DeliveryAttempt, KeyId, Webhook, WebhookEvent};
 use common::*;
 use serde_json::{Value, json};
 
@@ -22,6 +22,12 @@ async fn create(app: &App, url: &str, event_types: &[&str]) -> Value {
     let r = app.post("/v1/webhooks", json!({"url": url, "event_types": event_types})).await;
     assert_eq!(r.status, 201, "{}", r.text);
     r.body
+}
+
+/// POSTs an endpoint for transfers at `url` with Idempotency-Key `key`.
+async fn create_keyed(app: &App, url: &str, key: &str) -> Resp {
+    let body = json!({"url": url, "event_types": [TRANSFER]}).to_string().into_bytes();
+    app.send("POST", "/v1/webhooks", Some(ADMIN), Some(body), &[("idempotency-key", key)]).await
 }
 
 fn id_of(body: &Value) -> String {
@@ -44,6 +50,38 @@ async fn delete(app: &App, path: &str) -> Resp {
 async fn redeliver(app: &App, webhook: &str, delivery: &str) -> Resp {
     let path = format!("/v1/webhooks/{webhook}/deliveries/{delivery}/redeliver");
     app.send("POST", &path, Some(ADMIN), None, &[]).await
+}
+
+#[tokio::test]
+async fn a_keyed_create_whose_first_run_registered_the_endpoint_finds_it_on_retry() {
+    let Some(app) = spawn().await else { return };
+    let keys = app.get("/v1/keys").await;
+    let admin = KeyId(keys.body["data"][0]["id"].as_str().unwrap().parse().unwrap());
+    // A first run under this key registered the endpoint, then lost its answer before storing it
+    // (a crash, a timeout): the key holds nothing, and the retry runs the create again.
+    let first = Webhook {
+        id: derived_id(admin, "register-once", 0),
+        url: "https://example.com/hooks/once".to_owned(),
+        event_types: vec![TRANSFER.to_owned()],
+        secret: format!("whsec_{}", BASE64.encode([7u8; 32])),
+        created_at: Timestamp::now(),
+    };
+    app.store.create_webhook(first.clone()).await.unwrap();
+
+    let retry = create_keyed(&app, &first.url, "register-once").await;
+    assert_eq!(retry.status, 201, "{}", retry.text);
+    assert_eq!(retry.body["id"], first.id.to_string());
+    assert_eq!(retry.body["secret"], first.secret, "the first run's endpoint, secret and all");
+    let list = app.get("/v1/webhooks").await;
+    assert_eq!(list.body["data"].as_array().unwrap().len(), 1, "one endpoint, not two: {}", list.text);
+
+    // A key whose id is taken by a different endpoint is a conflict, not a silent second answer.
+    let mut other = first.clone();
+    other.id = derived_id(admin, "register-other", 0);
+    app.store.create_webhook(other).await.unwrap();
+    create_keyed(&app, "https://example.com/hooks/elsewhere", "register-other")
+        .await
+        .assert_problem(409, "exists_with_different_fields");
 }
 
 #[tokio::test]

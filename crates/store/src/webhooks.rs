@@ -104,7 +104,10 @@ pub enum AttemptResult {
 
 #[async_trait]
 pub trait Webhooks: Send + Sync {
-    async fn create_webhook(&self, webhook: Webhook) -> StoreResult<()>;
+    /// Registers `webhook`, or, when its id is taken, changes nothing and answers the endpoint
+    /// registered under it: a create retried after its answer was lost (the api derives the id
+    /// from the Idempotency-Key) finds the first one instead of making a second.
+    async fn create_webhook(&self, webhook: Webhook) -> StoreResult<Webhook>;
     /// Every endpoint, oldest first.
     async fn webhooks(&self) -> StoreResult<Vec<Webhook>>;
     async fn webhook(&self, id: Uuid) -> StoreResult<Option<Webhook>>;

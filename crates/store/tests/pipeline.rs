@@ -419,11 +419,27 @@ async fn only_delivery(store: &dyn coffer_store::Store, webhook: Uuid) -> Delive
 }
 
 #[tokio::test]
+async fn creating_a_webhook_under_a_taken_id_answers_the_first_and_changes_nothing() {
+    let Some(store) = fresh().await else { return };
+    let first = endpoint(&[TRANSFER], at(1));
+    assert_eq!(store.create_webhook(first.clone()).await.unwrap(), first);
+    // A retry of the same create (a new secret, a later time) and a different endpoint, same id.
+    let retry = Webhook { secret: "whsec_b3RoZXI=".to_owned(), created_at: at(5), ..first.clone() };
+    let other = Webhook { url: "https://elsewhere.example/hook".to_owned(), ..retry.clone() };
+    for again in [retry, other] {
+        assert_ne!(again, first);
+        assert_eq!(store.create_webhook(again).await.unwrap(), first, "the first registration stands");
+    }
+    assert_eq!(store.webhooks().await.unwrap(), vec![first]);
+    store.shutdown().await;
+}
+
+#[tokio::test]
 async fn webhooks_are_created_listed_fetched_and_deleted() {
     let Some(store) = fresh().await else { return };
     let (older, newer) = (endpoint(&[TRANSFER, ACCOUNT], at(1)), endpoint(&[ACCOUNT], at(2)));
-    store.create_webhook(newer.clone()).await.unwrap();
-    store.create_webhook(older.clone()).await.unwrap();
+    assert_eq!(store.create_webhook(newer.clone()).await.unwrap(), newer);
+    assert_eq!(store.create_webhook(older.clone()).await.unwrap(), older);
     assert_eq!(store.webhooks().await.unwrap(), vec![older.clone(), newer.clone()], "oldest first");
     assert_eq!(store.webhook(older.id).await.unwrap(), Some(older.clone()));
     assert_eq!(store.webhook(Uuid::now_v7()).await.unwrap(), None);

@@ -8,7 +8,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use coffer_events::{EVENT_TYPES, new_secret, validate_url};
-use coffer_ledger::Timestamp;
+use coffer_ledger::{RejectCode, Timestamp};
 use coffer_store::{Delivery, Webhook};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,7 @@ use crate::auth::{AdminScope, Caller};
 use crate::dto::{NoQuery, page_limit};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiPath2, ApiQuery, JsonBody, PathParam};
+use crate::idempotency::NewIds;
 use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
 use crate::state::AppState;
 
@@ -167,6 +168,7 @@ fn event_types(types: Vec<String>) -> Result<Vec<String>, ApiError> {
 pub async fn create_webhook(
     State(state): State<AppState>,
     _: Caller<AdminScope>,
+    ids: NewIds,
     JsonBody(body, _): JsonBody<CreateWebhook>,
 ) -> Result<Response, ApiError> {
     if body.url.len() > MAX_URL_BYTES {
@@ -178,16 +180,22 @@ pub async fn create_webhook(
     if url.as_str().len() > MAX_URL_BYTES {
         return Err(ApiError::invalid_field("url", "must be at most 2048 bytes once percent-encoded"));
     }
+    // With an Idempotency-Key the id is derived from it, so a retry whose first run registered
+    // the endpoint but lost its answer (a crash, a timeout) gets that endpoint, secret and all,
+    // instead of registering a second one that would deliver every event twice.
     let webhook = Webhook {
-        id: Uuid::now_v7(),
+        id: ids.id(0),
         url: url.to_string(),
         event_types: event_types(body.event_types)?,
         secret: new_secret().as_str().to_owned(),
         created_at: Timestamp::now(),
     };
-    state.store.create_webhook(webhook.clone()).await?;
-    let secret = webhook.secret.clone();
-    Ok(json(StatusCode::CREATED, &CreatedWebhook { webhook: view(webhook), secret }))
+    let stored = state.store.create_webhook(webhook.clone()).await?;
+    if (&stored.url, &stored.event_types) != (&webhook.url, &webhook.event_types) {
+        return Err(ApiError::rejected(RejectCode::ExistsWithDifferentFields));
+    }
+    let secret = stored.secret.clone();
+    Ok(json(StatusCode::CREATED, &CreatedWebhook { webhook: view(stored), secret }))
 }
 
 /// List the webhook endpoints, oldest first (admin).

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use coffer_ledger::Timestamp;
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::super::{PgStore, codec, pg_error};
@@ -47,22 +48,25 @@ fn claim_sql() -> String {
 
 #[async_trait]
 impl Webhooks for PgStore {
-    async fn create_webhook(&self, webhook: Webhook) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO webhooks (id, url, event_types, secret, created_at) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &webhook.id,
-                    &webhook.url,
-                    &webhook.event_types,
-                    &webhook.secret,
-                    &webhook.created_at.as_micros(),
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-        Ok(())
+    async fn create_webhook(&self, webhook: Webhook) -> StoreResult<Webhook> {
+        // The insert does nothing when the id is taken; the row read back is then the first one.
+        let sql = format!(
+            "WITH inserted AS ( \
+                 INSERT INTO webhooks (id, url, event_types, secret, created_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (id) DO NOTHING RETURNING * \
+             ) \
+             SELECT {WEBHOOK_COLUMNS} FROM inserted w \
+             UNION ALL SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.id = $1"
+        );
+        let params: [&(dyn ToSql + Sync); 5] = [
+            &webhook.id,
+            &webhook.url,
+            &webhook.event_types,
+            &webhook.secret,
+            &webhook.created_at.as_micros(),
+        ];
+        let row = self.client().await?.query_one(&sql, &params).await.map_err(pg_error)?;
+        self::webhook(&row, 0)
     }
 
     async fn webhooks(&self) -> StoreResult<Vec<Webhook>> {

@@ -23,7 +23,7 @@ const CLAIM_WEBHOOK_AT: usize = 12;
 
 #[async_trait]
 impl Webhooks for SqliteStore {
-    async fn create_webhook(&self, webhook: Webhook) -> StoreResult<()> {
+    async fn create_webhook(&self, webhook: Webhook) -> StoreResult<Webhook> {
         self.write(move |c| create(c, &webhook)).await
     }
 
@@ -90,11 +90,12 @@ impl Webhooks for SqliteStore {
     }
 }
 
-fn create(conn: &Connection, webhook: &Webhook) -> rusqlite::Result<()> {
+fn create(conn: &Connection, webhook: &Webhook) -> rusqlite::Result<Webhook> {
     let event_types =
         serde_json::to_string(&webhook.event_types).expect("a list of strings always serializes");
     conn.prepare_cached(
-        "INSERT INTO webhooks (id, url, event_types, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO webhooks (id, url, event_types, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (id) DO NOTHING",
     )?
     .execute(params![
         webhook.id.as_bytes(),
@@ -103,7 +104,8 @@ fn create(conn: &Connection, webhook: &Webhook) -> rusqlite::Result<()> {
         webhook.secret,
         webhook.created_at.as_micros()
     ])?;
-    Ok(())
+    let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.id = ?1");
+    conn.prepare_cached(&sql)?.query_row([webhook.id.as_bytes()], |row| self::webhook(row, 0))
 }
 
 /// Every endpoint, oldest first (id breaks ties of the same microsecond).
