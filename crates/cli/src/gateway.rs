@@ -49,10 +49,14 @@ async fn reload_on_hangup(
         |config: &GatewayConfig| GatewayConfig { upstreams: Default::default(), ..config.clone() };
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reading the configuration again");
-        let applied = reload().and_then(|config| {
-            control.replace(&config.gateway.upstreams).context("gateway.upstreams")?;
-            Ok(config.gateway)
-        });
+        let applied = match reload() {
+            Ok(config) => control
+                .replace(&config.gateway.upstreams)
+                .await
+                .map(|_| config.gateway)
+                .context("gateway.upstreams"),
+            Err(err) => Err(err),
+        };
         match applied {
             Ok(config) if besides_upstreams(&config) != besides_upstreams(&started_with) => tracing::warn!(
                 "gateway settings other than the upstream list changed; they take effect at the next start"

@@ -28,8 +28,8 @@ pub enum ConfigError {
     BadTrustedProxy(String),
 }
 
-/// One upstream: `http://host:port`, no path, no query. The host may be a DNS name; it is
-/// resolved again on every new connection.
+/// One upstream: `http://host:port`, no path, no query. The host may be a DNS name: each
+/// address it resolves to becomes an upstream of its own (see `discovery`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct UpstreamUrl {
@@ -49,6 +49,13 @@ impl UpstreamUrl {
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(path_and_query);
         Uri::from_parts(parts).expect("a scheme, an authority and a path make a URI")
+    }
+}
+
+impl From<SocketAddr> for UpstreamUrl {
+    fn from(address: SocketAddr) -> Self {
+        let authority = address.to_string().parse().expect("a socket address is an authority");
+        Self { authority }
     }
 }
 
@@ -185,6 +192,9 @@ pub struct GatewayConfig {
     pub connect_timeout_ms: u64,
     /// Time allowed for an upstream to answer with its headers; past it the client gets a 504.
     pub upstream_timeout_ms: u64,
+    /// How often upstream names are resolved again; each address a name resolves to is an
+    /// upstream of its own (see `discovery`). Lookups time out after `check_timeout_ms`.
+    pub dns_refresh_ms: u64,
     /// How often each upstream's `/readyz` is asked.
     pub check_interval_ms: u64,
     pub check_timeout_ms: u64,
@@ -263,6 +273,7 @@ impl Default for GatewayConfig {
             upstreams: Upstreams::default(),
             connect_timeout_ms: 1_000,
             upstream_timeout_ms: 30_000,
+            dns_refresh_ms: 5_000,
             check_interval_ms: 500,
             check_timeout_ms: 1_000,
             unhealthy_after_checks: 2,
@@ -303,6 +314,7 @@ impl GatewayConfig {
         let positive = [
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("upstream_timeout_ms", self.upstream_timeout_ms),
+            ("dns_refresh_ms", self.dns_refresh_ms),
             ("check_interval_ms", self.check_interval_ms),
             ("check_timeout_ms", self.check_timeout_ms),
             ("unhealthy_after_checks", u64::from(self.unhealthy_after_checks)),

@@ -2,6 +2,7 @@
 //! with a timeout. `/readyz` (not `/healthz`) because a replica that is alive but cannot reach
 //! its store must not get traffic. After an open circuit's time, passed checks let the first trial request in.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::proxy::Shared;
 /// Starts the checks; they stop when the returned task is aborted. Each round checks every
 /// upstream in the list at that time, at once, and forgets removed upstreams that have drained.
 pub fn spawn(shared: Arc<Shared>, interval: Duration, timeout: Duration) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(async move {
+    AbortOnDrop::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -32,11 +33,17 @@ pub fn spawn(shared: Arc<Shared>, interval: Duration, timeout: Duration) -> Abor
             round.join_all().await;
             shared.pool.forget_drained();
         }
-    }))
+    })
 }
 
 /// A task that stops when its handle is dropped.
 pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    pub fn spawn(task: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self(tokio::spawn(task))
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -5,8 +5,8 @@
 //! The rooms: `config` (what to run with, checked at start), `server` (accepting connections:
 //! TLS, header deadline, drain), `client` (who the client is: the peer, or behind trusted
 //! proxies what they forwarded), `auth` (the token check), `limits` (rate limits per client
-//! address and API key), `pool` (health and choice of upstream, the circuit breaker), `health`
-//! (active checks), `retry` (what may be repeated, the budget), `headers` (what a proxy
+//! address and API key), `pool` (health and choice of upstream, the circuit breaker),
+//! `discovery` (upstream names resolved into one upstream per address), `health` (active checks), `retry` (what may be repeated, the budget), `headers` (what a proxy
 //! rewrites), `body` (holding, handing off and logging bodies), `proxy` (the handler),
 //! `problem` (the gateway's own error answers), `observe` (access log and metrics).
 //! This file binds the listeners and runs them until a drain.
@@ -15,6 +15,7 @@ mod auth;
 mod body;
 mod client;
 mod config;
+mod discovery;
 mod headers;
 mod health;
 mod limits;
@@ -43,6 +44,7 @@ use tokio::net::TcpListener;
 pub use coffer_ratelimit::Limits;
 pub use coffer_store::KeyDirectory;
 pub use config::{ConfigError, GatewayConfig, TrustedProxies, UpstreamUrl, Upstreams, list_setting};
+pub use discovery::{Lookup, Resolve};
 pub use server::TlsError;
 
 /// Why the gateway could not start or keep serving.
@@ -62,6 +64,7 @@ pub struct Gateway {
     listener: server::Listener,
     admin: Option<TcpListener>,
     shared: Arc<proxy::Shared>,
+    discovery: Arc<discovery::Discovery>,
     metrics: PrometheusHandle,
 }
 
@@ -104,7 +107,25 @@ impl Gateway {
             Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         let auth = keys.map(|keys| auth::EdgeAuth::new(keys, Duration::from_millis(config.key_cache_ttl_ms)));
         let shared = Arc::new(proxy::Shared::new(&config, client, limits, auth));
-        Ok(Self { config, listener, admin, shared, metrics })
+        let discovery = Self::discovery(&config, &shared, discovery::system_resolver());
+        Ok(Self { config, listener, admin, shared, discovery, metrics })
+    }
+
+    /// The same gateway with upstream names resolved by `resolve` instead of the system's
+    /// resolver (a test's table of names with several addresses). Call it before
+    /// [`Gateway::upstream_control`].
+    pub fn resolve_with(self, resolve: Resolve) -> Self {
+        let discovery = Self::discovery(&self.config, &self.shared, resolve);
+        Self { discovery, ..self }
+    }
+
+    fn discovery(
+        config: &GatewayConfig,
+        shared: &proxy::Shared,
+        resolve: Resolve,
+    ) -> Arc<discovery::Discovery> {
+        let timeout = Duration::from_millis(config.check_timeout_ms);
+        Arc::new(discovery::Discovery::new(shared.pool.clone(), config.upstreams.0.clone(), resolve, timeout))
     }
 
     /// Where clients connect (the real port when `listen` asked for port 0).
@@ -114,7 +135,7 @@ impl Gateway {
 
     /// What replaces the upstream list while the gateway serves.
     pub fn upstream_control(&self) -> UpstreamControl {
-        UpstreamControl(self.shared.pool.clone())
+        UpstreamControl(self.discovery.clone())
     }
 
     /// Where the admin endpoints are, if they are served.
@@ -128,14 +149,17 @@ impl Gateway {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
-        let Gateway { config, listener, admin, shared, metrics } = self;
+        let Gateway { config, listener, admin, shared, discovery, metrics } = self;
+        // Names are expanded into their addresses before the first request is taken.
+        discovery.refresh().await;
+        let _resolving = discovery::spawn(discovery.clone(), Duration::from_millis(config.dns_refresh_ms));
         let _checks = health::spawn(
             shared.clone(),
             Duration::from_millis(config.check_interval_ms),
             Duration::from_millis(config.check_timeout_ms),
         );
         let admin = admin.map(|admin| {
-            let app = admin_router(shared.clone(), metrics);
+            let app = admin_router(shared.clone(), UpstreamControl(discovery.clone()), metrics);
             tokio::spawn(axum::serve(admin, app).into_future())
         });
         let scheme = if listener.tls.is_some() { "https" } else { "http" };
@@ -160,25 +184,25 @@ impl Gateway {
 /// Replaces the upstream list of a running gateway: upstreams that stay keep their state, new
 /// ones join, removed ones drain. Behind `PUT /gateway/upstreams` and the binary's reload.
 #[derive(Clone)]
-pub struct UpstreamControl(Arc<pool::Pool>);
+pub struct UpstreamControl(Arc<discovery::Discovery>);
 
 impl UpstreamControl {
-    /// Applies `list`, or refuses it (empty, or an entry twice) and changes nothing. Answers how
-    /// many upstreams were added and removed.
-    pub fn replace(&self, list: &Upstreams) -> Result<(usize, usize), ConfigError> {
+    /// Applies `list` (its names resolved at once), or refuses it (empty, or an entry twice)
+    /// and changes nothing. Answers how many upstreams were added and removed.
+    pub async fn replace(&self, list: &Upstreams) -> Result<(usize, usize), ConfigError> {
         list.validate()?;
-        let (added, removed) = self.0.replace(&list.0);
+        let (added, removed) = self.0.set(list.0.clone()).await;
         tracing::info!(added, removed, upstreams = list.0.len(), "upstream list replaced");
         Ok((added, removed))
     }
 }
 
 /// The gateway's own endpoints, on their own listener.
-fn admin_router(shared: Arc<proxy::Shared>, metrics: PrometheusHandle) -> Router {
+fn admin_router(shared: Arc<proxy::Shared>, control: UpstreamControl, metrics: PrometheusHandle) -> Router {
     Router::new()
         .route("/gateway/healthz", get(|| async { "ok" }))
         .route("/gateway/readyz", get(readyz))
-        .route("/gateway/upstreams", get(upstreams).put(replace_upstreams))
+        .route("/gateway/upstreams", get(upstreams).put(move |body| replace_upstreams(control, body)))
         .route("/gateway/metrics", get(move || async move { metrics.render() }))
         .with_state(shared)
 }
@@ -197,10 +221,11 @@ async fn upstreams(State(shared): State<Arc<proxy::Shared>>) -> Response {
 
 /// `PUT /gateway/upstreams` with the new list (a JSON list of URLs, or one comma-separated
 /// string): upstreams that stay keep their state, new ones join, removed ones drain.
-async fn replace_upstreams(State(shared): State<Arc<proxy::Shared>>, body: axum::body::Bytes) -> Response {
-    let replaced = serde_json::from_slice::<Upstreams>(&body)
-        .map_err(|e| e.to_string())
-        .and_then(|list| UpstreamControl(shared.pool.clone()).replace(&list).map_err(|e| e.to_string()));
+async fn replace_upstreams(control: UpstreamControl, body: axum::body::Bytes) -> Response {
+    let replaced = match serde_json::from_slice::<Upstreams>(&body) {
+        Ok(list) => control.replace(&list).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     match replaced {
         Ok((added, removed)) => {
             axum::Json(serde_json::json!({"added": added, "removed": removed})).into_response()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Request;
-use coffer_gateway::{Gateway, GatewayConfig, KeyDirectory, Limits, UpstreamUrl, Upstreams};
+use coffer_gateway::{Gateway, GatewayConfig, KeyDirectory, Limits, Resolve, UpstreamUrl, Upstreams};
 use coffer_store::{KeyId, NewApiKey, Scope, SqliteStore, Store, StoreConfig, TokenHash};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -18,6 +18,11 @@ use tokio::net::TcpListener;
 
 /// An upstream that answers every request with what it received, and counts them.
 async fn echo(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    echo_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), delay)
+}
+
+/// The same, on a listener already bound.
+fn echo_on(listener: TcpListener, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
     let counted = count.clone();
     let app = Router::new().route("/readyz", axum::routing::get(|| async { "ready" })).fallback(
@@ -44,7 +49,6 @@ async fn echo(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
             }
         },
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (addr, count)
@@ -100,6 +104,15 @@ impl Running {
         keys: Option<Arc<dyn KeyDirectory>>,
     ) -> Running {
         let urls = upstreams.iter().map(|a| UpstreamUrl::try_from(format!("http://{a}")).unwrap()).collect();
+        Self::launch(urls, tune, keys, None).await
+    }
+
+    async fn launch(
+        urls: Vec<UpstreamUrl>,
+        tune: impl FnOnce(&mut GatewayConfig),
+        keys: Option<Arc<dyn KeyDirectory>>,
+        resolve: Option<Resolve>,
+    ) -> Running {
         let mut config = GatewayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -108,7 +121,11 @@ impl Running {
         };
         tune(&mut config);
         let config_tls = config.tls_cert_path.is_some();
-        let gateway = Gateway::bind_with(config, Limits::local(), keys).await.expect("the gateway starts");
+        let mut gateway =
+            Gateway::bind_with(config, Limits::local(), keys).await.expect("the gateway starts");
+        if let Some(resolve) = resolve {
+            gateway = gateway.resolve_with(resolve);
+        }
         let scheme = if config_tls { "https" } else { "http" };
         let base = format!("{scheme}://{}", gateway.local_addr());
         let admin = format!("http://{}", gateway.admin_addr().unwrap());
@@ -737,4 +754,88 @@ async fn an_upstream_removed_from_the_list_drains_its_requests_and_takes_no_new_
         assert_eq!(refused.status(), 400, "{bad}");
     }
     assert_eq!(gateway.upstreams().await.len(), 1, "a refused list changes nothing");
+}
+
+/// Listeners on one port of three loopback addresses: the replicas behind one name.
+fn one_port_on_three_addresses() -> [std::net::TcpListener; 3] {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        let rest = ["127.0.0.3", "127.0.0.4"].map(|ip| std::net::TcpListener::bind((ip, port)));
+        if let [Ok(second), Ok(third)] = rest {
+            return [first, second, third];
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_name_is_one_upstream_per_address_it_resolves_to_followed_as_the_answer_changes() {
+    let [a, b, c] = one_port_on_three_addresses().map(|listener| {
+        listener.set_nonblocking(true).unwrap();
+        echo_on(TcpListener::from_std(listener).unwrap(), Duration::ZERO)
+    });
+    let port = a.0.port();
+    // What the name resolves to; an empty answer is a failed lookup.
+    let answer = Arc::new(std::sync::Mutex::new(vec![a.0, b.0]));
+    let name = format!("replicas.coffer.test:{port}");
+    let resolve: Resolve = {
+        let (answer, name) = (answer.clone(), name.clone());
+        Arc::new(move |authority: String| {
+            let addresses = answer.lock().unwrap().clone();
+            let known = authority == name && !addresses.is_empty();
+            Box::pin(
+                async move { if known { Ok(addresses) } else { Err(std::io::Error::other("no such name")) } },
+            )
+        })
+    };
+    let urls = vec![UpstreamUrl::try_from(format!("http://{name}")).unwrap()];
+    let gateway = Running::launch(urls, |c| c.dns_refresh_ms = 50, None, Some(resolve)).await;
+    let listed = |expected: Vec<SocketAddr>| {
+        let expected: Vec<String> = expected.iter().map(|a| format!("http://{a}")).collect();
+        let gateway = &gateway;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            loop {
+                let now: Vec<String> = gateway
+                    .upstreams()
+                    .await
+                    .iter()
+                    .filter(|u| u["draining"] == false)
+                    .map(|u| u["url"].as_str().unwrap().to_owned())
+                    .collect();
+                if now == expected {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "the gateway lists {now:?}, not {expected:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let send = |n: usize| {
+        let url = format!("{}/v1/ledgers", gateway.base);
+        async move {
+            for _ in 0..n {
+                assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+            }
+        }
+    };
+
+    listed(vec![a.0, b.0]).await;
+    send(40).await;
+    let seen = |echo: &(SocketAddr, Arc<AtomicUsize>)| echo.1.load(Ordering::SeqCst);
+    assert!(seen(&a) > 0 && seen(&b) > 0, "both addresses take requests: {} and {}", seen(&a), seen(&b));
+
+    // The name moves from a to c: c joins, a drains and takes nothing new.
+    *answer.lock().unwrap() = vec![c.0, b.0];
+    listed(vec![b.0, c.0]).await;
+    let a_before = seen(&a);
+    send(40).await;
+    assert_eq!(seen(&a), a_before, "a left the answer");
+    assert!(seen(&c) > 0, "c joined");
+
+    // A failed lookup keeps the addresses the name had.
+    answer.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    listed(vec![b.0, c.0]).await;
+    send(4).await;
 }
