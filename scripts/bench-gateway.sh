@@ -9,7 +9,8 @@
 # its two runs. Prints requests/s, p50 and p99 against direct, and the CPU each process used, per
 # second and per request. On a shared VM the hypervisor takes CPU from the guest ("steal") in
 # bursts; that moves requests/s from run to run, while the CPU a process spends per request
-# (which steal does not count) holds, so the summary gives both.
+# (which steal does not count) holds, so the summary gives both, with each proxy's CPU split into
+# user space (its own code) and kernel (system calls and the loopback network they drive).
 #
 #   scripts/bench-gateway.sh                          # embedded store, 15 s per run
 #   BENCH_SECONDS=30 BENCH_STORE=postgres scripts/bench-gateway.sh
@@ -149,8 +150,9 @@ ready nginx "$nginx_port"
 
 # cpu PID...: CPU ticks used so far by each PID with its live child processes (nginx's workers),
 # by this shell's finished children (the load generator, once it has exited), then the machine's
-# busy, total and stolen ticks. What the machine spent beyond these, steal aside, was spent by
-# something else.
+# busy, total and stolen ticks, then the last PID's ticks in user space alone (the rest of its
+# ticks are the kernel's: system calls and the loopback network stack they drive). What the
+# machine spent beyond these, steal aside, was spent by something else.
 cpu() {
   python3 - "$$" "$@" <<'PY'
 import os, sys
@@ -165,7 +167,8 @@ own = lambda f: int(f[11]) + int(f[12])  # utime + stime
 out = [sum(own(f) for p, f in procs.items() if pid in (p, int(f[1]))) for pid in pids]
 out.append(int(procs[shell][13]) + int(procs[shell][14]))  # cutime + cstime
 ticks = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
-print(*out, sum(ticks) - ticks[3] - ticks[4] - ticks[7], sum(ticks), ticks[7])
+user = sum(int(f[11]) for p, f in procs.items() if int(sys.argv[-1]) in (p, int(f[1])))
+print(*out, sum(ticks) - ticks[3] - ticks[4] - ticks[7], sum(ticks), ticks[7], user)
 PY
 }
 
@@ -202,6 +205,7 @@ print(f"{load:9} {target:7} {r['requests_per_second']:8.0f} req/s  p50 {l['p50']
       f" proxy {pct(proxy_ticks) if proxy else '-'}, other {pct(max(0, busy - client - replica - proxy_ticks))},"
       f" stolen {pct(steal)} (machine {pct(busy)} of {100 * int(cores)} %)")
 json.dump({"replica_us": per_request(replica), "proxy_us": per_request(proxy_ticks) if proxy else None,
+           "proxy_user_us": per_request(d[6]) if proxy else None,
            "stolen_pct": 100 * steal / int(hz) / wall}, open(path + ".cpu", "w"))
 PY
 }
@@ -240,7 +244,7 @@ mean = lambda xs: sum(xs) / len(xs)
 print("requests/s, p50, p99 and CPU per request: the mean of each target's runs (requests/s of each")
 print("run in brackets); stolen: CPU the hypervisor took from the machine, in % of one core")
 print()
-print("| load | target | requests/s | p50 | p99 | errors | / direct | replica CPU/req | proxy CPU/req | stolen |")
+print("| load | target | requests/s | p50 | p99 | errors | / direct | replica CPU/req | proxy CPU/req (user + kernel) | stolen |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for load in ("transfers", "reads"):
     direct = mean([r["requests_per_second"] for r in runs[(load, "direct")]])
@@ -252,7 +256,11 @@ for load in ("transfers", "reads"):
         p99 = mean([r["latency_ms"]["p99"] for r in rs])
         errors = sum(r["errors"] for r in rs)
         replica = mean([r["replica_us"] for r in rs])
-        proxy = "-" if target == "direct" else f"{mean([r['proxy_us'] for r in rs]):.1f} µs"
+        if target == "direct":
+            proxy = "-"
+        else:
+            total, user = mean([r["proxy_us"] for r in rs]), mean([r["proxy_user_us"] for r in rs])
+            proxy = f"{total:.1f} µs ({user:.1f} + {total - user:.1f})"
         stolen = mean([r["stolen_pct"] for r in rs])
         print(f"| {load} | {target} | {rps:,.0f} ({each}) | {p50:.2f} ms | {p99:.2f} ms | {errors} | {rps / direct:.2f}"
               f" | {replica:.1f} µs | {proxy} | {stolen:.0f} % |")
