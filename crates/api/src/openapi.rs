@@ -92,7 +92,7 @@ impl IntoParams for TraceHeader {
                 .description(Some(
                     "W3C trace context. Every event the request causes carries it as its `traceparent` \
                      extension, and the request's log lines carry its trace id. One that is not of \
-                     version 00 with non-zero ids is ignored, as the W3C recommendation asks.",
+                     version 00 with non-zero ids is ignored (never refused).",
                 ))
                 .schema(Some(schema))
                 .build(),

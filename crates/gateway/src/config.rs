@@ -50,12 +50,11 @@ impl UpstreamUrl {
         parts.path_and_query = Some(path_and_query);
         Uri::from_parts(parts).expect("a scheme, an authority and a path make a URI")
     }
-}
 
-impl From<SocketAddr> for UpstreamUrl {
-    fn from(address: SocketAddr) -> Self {
-        let authority = address.to_string().parse().expect("a socket address is an authority");
-        Self { authority }
+    /// The upstream at `address`; `None` for the rare address that is no URL authority (an
+    /// IPv6 address with a zone, `fe80::1%eth0`).
+    pub fn at(address: SocketAddr) -> Option<Self> {
+        address.to_string().parse().ok().map(|authority| Self { authority })
     }
 }
 

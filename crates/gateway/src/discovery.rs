@@ -102,15 +102,18 @@ impl Discovery {
         }
         let lookup = (self.resolve)(authority.as_str().to_owned());
         let mut addresses = match tokio::time::timeout(self.timeout, lookup).await {
-            Ok(Ok(addresses)) if !addresses.is_empty() => addresses,
-            Ok(Ok(_)) => return self.unresolved(url, "no address"),
+            Ok(Ok(addresses)) => addresses,
             Ok(Err(err)) => return self.unresolved(url, &err.to_string()),
             Err(_) => return self.unresolved(url, "timed out"),
         };
         // A stable order, so the same answer in another order changes nothing.
         addresses.sort();
         addresses.dedup();
-        Some(addresses.into_iter().map(UpstreamUrl::from).collect())
+        let upstreams: Vec<UpstreamUrl> = addresses.into_iter().filter_map(UpstreamUrl::at).collect();
+        if upstreams.is_empty() {
+            return self.unresolved(url, "no address (usable in a URL)");
+        }
+        Some(upstreams)
     }
 
     fn unresolved(&self, url: &UpstreamUrl, why: &str) -> Option<Vec<UpstreamUrl>> {
