@@ -93,6 +93,11 @@ fn is_api_method(method: &http::Method) -> bool {
 /// or control character: what a router behind the edge may read differently is refused.
 fn is_plain_path(path: &str) -> bool {
     let bytes = path.as_bytes();
+    // The common path holds none of the bytes the checks below look at.
+    let suspect = |b: &u8| matches!(b, b'%' | b'.' | b'\\') || b.is_ascii_control();
+    if path.starts_with('/') && !bytes.iter().any(suspect) {
+        return true;
+    }
     let tricky_escape = bytes.windows(3).any(|w| {
         let escaped = (w[1], w[2].to_ascii_lowercase());
         w[0] == b'%' && matches!(escaped, (b'2', b'e' | b'f') | (b'5', b'c') | (b'0', b'0'))
