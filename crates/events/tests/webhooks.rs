@@ -17,7 +17,7 @@ use coffer_events::{
 };
 use coffer_ledger::{
     AccountFlags, AccountId, Amount, Command, LedgerCode, NewAccount, NewLedger, NewTransfer, Scale,
-    Submission, Timestamp, TransferId,
+    Submission, Timestamp, TraceParent, TransferId,
 };
 use coffer_store::{Delivery, DeliveryStatus, OutboxEvent, Store, StoreConfig, Webhook};
 use coffer_testkit::{Backend, TestStore};
@@ -35,7 +35,11 @@ async fn open_store() -> Option<TestStore> {
     TestStore::open(Backend::of_test_target(env!("CARGO_CRATE_NAME")), StoreConfig::default()).await
 }
 
-/// Two accounts and `transfers` transfers between them; answers the outbox's events.
+/// The trace the workload is sent in.
+const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// Two accounts and `transfers` transfers between them, sent in [`TRACE`]; answers the outbox's
+/// events.
 async fn workload(store: &dyn Store, transfers: usize) -> Vec<OutboxEvent> {
     let usd = LedgerCode::try_from("USD").unwrap();
     let (a, b) = (AccountId::generate(), AccountId::generate());
@@ -65,7 +69,8 @@ async fn workload(store: &dyn Store, transfers: usize) -> Vec<OutboxEvent> {
             metadata: None,
         }));
     }
-    store.submit(Submission::new(commands, true)).await.unwrap();
+    let trace = TraceParent::try_from(TRACE).unwrap();
+    store.submit(Submission::new(commands, true).traced(Some(trace))).await.unwrap();
     let events = store.events_after(0, 10_000).await.unwrap();
     assert_eq!(events.len(), 2 + transfers, "two accounts created and the transfers");
     events
@@ -175,6 +180,12 @@ async fn every_event_reaches_a_verifying_receiver_signed_and_intact() {
         let event = event_of[&request.event_id];
         assert_eq!(request.body, coffer_events::encode(event).unwrap(), "the body is the CloudEvent");
         assert_eq!(request.content_type, "application/json");
+        let trace = event.traceparent.as_ref().map_or("", |trace| trace.as_str());
+        assert_eq!(
+            (request.traceparent.as_str(), trace),
+            (TRACE, TRACE),
+            "the event's trace, as a header too"
+        );
         assert_eq!(delivery_of[&request.delivery_id].event_id, event.id, "webhook-id names its delivery");
         assert_eq!(request.event_type, event.kind);
     }

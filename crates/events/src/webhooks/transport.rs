@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use coffer_ledger::TraceParent;
 use coffer_store::{Delivery, Webhook};
 use reqwest::Client;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
@@ -60,20 +61,35 @@ impl Transport {
         };
         let id = delivery.id.to_string();
         let signature = sign(&secret, &id, timestamp, delivery.payload.as_bytes());
-        let request = self
+        let mut request = self
             .client
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(delivery.payload.clone());
+            .header("webhook-signature", signature);
+        if let Some(trace) = traceparent(&delivery.payload) {
+            request = request.header("traceparent", trace.as_str());
+        }
+        let request = request.body(delivery.payload.clone());
         match request.send().await {
             Ok(response) if response.status().is_success() => Outcome::Delivered(response.status().as_u16()),
             Ok(response) => Outcome::Rejected(response.status().as_u16()),
             Err(e) => Outcome::Failed(describe(e)),
         }
     }
+}
+
+/// The event's `traceparent`, sent as a header too: a receiver's HTTP tracing then joins the
+/// trace that made the change without reading the body. Only a valid one is sent.
+fn traceparent(payload: &str) -> Option<TraceParent> {
+    #[derive(serde::Deserialize)]
+    struct Traced<'a> {
+        #[serde(borrow)]
+        traceparent: Option<std::borrow::Cow<'a, str>>,
+    }
+    let traced: Traced = serde_json::from_str(payload).ok()?;
+    TraceParent::try_from(traced.traceparent?.as_ref()).ok()
 }
 
 /// The error and its causes on one line: reqwest's own text ("error sending request") hides
@@ -89,4 +105,21 @@ fn describe(error: reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traceparent;
+
+    #[test]
+    fn only_a_valid_traceparent_of_the_event_becomes_a_header() {
+        let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let sent = traceparent(&format!(r#"{{"id":"x","traceparent":"{trace}","data":{{"a":1}}}}"#));
+        assert_eq!(sent.as_ref().map(|t| t.as_str()), Some(trace));
+        for payload in
+            [r#"{"id":"x","data":{}}"#, r#"{"traceparent":"00-nope"}"#, r#"{"traceparent":7}"#, "not json"]
+        {
+            assert!(traceparent(payload).is_none(), "{payload}");
+        }
+    }
 }

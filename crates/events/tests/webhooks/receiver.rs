@@ -30,6 +30,8 @@ pub struct Received {
     pub event_id: String,
     pub event_type: String,
     pub content_type: String,
+    /// The `traceparent` header, empty when there was none.
+    pub traceparent: String,
     pub body: Vec<u8>,
     pub signature_valid: bool,
     pub answered: u16,
@@ -103,6 +105,7 @@ async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, bo
         event_id: event["id"].as_str().unwrap_or("").to_owned(),
         event_type: event["type"].as_str().unwrap_or("").to_owned(),
         content_type: header("content-type"),
+        traceparent: header("traceparent"),
         body: body.to_vec(),
         signature_valid,
         answered,
