@@ -120,6 +120,10 @@ impl Bus for JetStreamBus {
             if let Some(previous) = &previous {
                 headers.insert("Nats-Expected-Last-Msg-Id", previous.as_str());
             }
+            // As on a webhook: a subscriber's tracing reads it without parsing the body.
+            if let Some(trace) = &event.traceparent {
+                headers.insert("traceparent", trace.as_str());
+            }
             let payload = encode(event)?.into();
             let ack = self
                 .context

@@ -1,6 +1,6 @@
 //! The relay against a real NATS JetStream (`COFFER_TEST_NATS_URL`, default the local server):
 //! every outbox event lands in the stream once, in position order, with its id as the message
-//! id; a second relay that starts from the beginning — a relay that crashed after publishing but
+//! id and its trace, when it has one, as a `traceparent` header; a second relay that starts from the beginning — a relay that crashed after publishing but
 //! before saving its position — adds nothing, because the stream drops the duplicates.
 
 mod common;
@@ -8,9 +8,10 @@ mod common;
 use std::sync::Arc;
 
 use coffer_events::{Bus, Relay};
+use coffer_ledger::{Submission, TraceParent};
 use coffer_store::StoreConfig;
 use coffer_testkit::{Backend, TestStore};
-use common::{ledger_with_accounts, local_jetstream, transfers, unique_stream};
+use common::{ledger_with_accounts, local_jetstream, transfer, transfers, unique_stream};
 use serde_json::Value;
 
 const TRANSFERS: u64 = 300;
@@ -23,8 +24,11 @@ async fn every_event_reaches_the_stream_once_and_in_order() {
     let Some(store) = TestStore::open(Backend::Sqlite, StoreConfig::default()).await else { return };
     let accounts = ledger_with_accounts(store.as_ref(), 2).await;
     transfers(store.as_ref(), accounts[0], accounts[1], TRANSFERS).await;
+    let trace = TraceParent::try_from("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    let traced = Submission::one(transfer(accounts[0], accounts[1], 1, 1)).traced(Some(trace));
+    store.submit(traced).await.unwrap();
     let outbox = store.events_after(0, 10_000).await.unwrap();
-    assert_eq!(outbox.len(), 2 + TRANSFERS as usize);
+    assert_eq!(outbox.len(), 3 + TRANSFERS as usize);
 
     let relay = Relay::new(store.store.clone(), bus.clone() as Arc<dyn Bus>, "jetstream");
     assert_eq!(relay.catch_up(None).await.unwrap(), outbox.len());
@@ -48,6 +52,10 @@ async fn every_event_reaches_the_stream_once_and_in_order() {
             message.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
             Some(event.id.to_string().as_str())
         );
+        // The trace, when the event has one, as a header too (the last event's only).
+        let trace = event.traceparent.as_ref().map(|trace| trace.as_str());
+        assert_eq!(message.headers.get("traceparent").map(|v| v.as_str()), trace);
+        assert_eq!(trace.is_some(), n + 1 == outbox.len());
     }
     bus.context().delete_stream(&settings.name).await.unwrap();
     store.shutdown().await;
