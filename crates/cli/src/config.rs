@@ -44,6 +44,10 @@ pub struct Config {
     pub roles: Vec<Role>,
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
+    /// The API over TLS (https only): a PEM certificate chain and its PEM private key, both or
+    /// neither (`COFFER_TLS_CERT_PATH`, `COFFER_TLS_KEY_PATH`).
+    pub tls_cert_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
     /// PostgreSQL connection string (several hosts allowed); when set, the store is PostgreSQL
@@ -77,6 +81,8 @@ impl Default for Config {
         Self {
             roles: vec![Role::Api, Role::Relay, Role::Worker],
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert_path: None,
+            tls_key_path: None,
             data_dir: PathBuf::from("./coffer-data"),
             database_url: None,
             nats_url: None,
@@ -137,6 +143,8 @@ impl GatewayOverrides {
 const ENV_KEYS: &[&str] = &[
     "roles",
     "listen",
+    "tls_cert_path",
+    "tls_key_path",
     "data_dir",
     "database_url",
     "nats_url",
@@ -189,6 +197,9 @@ impl Config {
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
             bail!("redis_url must be a redis:// or rediss:// URL");
+        }
+        if self.tls_cert_path.is_some() != self.tls_key_path.is_some() {
+            bail!("tls_cert_path and tls_key_path must be set together");
         }
         if self.roles.is_empty() {
             bail!("roles must name at least one of api, relay, worker");
@@ -253,6 +264,9 @@ mod tests {
             assert!(Config::load(Some(Path::new("no_roles.toml")), Overrides::default()).is_err());
             assert!(Config::load(Some(Path::new("zero.toml")), Overrides::default()).is_err());
             assert!(Config::load(Some(Path::new("missing.toml")), Overrides::default()).is_err());
+            jail.create_file("half_tls.toml", "tls_cert_path = \"cert.pem\"\n")?;
+            let half = Config::load(Some(Path::new("half_tls.toml")), Overrides::default()).unwrap_err();
+            assert!(format!("{half:#}").contains("tls_key_path"), "{half:#}");
             jail.set_env("COFFER_DATABASE_URL", "mysql://localhost/x");
             assert!(Config::load(None, Overrides::default()).is_err());
             jail.set_env(

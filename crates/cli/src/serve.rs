@@ -1,6 +1,7 @@
 //! `coffer serve`: open the store, make sure an admin key exists, start the roles asked for (the
 //! API, the relay, the worker), run until a signal, then finish what is in flight.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,21 +38,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves the API until a signal, then lets in-flight requests finish.
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the API (over TLS when configured) until a signal, then lets in-flight requests finish.
 async fn serve_http(config: &Config, app: axum::Router) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    info!(listen = %config.listen, store = %crate::store::describe(config), "coffer is serving");
+    let tls = match (&config.tls_cert_path, &config.tls_key_path) {
+        (Some(cert), Some(key)) => Some(coffer_gateway::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(listen = %config.listen, scheme, store = %crate::store::describe(config), "coffer is serving");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    let server = match tls {
+        Some(acceptor) => {
+            let listener = coffer_gateway::tls::TlsListener::new(listener, acceptor, TLS_HANDSHAKE_TIMEOUT)?;
+            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
+        }
+        None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future()),
+    };
     shutdown_signal().await;
     info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(());

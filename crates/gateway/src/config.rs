@@ -28,39 +28,66 @@ pub enum ConfigError {
     BadTrustedProxy(String),
 }
 
-/// One upstream: `http://host:port`, no path, no query. The host may be a DNS name: each
-/// address it resolves to becomes an upstream of its own (see `discovery`).
+/// One upstream: `http://host:port` or `https://host:port`, no path, no query. The host may be a
+/// DNS name: each address it resolves to becomes an upstream of its own (see `discovery`), which
+/// still speaks to its replica by that name — in `Host` and, over https, in the certificate it
+/// must present.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct UpstreamUrl {
-    authority: Authority,
+    tls: bool,
+    /// Where connections go: the configured `host:port`, or one address the name resolved to.
+    dial: Authority,
+    /// The configured `host:port`, when `dial` is an address it resolved to.
+    name: Option<Authority>,
 }
 
 impl UpstreamUrl {
-    /// `host:port`, as sent in the `Host` header.
+    /// `host:port` as configured: the `Host` the replica is addressed by.
     pub fn authority(&self) -> &Authority {
-        &self.authority
+        self.name.as_ref().unwrap_or(&self.dial)
+    }
+
+    /// The name `Host` must carry when it differs from the address connected to.
+    pub fn host_override(&self) -> Option<&Authority> {
+        self.name.as_ref()
+    }
+
+    /// The host a TLS certificate of this upstream must name (no brackets around IPv6).
+    pub fn tls_name(&self) -> &str {
+        self.authority().host().trim_start_matches('[').trim_end_matches(']')
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Whether this upstream is reached at `authority` (the `host:port` of a request's URI).
+    pub fn dials(&self, authority: &Authority) -> bool {
+        &self.dial == authority
     }
 
     /// The absolute URI of `path_and_query` on this upstream.
     pub fn join(&self, path_and_query: PathAndQuery) -> Uri {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
+        parts.scheme = Some(if self.tls { Scheme::HTTPS } else { Scheme::HTTP });
+        parts.authority = Some(self.dial.clone());
         parts.path_and_query = Some(path_and_query);
         Uri::from_parts(parts).expect("a scheme, an authority and a path make a URI")
     }
 
-    /// The upstream at `address`; `None` for the rare address that is no URL authority (an
-    /// IPv6 address with a zone, `fe80::1%eth0`).
-    pub fn at(address: SocketAddr) -> Option<Self> {
-        address.to_string().parse().ok().map(|authority| Self { authority })
+    /// This upstream reached at `address`, one its name resolved to; `None` for the rare address
+    /// that is no URL authority (an IPv6 address with a zone, `fe80::1%eth0`).
+    pub fn at(&self, address: SocketAddr) -> Option<Self> {
+        let dial = address.to_string().parse().ok()?;
+        Some(Self { tls: self.tls, dial, name: Some(self.authority().clone()) })
     }
 }
 
 impl std::fmt::Display for UpstreamUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}", self.authority)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.dial)
     }
 }
 
@@ -76,11 +103,11 @@ impl TryFrom<String> for UpstreamUrl {
     fn try_from(text: String) -> Result<Self, ConfigError> {
         let bad = |reason| ConfigError::BadUpstream { url: text.clone(), reason };
         let uri: Uri = text.trim().parse().map_err(|_| bad("is not a URL"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(bad("https upstreams are not supported by this build yet")),
-            _ => return Err(bad("must start with http://")),
-        }
+        let (tls, default_port) = match uri.scheme_str() {
+            Some("http") => (false, 80),
+            Some("https") => (true, 443),
+            _ => return Err(bad("must start with http:// or https://")),
+        };
         let authority = uri.authority().ok_or_else(|| bad("has no host"))?.clone();
         if authority.host().is_empty() {
             return Err(bad("has no host"));
@@ -91,15 +118,15 @@ impl TryFrom<String> for UpstreamUrl {
         if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
             return Err(bad("must not have a path or query"));
         }
-        let authority = match authority.port_u16() {
+        let dial = match authority.port_u16() {
             Some(0) => return Err(bad("has port 0")),
             Some(_) => authority,
             None if authority.as_str() == authority.host() => {
-                format!("{}:80", authority.host()).parse().map_err(|_| bad("has a bad host"))?
+                format!("{}:{default_port}", authority.host()).parse().map_err(|_| bad("has a bad host"))?
             }
             None => return Err(bad("has a bad port")),
         };
-        Ok(Self { authority })
+        Ok(Self { tls, dial, name: None })
     }
 }
 
@@ -262,6 +289,9 @@ pub struct GatewayConfig {
     /// TLS termination: a PEM certificate chain and its PEM private key. Both or neither.
     pub tls_cert_path: Option<PathBuf>,
     pub tls_key_path: Option<PathBuf>,
+    /// The certificate authorities (PEM) an https upstream's certificate must chain to; unset,
+    /// the system's trusted roots.
+    pub upstream_ca_path: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -302,6 +332,7 @@ impl Default for GatewayConfig {
             key_cache_ttl_ms: 1_000,
             tls_cert_path: None,
             tls_key_path: None,
+            upstream_ca_path: None,
         }
     }
 }
@@ -387,11 +418,14 @@ mod tests {
     fn upstream_urls_are_parsed_strictly() {
         assert_eq!(parse("http://127.0.0.1:8081").unwrap().to_string(), "http://127.0.0.1:8081");
         assert_eq!(parse("http://api.internal/").unwrap().to_string(), "http://api.internal:80");
+        let secure = parse("https://api.internal").unwrap();
+        assert_eq!(secure.to_string(), "https://api.internal:443");
+        assert_eq!(secure.join(PathAndQuery::from_static("/v1")).to_string(), "https://api.internal:443/v1");
         for bad in [
             "",
             "127.0.0.1:8081",
             "ftp://x:1",
-            "https://x:1",
+            "https://user@x:1",
             "http://x:1/v1",
             "http://x:1/?a=b",
             "http://user:pw@x:1",
@@ -405,12 +439,30 @@ mod tests {
     }
 
     #[test]
+    fn an_address_a_name_resolved_to_is_dialled_but_addressed_by_the_name() {
+        let named = parse("https://api.internal:8443").unwrap();
+        let at = named.at("[2001:db8::5]:8443".parse().unwrap()).unwrap();
+        assert_eq!(at.to_string(), "https://[2001:db8::5]:8443");
+        assert_eq!(
+            at.join(PathAndQuery::from_static("/readyz")).to_string(),
+            "https://[2001:db8::5]:8443/readyz"
+        );
+        assert_eq!(at.authority().as_str(), "api.internal:8443");
+        assert_eq!(at.host_override().map(Authority::as_str), Some("api.internal:8443"));
+        assert_eq!(at.tls_name(), "api.internal");
+        assert!(at.dials(&"[2001:db8::5]:8443".parse().unwrap()));
+        assert_ne!(at, parse("https://[2001:db8::5]:8443").unwrap(), "the name is part of the upstream");
+        let literal = parse("https://[2001:db8::5]:8443").unwrap();
+        assert_eq!((literal.tls_name(), literal.host_override()), ("2001:db8::5", None));
+    }
+
+    #[test]
     fn the_list_reads_from_a_comma_string_or_a_list() {
         let from_text: Upstreams = serde_json::from_str("\"http://a:1, http://b:2,\"").unwrap();
         assert_eq!(from_text.0.len(), 2);
         let from_list: Upstreams = serde_json::from_str("[\"http://a:1\"]").unwrap();
         assert_eq!(from_list.0.len(), 1);
-        assert!(serde_json::from_str::<Upstreams>("\"http://a:1,https://b:2\"").is_err());
+        assert!(serde_json::from_str::<Upstreams>("\"http://a:1,ftp://b:2\"").is_err());
     }
 
     #[test]

@@ -109,7 +109,8 @@ impl Discovery {
         // A stable order, so the same answer in another order changes nothing.
         addresses.sort();
         addresses.dedup();
-        let upstreams: Vec<UpstreamUrl> = addresses.into_iter().filter_map(UpstreamUrl::at).collect();
+        let upstreams: Vec<UpstreamUrl> =
+            addresses.into_iter().filter_map(|address| url.at(address)).collect();
         if upstreams.is_empty() {
             return self.unresolved(url, "no address (usable in a URL)");
         }

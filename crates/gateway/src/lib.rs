@@ -3,7 +3,7 @@
 //! safe to retry, and logs and measures every request.
 //!
 //! The rooms: `config` (what to run with, checked at start), `server` (accepting connections:
-//! TLS, header deadline, drain), `client` (who the client is: the peer, or behind trusted
+//! header deadline, drain), `tls` (certificates both ways), `client` (who the client is: the peer, or behind trusted
 //! proxies what they forwarded), `auth` (the token check), `limits` (rate limits per client
 //! address and API key), `pool` (health and choice of upstream, the circuit breaker),
 //! `discovery` (upstream names resolved into one upstream per address), `health` (active checks), `retry` (what may be repeated, the budget), `headers` (what a proxy
@@ -25,6 +25,7 @@ mod problem;
 mod proxy;
 mod retry;
 mod server;
+pub mod tls;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -36,7 +37,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -45,7 +45,7 @@ pub use coffer_ratelimit::Limits;
 pub use coffer_store::KeyDirectory;
 pub use config::{ConfigError, GatewayConfig, TrustedProxies, UpstreamUrl, Upstreams, list_setting};
 pub use discovery::{Lookup, Resolve};
-pub use server::TlsError;
+pub use tls::TlsError;
 
 /// Why the gateway could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,7 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         config.validate()?;
         let tls = match (&config.tls_cert_path, &config.tls_key_path) {
-            (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
         };
         let metrics = observe::install_metrics();
@@ -100,13 +100,12 @@ impl Gateway {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-        connector.set_nodelay(true);
+        let pool = Arc::new(pool::Pool::new(&config));
+        let connector = tls::upstream_connector(&config, pool.clone())?;
         let client =
             Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         let auth = keys.map(|keys| auth::EdgeAuth::new(keys, Duration::from_millis(config.key_cache_ttl_ms)));
-        let shared = Arc::new(proxy::Shared::new(&config, client, limits, auth));
+        let shared = Arc::new(proxy::Shared::new(&config, pool, client, limits, auth));
         let discovery = Self::discovery(&config, &shared, discovery::system_resolver());
         Ok(Self { config, listener, admin, shared, discovery, metrics })
     }

@@ -16,7 +16,6 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::auth::{self, EdgeAuth};
 use crate::body::{self, Held, HoldError, Logged, ProxyBody};
@@ -28,6 +27,7 @@ use crate::observe::{self, AccessRecord, RetryReason};
 use crate::pool::{InFlight, Outcome, Pool, Upstream};
 use crate::problem::GatewayProblem;
 use crate::retry::{self, Budget, Replay};
+use crate::tls::Connector;
 
 /// What every request handler shares.
 pub struct Shared {
@@ -45,7 +45,7 @@ pub struct Shared {
     max_body_bytes: u64,
     max_header_bytes: usize,
     body_read_timeout: Duration,
-    pub client: Client<HttpConnector, ProxyBody>,
+    pub client: Client<Connector, ProxyBody>,
     pub budget: Budget,
     upstream_timeout: Duration,
     retry_body_limit_bytes: usize,
@@ -56,12 +56,13 @@ pub struct Shared {
 impl Shared {
     pub fn new(
         config: &GatewayConfig,
-        client: Client<HttpConnector, ProxyBody>,
+        pool: Arc<Pool>,
+        client: Client<Connector, ProxyBody>,
         limits: Limits,
         auth: Option<EdgeAuth>,
     ) -> Self {
         Self {
-            pool: Arc::new(Pool::new(config)),
+            pool,
             limits: EdgeLimits::new(config, limits),
             auth,
             tls: config.tls_cert_path.is_some(),
@@ -246,6 +247,10 @@ async fn send(
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = parts.headers.clone();
+    if let Some(name) = upstream.url.host_override() {
+        let host = HeaderValue::from_str(name.as_str()).expect("an authority is a header value");
+        request.headers_mut().insert(http::header::HOST, host);
+    }
 
     let in_flight = upstream.start();
     let started = Instant::now();

@@ -1,4 +1,4 @@
-//! Accepting client connections: TLS termination when configured, HTTP/1.1 and HTTP/2, a
+//! Accepting client connections: TLS termination when configured (`tls`), HTTP/1.1 and HTTP/2, a
 //! deadline on request headers, and a graceful drain.
 //!
 //! The gateway runs its own accept loop instead of `axum::serve` for two things that one lacks:
@@ -12,7 +12,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,40 +21,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::client::Peer;
 use crate::proxy::{self, Shared};
-
-/// Why TLS could not be set up from the configured files.
-#[derive(Debug, thiserror::Error)]
-#[error("TLS: {0}")]
-pub struct TlsError(String);
-
-/// Reads a PEM certificate chain and private key into an acceptor that offers HTTP/2 and
-/// HTTP/1.1 (ALPN).
-pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsError> {
-    let certs = CertificateDer::pem_file_iter(cert_path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError(format!("cannot read the certificate chain {}: {e}", cert_path.display())))?;
-    if certs.is_empty() {
-        return Err(TlsError(format!("{} holds no certificate", cert_path.display())));
-    }
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|e| TlsError(format!("cannot read the private key {}: {e}", key_path.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|e| TlsError(format!("the certificate and key do not make a TLS server: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
+use crate::tls;
 
 /// How connections are accepted and served.
 pub struct Listener {
@@ -83,32 +55,38 @@ pub async fn serve(
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut stop => break,
-            accepted = tcp.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %err, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&tcp) => accepted,
         };
-        let _ = stream.set_nodelay(true);
         let (shared, builder, tls, watcher) =
             (shared.clone(), builder.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
             let Some(acceptor) = tls else {
                 return serve_connection(&builder, watcher, stream, shared, peer).await;
             };
-            match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve_connection(&builder, watcher, stream, shared, peer).await,
-                Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            if let Some(stream) = tls::handshake(&acceptor, stream, peer, header_read_timeout).await {
+                serve_connection(&builder, watcher, stream, shared, peer).await;
             }
         });
     }
     drop(tcp);
     tokio::time::timeout(drain, graceful.shutdown()).await.is_ok()
+}
+
+/// The next connection, with Nagle's delay off. A failed accept (out of file descriptors and
+/// the like) is logged and waited out instead of spun on.
+pub(crate) async fn accept(tcp: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match tcp.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Serves one client connection (plain or TLS) until it closes or the drain ends it.

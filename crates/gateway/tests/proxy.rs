@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Request;
-use coffer_gateway::{Gateway, GatewayConfig, KeyDirectory, Limits, Resolve, UpstreamUrl, Upstreams};
+use coffer_gateway::{Gateway, GatewayConfig, KeyDirectory, Limits, Resolve, UpstreamUrl, Upstreams, tls};
 use coffer_store::{KeyId, NewApiKey, Scope, SqliteStore, Store, StoreConfig, TokenHash};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -23,6 +23,25 @@ async fn echo(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
 
 /// The same, on a listener already bound.
 fn echo_on(listener: TcpListener, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (app, count) = echo_app(delay);
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, count)
+}
+
+/// The same over TLS only, with `certified`'s certificate.
+async fn echo_tls(certified: &Certified) -> (SocketAddr, Arc<AtomicUsize>) {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let acceptor = tls::acceptor(&certified.cert_path, &certified.key_path).unwrap();
+    let listener = tls::TlsListener::new(tcp, acceptor, Duration::from_secs(5)).unwrap();
+    let (app, count) = echo_app(Duration::ZERO);
+    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, count)
+}
+
+/// Answers every request with what it received, and counts them.
+fn echo_app(delay: Duration) -> (Router, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
     let counted = count.clone();
     let app = Router::new().route("/readyz", axum::routing::get(|| async { "ready" })).fallback(
@@ -49,9 +68,7 @@ fn echo_on(listener: TcpListener, delay: Duration) -> (SocketAddr, Arc<AtomicUsi
             }
         },
     );
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, count)
+    (app, count)
 }
 
 /// An upstream that passes its health checks but reads every other request and then drops the
@@ -689,21 +706,56 @@ async fn headers_sent_one_byte_at_a_time_are_cut_off_and_sent_nowhere() {
     assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing reached the upstream");
 }
 
+/// A certificate authority of a test's own.
+type TestCa = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+
+fn test_ca() -> TestCa {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A certificate for `names` signed by `ca`, and its key, in PEM files.
+struct Certified {
+    cert_path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn certify(ca: &TestCa, names: &[&str]) -> Certified {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, ca).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    Certified { cert_path, key_path, _dir: dir }
+}
+
+/// A resolver that knows one name, `host:port`, at one address.
+fn resolving(name: &str, address: SocketAddr) -> Resolve {
+    let name = name.to_owned();
+    Arc::new(move |authority: String| {
+        let known = authority == name;
+        Box::pin(
+            async move { if known { Ok(vec![address]) } else { Err(std::io::Error::other("no such name")) } },
+        )
+    })
+}
+
 #[tokio::test]
 async fn tls_is_terminated_at_the_gateway() {
     let (upstream, seen) = echo(Duration::ZERO).await;
-    let dir = tempfile::tempdir().unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
-    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+    let ca = test_ca();
+    let certified = certify(&ca, &["localhost"]);
     let gateway = Running::start(&[upstream], |c| {
-        c.tls_cert_path = Some(cert_path.clone());
-        c.tls_key_path = Some(key_path.clone());
+        c.tls_cert_path = Some(certified.cert_path.clone());
+        c.tls_key_path = Some(certified.key_path.clone());
     })
     .await;
     let port = gateway.base.rsplit(':').next().unwrap().to_owned();
-    let root = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap();
+    let root = reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap();
     let tls_client = reqwest::Client::builder().no_proxy().add_root_certificate(root).build().unwrap();
     let response = tls_client.get(format!("https://localhost:{port}/v1/ledgers")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -714,6 +766,44 @@ async fn tls_is_terminated_at_the_gateway() {
     let plain = client().get(format!("http://127.0.0.1:{port}/v1/ledgers")).send().await;
     assert!(plain.is_err() || plain.unwrap().status() != 200);
     assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_https_upstream_must_show_a_certificate_for_its_configured_name_from_a_trusted_authority() {
+    let ca = test_ca();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_path = ca_dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let trust = |c: &mut GatewayConfig| c.upstream_ca_path = Some(ca_path.clone());
+    let https = |authority: String| vec![UpstreamUrl::try_from(format!("https://{authority}")).unwrap()];
+
+    // The certificate names the replica only by its DNS name. The name resolves to the
+    // replica's address, which the gateway dials, and still checks the certificate against
+    // the name and sends it as Host.
+    let (replica, seen) = echo_tls(&certify(&ca, &["replicas.coffer.test"])).await;
+    let name = format!("replicas.coffer.test:{}", replica.port());
+    let gateway = Running::launch(https(name.clone()), trust, None, Some(resolving(&name, replica))).await;
+    let url = format!("{}/v1/ledgers", gateway.base);
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["headers"]["host"], name.as_str(), "the replica is addressed by its name");
+    assert_eq!(gateway.upstreams().await[0]["url"], format!("https://{replica}"));
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+
+    // The same replica configured by its address: its certificate does not name the address.
+    let by_address = Running::launch(https(replica.to_string()), trust, None, None).await;
+    let refused = client().get(format!("{}/v1/ledgers", by_address.base)).send().await.unwrap();
+    assert!([502, 503].contains(&refused.status().as_u16()), "{}", refused.status());
+
+    // A replica with a certificate for the right name from an authority nobody trusts.
+    let (stranger, stranger_seen) = echo_tls(&certify(&test_ca(), &["replicas.coffer.test"])).await;
+    let name = format!("replicas.coffer.test:{}", stranger.port());
+    let gateway = Running::launch(https(name.clone()), trust, None, Some(resolving(&name, stranger))).await;
+    let refused = client().get(format!("{}/v1/ledgers", gateway.base)).send().await.unwrap();
+    assert!([502, 503].contains(&refused.status().as_u16()), "{}", refused.status());
+    assert_eq!(stranger_seen.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "nothing reached a replica it could not verify");
 }
 
 #[tokio::test]

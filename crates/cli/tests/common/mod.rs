@@ -56,6 +56,20 @@ impl Server {
         Self::run(command, data_dir.to_path_buf(), port).await
     }
 
+    /// A server that speaks only TLS, with the PEM certificate and key at these paths; its
+    /// readiness is asked over TLS, trusting `root` (PEM), the authority of its certificate.
+    pub async fn start_tls(data_dir: &Path, cert: &Path, key: &Path, root: &str) -> Self {
+        let port = free_port();
+        let mut command = Self::command(data_dir, port);
+        command.env("COFFER_TLS_CERT_PATH", cert).env("COFFER_TLS_KEY_PATH", key);
+        let child = command.spawn().expect("coffer binary runs");
+        let server = Self { child, data_dir: data_dir.to_path_buf(), port };
+        let root = reqwest::Certificate::from_pem(root.as_bytes()).unwrap();
+        let client = reqwest::Client::builder().add_root_certificate(root).build().unwrap();
+        server.wait_ready_at(&client, &format!("https://localhost:{port}/readyz")).await;
+        server
+    }
+
     async fn spawn(data_dir: PathBuf, port: u16) -> Self {
         Self::run(Self::command(&data_dir, port), data_dir, port).await
     }
@@ -74,15 +88,15 @@ impl Server {
     async fn run(mut command: Command, data_dir: PathBuf, port: u16) -> Self {
         let child = command.spawn().expect("coffer binary runs");
         let server = Self { child, data_dir, port };
-        server.wait_ready().await;
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        server.wait_ready_at(&reqwest::Client::new(), &url).await;
         server
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_ready_at(&self, client: &reqwest::Client, url: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("http://127.0.0.1:{}/readyz", self.port);
         while Instant::now() < deadline {
-            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+            if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
