@@ -1,10 +1,12 @@
 //! `coffer gateway`: the edge proxy in front of the api replicas. The work is in
 //! `coffer-gateway`; this wires the configuration, the key table and the signals to it: SIGTERM
-//! (or ctrl-c) drains, SIGHUP reads the configuration again and applies its upstream list.
+//! (or ctrl-c) drains, SIGHUP reads the TLS certificate and the configuration again and applies
+//! its upstream list.
 
 use std::sync::Arc;
 
 use anyhow::Context;
+use coffer_gateway::tls::ServingCertificate;
 use coffer_gateway::{GatewayConfig, UpstreamControl};
 use coffer_store::KeyDirectory;
 use tokio::signal::unix::{SignalKind, signal};
@@ -30,25 +32,36 @@ pub async fn run(
     let started_with = config.gateway.clone();
     let gateway = coffer_gateway::Gateway::bind_with(config.gateway, limits, keys).await?;
     let hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    let reloads = tokio::spawn(reload_on_hangup(hangups, reload, gateway.upstream_control(), started_with));
+    let reloads = tokio::spawn(reload_on_hangup(
+        hangups,
+        reload,
+        gateway.upstream_control(),
+        gateway.certificate(),
+        started_with,
+    ));
     gateway.serve(crate::serve::shutdown_signal()).await?;
     reloads.abort();
     Ok(())
 }
 
-/// On each SIGHUP: the configuration is read again and its upstream list applied. A
-/// configuration that does not load or validate changes nothing. Other settings are read at
-/// start only; a change to them is reported, not applied.
+/// On each SIGHUP: the TLS certificate and key are read again from their files (a renewal),
+/// and the configuration is read again and its upstream list applied. A certificate or a
+/// configuration that does not load changes nothing. Other settings are read at start only; a
+/// change to them is reported, not applied.
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     reload: impl Fn() -> anyhow::Result<Config>,
     control: UpstreamControl,
+    certificate: Option<Arc<ServingCertificate>>,
     started_with: GatewayConfig,
 ) {
     let besides_upstreams =
         |config: &GatewayConfig| GatewayConfig { upstreams: Default::default(), ..config.clone() };
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reading the configuration again");
+        if let Some(Err(err)) = certificate.as_ref().map(|certificate| certificate.reload()) {
+            tracing::error!(error = %err, "TLS certificate not reloaded; the current one stays");
+        }
         let applied = match reload() {
             Ok(config) => control
                 .replace(&config.gateway.upstreams)

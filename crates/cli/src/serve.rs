@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use coffer_gateway::tls::{ServingCertificate, TlsListener};
 use coffer_store::Store;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, Role};
 
@@ -47,9 +48,10 @@ async fn serve_http(config: &Config, app: axum::Router) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let tls = match (&config.tls_cert_path, &config.tls_key_path) {
-        (Some(cert), Some(key)) => Some(coffer_gateway::tls::acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(ServingCertificate::load(cert, key)?),
         _ => None,
     };
+    let _reloads = tls.clone().map(|certificate| tokio::spawn(reload_certificate_on_hangup(certificate)));
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(listen = %config.listen, scheme, store = %crate::store::describe(config), "coffer is serving");
 
@@ -58,8 +60,8 @@ async fn serve_http(config: &Config, app: axum::Router) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     };
     let server = match tls {
-        Some(acceptor) => {
-            let listener = coffer_gateway::tls::TlsListener::new(listener, acceptor, TLS_HANDSHAKE_TIMEOUT)?;
+        Some(certificate) => {
+            let listener = TlsListener::new(listener, certificate, TLS_HANDSHAKE_TIMEOUT)?;
             tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
         }
         None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future()),
@@ -72,6 +74,19 @@ async fn serve_http(config: &Config, app: axum::Router) -> anyhow::Result<()> {
         Err(_) => warn!("in-flight requests did not finish in time"),
     }
     Ok(())
+}
+
+/// On each SIGHUP the certificate and key are read again (a renewal); new connections get the
+/// new certificate, open ones keep theirs. A pair that does not load changes nothing.
+async fn reload_certificate_on_hangup(certificate: Arc<ServingCertificate>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return warn!("cannot listen for SIGHUP: the TLS certificate is read at start only");
+    };
+    while hangups.recv().await.is_some() {
+        if let Err(err) = certificate.reload() {
+            error!(error = %err, "TLS certificate not reloaded; the current one stays");
+        }
+    }
 }
 
 pub(crate) async fn shutdown_signal() {

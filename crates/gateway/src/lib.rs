@@ -84,7 +84,7 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         config.validate()?;
         let tls = match (&config.tls_cert_path, &config.tls_key_path) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::ServingCertificate::load(cert, key)?),
             _ => None,
         };
         let metrics = observe::install_metrics();
@@ -135,6 +135,12 @@ impl Gateway {
     /// What replaces the upstream list while the gateway serves.
     pub fn upstream_control(&self) -> UpstreamControl {
         UpstreamControl(self.discovery.clone())
+    }
+
+    /// The certificate clients are served, when the gateway terminates TLS: what a reload
+    /// reads again.
+    pub fn certificate(&self) -> Option<Arc<tls::ServingCertificate>> {
+        self.listener.tls.clone()
     }
 
     /// Where the admin endpoints are, if they are served.

@@ -23,7 +23,6 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 
 use crate::client::Peer;
 use crate::proxy::{self, Shared};
@@ -32,7 +31,7 @@ use crate::tls;
 /// How connections are accepted and served.
 pub struct Listener {
     pub tcp: TcpListener,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Arc<tls::ServingCertificate>>,
     pub header_read_timeout: Duration,
 }
 
@@ -60,9 +59,10 @@ pub async fn serve(
         let (shared, builder, tls, watcher) =
             (shared.clone(), builder.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let Some(acceptor) = tls else {
+            let Some(certificate) = tls else {
                 return serve_connection(&builder, watcher, stream, shared, peer).await;
             };
+            let acceptor = certificate.acceptor();
             if let Some(stream) = tls::handshake(&acceptor, stream, peer, header_read_timeout).await {
                 serve_connection(&builder, watcher, stream, shared, peer).await;
             }

@@ -6,8 +6,8 @@
 //! connector, so `http://` and `https://` upstreams can share a list.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use http::Uri;
@@ -48,9 +48,39 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
     Ok(certs)
 }
 
+/// A listener's certificate and key, read from their PEM files at start and again on
+/// [`ServingCertificate::reload`], so that a renewed certificate is served without a restart.
+/// Connections already open keep the certificate they shook hands with.
+pub struct ServingCertificate {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    acceptor: RwLock<TlsAcceptor>,
+}
+
+impl ServingCertificate {
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
+        let acceptor = RwLock::new(acceptor(cert_path, key_path)?);
+        Ok(Arc::new(Self { cert_path: cert_path.to_owned(), key_path: key_path.to_owned(), acceptor }))
+    }
+
+    /// What the next handshake uses.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Reads the same files again. A pair that does not make a TLS server (a half-written
+    /// renewal, a key that does not match) is refused and the current certificate stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = acceptor(&self.cert_path, &self.key_path)?;
+        *self.acceptor.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
+        Ok(())
+    }
+}
+
 /// Reads a PEM certificate chain and private key into an acceptor that offers HTTP/2 and
 /// HTTP/1.1 (ALPN).
-pub fn acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsError> {
+fn acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsError> {
     let certs = read_certificates(cert_path)?;
     let key = PrivateKeyDer::from_pem_file(key_path)
         .map_err(|e| TlsError(format!("cannot read the private key {}: {e}", key_path.display())))?;
@@ -154,7 +184,7 @@ pub struct TlsListener {
 impl TlsListener {
     pub fn new(
         tcp: TcpListener,
-        acceptor: TlsAcceptor,
+        certificate: Arc<ServingCertificate>,
         handshake_timeout: Duration,
     ) -> std::io::Result<Self> {
         let local_addr = tcp.local_addr()?;
@@ -162,7 +192,7 @@ impl TlsListener {
         let accepting = AbortOnDrop::spawn(async move {
             loop {
                 let (stream, peer) = server::accept(&tcp).await;
-                let (acceptor, done) = (acceptor.clone(), done.clone());
+                let (acceptor, done) = (certificate.acceptor(), done.clone());
                 tokio::spawn(async move {
                     if let Some(stream) = handshake(&acceptor, stream, peer, handshake_timeout).await {
                         let _ = done.send((stream, peer)).await;

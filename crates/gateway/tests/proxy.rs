@@ -32,8 +32,8 @@ fn echo_on(listener: TcpListener, delay: Duration) -> (SocketAddr, Arc<AtomicUsi
 /// The same over TLS only, with `certified`'s certificate.
 async fn echo_tls(certified: &Certified) -> (SocketAddr, Arc<AtomicUsize>) {
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let acceptor = tls::acceptor(&certified.cert_path, &certified.key_path).unwrap();
-    let listener = tls::TlsListener::new(tcp, acceptor, Duration::from_secs(5)).unwrap();
+    let certificate = tls::ServingCertificate::load(&certified.cert_path, &certified.key_path).unwrap();
+    let listener = tls::TlsListener::new(tcp, certificate, Duration::from_secs(5)).unwrap();
     let (app, count) = echo_app(Duration::ZERO);
     let addr = axum::serve::Listener::local_addr(&listener).unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });

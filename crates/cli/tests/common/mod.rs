@@ -18,6 +18,12 @@ pub struct Server {
     port: u16,
 }
 
+/// Sends `signal` (`-HUP`, say) to a child process.
+fn send_signal(child: &Child, signal: &str) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -110,6 +116,11 @@ impl Server {
 
     pub fn client(&self) -> Http {
         Http { base: format!("http://127.0.0.1:{}", self.port), inner: reqwest::Client::new() }
+    }
+
+    /// SIGHUP: a server with TLS reads its certificate again.
+    pub fn hang_up(&self) {
+        send_signal(&self.child, "-HUP");
     }
 
     /// SIGKILL: no shutdown, no flush; what is not on disk is gone.
@@ -209,8 +220,7 @@ impl GatewayProcess {
 impl GatewayProcess {
     /// SIGHUP: the gateway reads its configuration again.
     pub fn hang_up(&self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+        send_signal(&self.child, "-HUP");
     }
 
     /// SIGTERM: the gateway drains and exits on its own.
@@ -276,7 +286,12 @@ pub struct Http {
 impl Http {
     /// A client of the Coffer API served at `base` (`http://127.0.0.1:8080`), say a gateway.
     pub fn at(base: String) -> Http {
-        Http { base, inner: reqwest::Client::new() }
+        Self::with_client(base, reqwest::Client::new())
+    }
+
+    /// The same through `client` (say, one that trusts a test's own certificate authority).
+    pub fn with_client(base: String, client: reqwest::Client) -> Http {
+        Http { base, inner: client }
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Result<(u16, Value)> {
