@@ -30,6 +30,7 @@ mod extract;
 mod idempotency;
 mod observe;
 mod openapi;
+mod outbox_tail;
 mod ratelimit;
 mod routes;
 mod state;
@@ -54,6 +55,7 @@ pub use idempotency::derived_id;
 pub use observe::install_metrics;
 
 use auth::Authenticator;
+use outbox_tail::OutboxTail;
 use ratelimit::RateLimits;
 use state::{AppState, Shared};
 
@@ -88,7 +90,9 @@ pub fn router_with(
     let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
     let Services { dead_letters, webhook_allow_private_networks } = services;
     let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));
+    let outbox_tail = OutboxTail::new(store.clone());
     let state = AppState::new(Shared {
+        outbox_tail,
         store,
         dead_letters,
         webhook_allow_private_networks,

@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::Authenticator;
 use crate::config::ApiConfig;
+use crate::outbox_tail::OutboxTail;
 
 /// Cheap to clone (one `Arc`), as axum clones the state for every request.
 #[derive(Clone)]
@@ -26,6 +27,8 @@ pub struct Shared {
     pub webhook_allow_private_networks: bool,
     /// One permit per open event stream: their number is bounded.
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// The one reader of new events that the event streams follow.
+    pub outbox_tail: Arc<OutboxTail>,
     /// `/openapi.json`, serialized once at start.
     pub openapi_json: Bytes,
 }

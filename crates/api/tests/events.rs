@@ -61,6 +61,17 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// The events up to and including the one with id `last`.
+    async fn take_through(&mut self, last: &str) -> Vec<Sse> {
+        let mut events = Vec::new();
+        while events.last().is_none_or(|e: &Sse| e.id != last) {
+            events.extend(self.take(1).await);
+        }
+        events
+    }
+}
+
 fn parse(block: &str) -> Option<Sse> {
     let (mut id, mut event, mut data) = (None, None, String::new());
     for line in block.lines() {
@@ -184,6 +195,56 @@ async fn events_carry_the_traceparent_of_the_request_that_caused_them() {
         ("coffer.transfer.created", Value::Null),
     ];
     assert_eq!(traces, expected.map(|(kind, trace)| (kind.to_owned(), trace)));
+}
+
+#[tokio::test]
+async fn streams_opened_while_money_moves_each_get_every_event_once_in_order() {
+    let Some(app) = spawn().await else { return };
+    let (a, b) = app.two_accounts("USD").await;
+    let query = "?types=coffer.transfer.created";
+    let mut from_start = Vec::new();
+    for _ in 0..3 {
+        from_start.push(Stream::open(&app, &format!("{query}&after=0"), None).await);
+    }
+    // Four writers; meanwhile streams open one after another at the outbox's end.
+    let writers = futures::future::join_all((0..4).map(|_| async {
+        let mut sent = Vec::new();
+        for i in 0..15 {
+            sent.push(transfer(&app, &a, &b, 1 + i, 1).await);
+        }
+        sent
+    }));
+    let opener = async {
+        let mut from_now = Vec::new();
+        for _ in 0..6 {
+            from_now.push(Stream::open(&app, query, None).await);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        from_now
+    };
+    let (sent, mut from_now) = tokio::join!(writers, opener);
+    let mut sent: Vec<String> = sent.into_iter().flatten().collect();
+    // One more after every stream is open, so that each has at least one event to get.
+    sent.push(transfer(&app, &a, &b, 1, 1).await);
+
+    let reference = from_start[0].take(sent.len()).await;
+    let positions: Vec<i64> = reference.iter().map(|e| e.id.parse().unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "in outbox order: {positions:?}");
+    let mut ids: Vec<String> =
+        reference.iter().map(|e| e.data["data"]["id"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    sent.sort();
+    assert_eq!(ids, sent, "every transfer once");
+    let last = &reference.last().unwrap().id;
+    for stream in &mut from_start[1..] {
+        assert_eq!(stream.take_through(last).await, reference);
+    }
+    // A stream opened later gets the events after some point, all of them from there on.
+    for stream in &mut from_now {
+        let got = stream.take_through(last).await;
+        let start = reference.iter().position(|e| e.id == got[0].id).expect("an event of the reference");
+        assert_eq!(got, reference[start..]);
+    }
 }
 
 #[tokio::test]

@@ -4,8 +4,9 @@
 //! Every SSE event's `id` is the outbox position (the CloudEvents `sequence`), so a client that
 //! reconnects with `Last-Event-ID` continues right after the last event it got: positions only
 //! grow in commit order and an event never appears behind one already read, so resuming after a
-//! position has no gap and no duplicate. Each stream tails the outbox itself (one indexed read
-//! per poll interval while it is idle); the number of open streams is bounded.
+//! position has no gap and no duplicate. The streams of a process share one reader of new
+//! events (`outbox_tail`) and read the store themselves only to catch up; their number is
+//! bounded.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use coffer_store::{OutboxEvent, Store};
 use futures::stream::{self, Stream, StreamExt};
 use http::HeaderMap;
 use serde::Deserialize;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -27,12 +28,8 @@ use crate::auth::{Caller, ReadScope};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::ApiQuery;
 use crate::openapi::ReadProblems;
+use crate::outbox_tail::{OutboxTail, PAGE, POLL, Page};
 use crate::state::AppState;
-
-/// How often an idle stream looks for new events.
-const POLL: Duration = Duration::from_millis(50);
-/// Events read from the outbox per query.
-const PAGE: usize = 500;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -126,46 +123,184 @@ pub async fn event_stream(
         ApiError::new(ErrorCode::Overloaded, "too many open event streams; retry later").retry_after(5)
     })?;
     let position = start(state.store.as_ref(), &headers, query.after).await?;
-    let events = tail(state.store.clone(), filter, position, permit);
+    let events = tail(&state, filter, position, permit);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }
 
 /// The endless SSE events after `position` that pass `filter`. The permit is held as long as
 /// the stream lives.
 fn tail(
-    store: Arc<dyn Store>,
+    state: &AppState,
     filter: Filter,
     position: i64,
     permit: OwnedSemaphorePermit,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let state = (store, filter, position, permit);
-    stream::unfold(state, |(store, filter, mut position, permit)| async move {
+) -> impl Stream<Item = Result<Event, Infallible>> + use<> {
+    let follower =
+        Follower::new(&state.outbox_tail, state.store.clone(), filter, position, sse_event, permit);
+    stream::unfold(follower, |mut follower| async move {
         loop {
-            match store.events_after(position, PAGE).await {
-                Ok(events) if !events.is_empty() => {
-                    position = events.last().map_or(position, |e| e.position);
-                    let sse: Vec<_> =
-                        events.iter().filter(|e| filter.passes(e)).filter_map(sse_event).collect();
-                    if !sse.is_empty() {
-                        return Some((
-                            stream::iter(sse.into_iter().map(Ok)),
-                            (store, filter, position, permit),
-                        ));
-                    }
-                }
-                Ok(_) => tokio::time::sleep(POLL).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream: the outbox could not be read; retrying");
-                    tokio::time::sleep(POLL * 10).await;
-                }
+            let sse = follower.next().await;
+            if !sse.is_empty() {
+                return Some((stream::iter(sse.into_iter().map(Ok)), follower));
             }
         }
     })
     .flatten()
 }
 
+/// One stream's place in the outbox: it reads the store until it has caught up, then follows
+/// the shared pages (`outbox_tail`), and reads the store again whenever a page does not
+/// continue where it is. `render` makes what the stream sends of an event.
+struct Follower<T> {
+    pages: broadcast::Receiver<Arc<Page>>,
+    store: Arc<dyn Store>,
+    filter: Filter,
+    render: fn(&OutboxEvent) -> Option<T>,
+    /// The last position handled.
+    position: i64,
+    catching_up: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T> Follower<T> {
+    /// Subscribes to the pages first, so that none is missed while the store is read.
+    fn new(
+        tail: &Arc<OutboxTail>,
+        store: Arc<dyn Store>,
+        filter: Filter,
+        position: i64,
+        render: fn(&OutboxEvent) -> Option<T>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let pages = tail.subscribe();
+        Self { pages, store, filter, render, position, catching_up: true, _permit: permit }
+    }
+
+    /// What the stream sends of the next events after `position` (nothing when the filter
+    /// passed none of them); waits until there are events.
+    async fn next(&mut self) -> Vec<T> {
+        loop {
+            if self.catching_up {
+                match self.store.events_after(self.position, PAGE).await {
+                    Ok(events) => {
+                        self.catching_up = events.len() == PAGE;
+                        if !events.is_empty() {
+                            return self.handle(&events);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event stream: the outbox could not be read; retrying");
+                        tokio::time::sleep(POLL * 10).await;
+                    }
+                }
+                continue;
+            }
+            match self.pages.recv().await {
+                Ok(page) if page.last() <= self.position => {}
+                Ok(page) if page.after > self.position => self.catching_up = true,
+                Ok(page) => {
+                    let unseen = page.events.partition_point(|e| e.position <= self.position);
+                    return self.handle(&page.events[unseen..]);
+                }
+                // Fell behind the buffered pages: the store has them.
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
+                // The tail keeps its sender as long as it lives, which is as long as this.
+                Err(broadcast::error::RecvError::Closed) => {
+                    tokio::time::sleep(POLL).await;
+                    self.catching_up = true;
+                }
+            }
+        }
+    }
+
+    /// Moves past `events` (non-empty, in order, all after `position`) and answers those that
+    /// pass the filter.
+    fn handle(&mut self, events: &[OutboxEvent]) -> Vec<T> {
+        self.position = events.last().map_or(self.position, |e| e.position);
+        events.iter().filter(|e| self.filter.passes(e)).filter_map(self.render).collect()
+    }
+}
+
 fn sse_event(event: &OutboxEvent) -> Option<Event> {
     let json = coffer_events::encode(event).ok()?;
     let data = String::from_utf8(json).ok()?;
     Some(Event::default().id(event.position.to_string()).event(&event.kind).data(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use coffer_ledger::{
+        AccountFlags, AccountId, Command, LedgerCode, NewAccount, NewLedger, Scale, Submission,
+    };
+    use coffer_store::StoreConfig;
+    use coffer_testkit::{Backend, TestStore};
+
+    use super::*;
+
+    fn everything() -> Filter {
+        Filter { types: Vec::new(), account: None }
+    }
+
+    async fn new_account(store: &dyn Store) {
+        let account = NewAccount {
+            id: AccountId(Uuid::now_v7()),
+            ledger: LedgerCode::try_from("USD").unwrap(),
+            code: 1,
+            flags: AccountFlags::default(),
+            external_ref: None,
+            metadata: None,
+        };
+        store.submit(Submission::one(Command::CreateAccount(account))).await.unwrap();
+    }
+
+    /// Takes what `follower` sends until it has reached `last`.
+    async fn follow_to(follower: &mut Follower<i64>, last: i64) -> Vec<i64> {
+        let mut got = Vec::new();
+        while got.last() != Some(&last) {
+            let next = tokio::time::timeout(Duration::from_secs(10), follower.next()).await;
+            got.extend(next.expect("the follower moves on"));
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn streams_that_start_behind_or_fall_behind_the_pages_get_every_event_once_in_order() {
+        let Some(test) = TestStore::open(Backend::Sqlite, StoreConfig::default()).await else { return };
+        let store = test.store.clone();
+        let usd =
+            NewLedger { code: LedgerCode::try_from("USD").unwrap(), scale: Scale::try_from(2).unwrap() };
+        store.submit(Submission::one(Command::CreateLedger(usd))).await.unwrap();
+        for _ in 0..5 {
+            new_account(store.as_ref()).await;
+        }
+        // Two pages kept: a follower that does not read while more are published lags.
+        let tail = OutboxTail::with_buffer(store.clone(), 2);
+        let permits = Arc::new(tokio::sync::Semaphore::new(2));
+        let permit = || permits.clone().try_acquire_owned().unwrap();
+        let render: fn(&OutboxEvent) -> Option<i64> = |event| Some(event.position);
+        let mut from_start = Follower::new(&tail, store.clone(), everything(), 0, render, permit());
+        let mut slow = Follower::new(&tail, store.clone(), everything(), 0, render, permit());
+        let caught_up = store.last_event_position().await.unwrap();
+        follow_to(&mut slow, caught_up).await;
+
+        // One event per page: each write waits out the tail's poll.
+        for _ in 0..8 {
+            new_account(store.as_ref()).await;
+            tokio::time::sleep(POLL * 3).await;
+        }
+        let end = store.last_event_position().await.unwrap();
+        let all: Vec<i64> = store.events_after(0, 1000).await.unwrap().iter().map(|e| e.position).collect();
+        assert_eq!(follow_to(&mut from_start, end).await, all, "read from the store, then the pages");
+        let missed: Vec<i64> = all.iter().copied().filter(|p| *p > caught_up).collect();
+        assert_eq!(follow_to(&mut slow, end).await, missed, "caught up past the pages it missed");
+
+        // Both follow the pages again, and the tail stops once nobody listens.
+        new_account(store.as_ref()).await;
+        let end = store.last_event_position().await.unwrap();
+        assert_eq!(follow_to(&mut from_start, end).await, vec![end]);
+        assert_eq!(follow_to(&mut slow, end).await, vec![end]);
+        drop((from_start, slow));
+        tokio::time::sleep(POLL * 3).await;
+        assert!(!tail.is_running(), "the tail stopped with its last stream");
+    }
 }
