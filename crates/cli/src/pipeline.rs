@@ -55,8 +55,9 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Pip
         None => {
             if config.roles.contains(&Role::Worker) {
                 for (name, types, handler) in consumers(&store) {
-                    let source =
-                        OutboxSource::open(store.clone(), name, types, events.poll_interval()).await?;
+                    let source = OutboxSource::open(store.clone(), name, types, events.poll_interval())
+                        .await?
+                        .exclusive(Duration::from_millis(events.relay_lease_ms));
                     let consumer = Consumer::new(name, source, handler, events.retry_policy());
                     tasks.push(tokio::spawn(consumer.run(stopped.clone())));
                 }

@@ -21,8 +21,8 @@ pub struct EventsConfig {
     /// How often the relay looks for new outbox rows, and consumers of the in-process bus for
     /// new events.
     pub poll_interval_ms: u64,
-    /// How long a relay's lease lasts unless renewed: the longest a standby relay waits to take
-    /// over from one that died.
+    /// How long a relay's lease, and an in-process consumer's, lasts unless renewed: the longest
+    /// a standby waits to take over from one that died.
     pub relay_lease_ms: u64,
     /// How long the outbox keeps rows that every reader has passed: `coffer events republish`
     /// and a projection rebuild reach back this far. 0 keeps them for ever.

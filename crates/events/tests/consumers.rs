@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -288,4 +288,79 @@ async fn in_process_failing_handler_dead_letters_then_replay_delivers_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_failing_handler_dead_letters_then_replay_delivers_once() {
     failing_handler_dead_letters_then_replay_delivers_once(Bus::JetStream).await;
+}
+
+/// Counts the events one process's consumer handled, around the real handler.
+struct Counted<H> {
+    inner: H,
+    handled: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl<H: Handler> Handler for Counted<H> {
+    async fn handle(&self, events: &[OutboxEvent]) -> Result<(), HandlerError> {
+        self.inner.handle(events).await?;
+        self.handled.fetch_add(events.len(), Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Two processes run the same in-process consumer on one database, as two replicas with the
+/// worker role do: one reads and handles every event, the other stands by; when the active one
+/// goes away the standby takes over from the saved position, and the projection stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_process_consumers_of_one_name_run_one_at_a_time_and_a_standby_takes_over() {
+    let Some(h) = Harness::new(Bus::InProcess).await else { return };
+    let store = h.store.store.clone();
+    let ids = ledger_with_accounts(store.as_ref(), 10).await;
+    let start = async |handled: Arc<AtomicUsize>| {
+        let types = vec![VOLUMES_EVENT_TYPE.to_owned()];
+        let source = OutboxSource::open(store.clone(), VOLUMES_CONSUMER, types, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .exclusive(Duration::from_millis(600));
+        let handler = Counted { inner: LedgerVolumes::new(store.clone()), handled };
+        Consumer::new(VOLUMES_CONSUMER, source, handler, RetryPolicy::default())
+    };
+    let counts = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let mut running = Vec::new();
+    for handled in &counts {
+        running.push(tokio::spawn(start(handled.clone()).await.run(h.stop.subscribe())));
+    }
+    let reaches = |expected: Volumes| {
+        let store = store.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while projection(store.as_ref()).await != expected {
+                assert!(Instant::now() < deadline, "the projection did not reach {expected:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    let mut expected = concurrent_transfers(store.clone(), ids.clone(), 4, 200).await;
+    reaches(expected.clone()).await;
+    let handled = counts.each_ref().map(|c| c.load(Ordering::SeqCst));
+    let active = if handled[0] > 0 { 0 } else { 1 };
+    assert_eq!((handled[active], handled[1 - active]), (200, 0), "one process handled every event once");
+
+    // The active one goes away once its position is saved (else the standby would handle its
+    // last events again: harmless, but not what this counts); the standby takes over and
+    // handles what follows.
+    let end = store.last_event_position().await.unwrap();
+    let position_name = OutboxSource::position_name(VOLUMES_CONSUMER);
+    eventually("the position saved", async || {
+        (store.position(&position_name).await.unwrap() == end).then_some(())
+    })
+    .await;
+    running.remove(active).abort();
+    for (key, (count, volume)) in concurrent_transfers(store.clone(), ids, 4, 100).await {
+        let row = expected.entry(key).or_default();
+        row.0 += count;
+        row.1 += volume;
+    }
+    reaches(expected).await;
+    assert_eq!(counts[1 - active].load(Ordering::SeqCst), 100, "the standby handled what followed, once");
+    assert_eq!(counts[active].load(Ordering::SeqCst), 200);
+    h.stop().await;
 }

@@ -5,6 +5,12 @@
 //! `consumer.<name>`. The position saved is just below the oldest delivery not yet settled, so
 //! a crash re-delivers everything that was not acknowledged (and perhaps some that was; the
 //! handlers are idempotent). Retries wait in memory; dead letters and replays are the store's.
+//!
+//! Several processes may run the same consumer (every replica running the worker role on one
+//! database): made [`OutboxSource::exclusive`], a source reads only while it holds the store
+//! lease named like its position, and saves the position fenced by the lease's token. The
+//! others stand by and take over within a lease when the holder dies; the holder gives the
+//! lease up when it is dropped. Each event is then handled by one process, not by every one.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -40,6 +46,19 @@ pub struct OutboxSource {
     replaying: HashSet<Uuid>,
     /// When the lag gauge was last brought up to date.
     lag_measured: Instant,
+    /// The lease this source must hold to read, when it is exclusive.
+    lease: Option<Lease>,
+}
+
+/// A source's hold on the lease named like its position.
+struct Lease {
+    holder: String,
+    ttl: Duration,
+    /// The fencing token, while the lease is held.
+    held: Option<i64>,
+    /// When the lease was last taken, renewed or found taken: it is asked again a third of its
+    /// length later, by the holder to renew it and by a standby to see whether it is free.
+    asked: Option<Instant>,
 }
 
 /// Where a delivery came from.
@@ -77,14 +96,56 @@ impl OutboxSource {
             retries: Vec::new(),
             replaying: HashSet::new(),
             lag_measured: Instant::now(),
+            lease: None,
         })
+    }
+
+    /// This source reads only while it holds the store lease named like its position, taken
+    /// for `ttl` and renewed at a third of it: one of several processes running the consumer
+    /// reads, the others wait to take over.
+    pub fn exclusive(mut self, ttl: Duration) -> Self {
+        let holder = format!("consumer-{}", Uuid::now_v7());
+        self.lease = Some(Lease { holder, ttl, held: None, asked: None });
+        self
+    }
+
+    /// Whether this source may read now: always when it is not exclusive; else it takes or
+    /// renews the lease when due. On taking it over it starts again from the saved position,
+    /// forgetting what it held before, which the previous holder may have settled since.
+    async fn may_read(&mut self) -> Result<bool, BusError> {
+        let Some(lease) = &mut self.lease else { return Ok(true) };
+        if lease.asked.is_some_and(|at| at.elapsed() < lease.ttl / 3) {
+            return Ok(lease.held.is_some());
+        }
+        lease.asked = Some(Instant::now());
+        let token = self.store.acquire_lease(&self.position_name, &lease.holder, lease.ttl).await;
+        let token = token.map_err(unavailable)?;
+        let taken_over = token.is_some() && lease.held != token;
+        lease.held = token;
+        if taken_over {
+            tracing::info!(consumer = %self.consumer, "took the consumer's lease: reading from its saved position");
+            self.saved = self.store.position(&self.position_name).await.map_err(unavailable)?;
+            self.read = self.saved;
+            self.unsettled.clear();
+            self.retries.clear();
+            self.replaying.clear();
+        }
+        Ok(token.is_some())
     }
 
     /// Saves the position below the oldest unsettled delivery, when it moved.
     async fn save_position(&mut self) -> Result<(), BusError> {
         let settled_up_to = self.unsettled.first().map_or(self.read, |oldest| oldest - 1);
         if settled_up_to > self.saved {
-            self.store.save_position(&self.position_name, settled_up_to, None).await.map_err(unavailable)?;
+            let fence = self.lease.as_ref().and_then(|lease| lease.held);
+            let saved = self.store.save_position(&self.position_name, settled_up_to, fence).await;
+            if !saved.map_err(unavailable)? {
+                tracing::warn!(consumer = %self.consumer, "another process took the consumer's lease over");
+                if let Some(lease) = &mut self.lease {
+                    lease.held = None;
+                }
+                return Ok(());
+            }
             self.saved = settled_up_to;
         }
         self.measure_lag().await
@@ -146,6 +207,10 @@ impl Source for OutboxSource {
 
     async fn next(&mut self, max: usize) -> Result<Vec<Delivery<Token>>, BusError> {
         loop {
+            if !self.may_read().await? {
+                tokio::time::sleep(self.poll).await;
+                continue;
+            }
             self.save_position().await?;
             let due = self.due_retries(max);
             if !due.is_empty() {
@@ -197,6 +262,18 @@ impl Source for OutboxSource {
         self.store.add_dead_letter(letter).await.map_err(unavailable)?;
         self.settled(&delivery);
         Ok(())
+    }
+}
+
+impl Drop for OutboxSource {
+    /// An exclusive source gives its lease up, so that a standby takes over at once rather
+    /// than after the lease runs out.
+    fn drop(&mut self) {
+        let Some(Lease { holder, held: Some(_), .. }) = self.lease.take() else { return };
+        let (store, name) = (self.store.clone(), self.position_name.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { store.release_lease(&name, &holder).await });
+        }
     }
 }
 
