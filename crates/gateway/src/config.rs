@@ -48,9 +48,13 @@ impl UpstreamUrl {
         self.name.as_ref().unwrap_or(&self.dial)
     }
 
-    /// The name `Host` must carry when it differs from the address connected to.
-    pub fn host_override(&self) -> Option<&Authority> {
-        self.name.as_ref()
+    /// Sets `Host` to the configured name when it differs from the address connected to (else
+    /// the client fills it in from the URI).
+    pub fn address_by_name(&self, headers: &mut http::HeaderMap) {
+        if let Some(name) = &self.name {
+            let host = http::HeaderValue::from_str(name.as_str()).expect("an authority is a header value");
+            headers.insert(http::header::HOST, host);
+        }
     }
 
     /// The host a TLS certificate of this upstream must name (no brackets around IPv6).
@@ -448,12 +452,16 @@ mod tests {
             "https://[2001:db8::5]:8443/readyz"
         );
         assert_eq!(at.authority().as_str(), "api.internal:8443");
-        assert_eq!(at.host_override().map(Authority::as_str), Some("api.internal:8443"));
+        let mut headers = http::HeaderMap::new();
+        at.address_by_name(&mut headers);
+        assert_eq!(headers[http::header::HOST], "api.internal:8443");
         assert_eq!(at.tls_name(), "api.internal");
         assert!(at.dials(&"[2001:db8::5]:8443".parse().unwrap()));
         assert_ne!(at, parse("https://[2001:db8::5]:8443").unwrap(), "the name is part of the upstream");
         let literal = parse("https://[2001:db8::5]:8443").unwrap();
-        assert_eq!((literal.tls_name(), literal.host_override()), ("2001:db8::5", None));
+        literal.address_by_name(&mut headers);
+        assert_eq!(literal.tls_name(), "2001:db8::5");
+        assert_eq!(headers[http::header::HOST], "api.internal:8443", "a literal address sets no Host");
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Drop for AbortOnDrop {
 async fn check(shared: &Shared, upstream: &Upstream, timeout: Duration) -> bool {
     let url = &upstream.url;
     let uri = url.join(PathAndQuery::from_static("/readyz"));
-    let Ok(request) = Request::builder()
+    let Ok(mut request) = Request::builder()
         .method(Method::GET)
         .uri(uri)
         .header(header::USER_AGENT, "coffer-gateway-health")
@@ -62,6 +62,7 @@ async fn check(shared: &Shared, upstream: &Upstream, timeout: Duration) -> bool 
     else {
         return false;
     };
+    url.address_by_name(request.headers_mut());
     match tokio::time::timeout(timeout, shared.client.request(request)).await {
         // The body is dropped unread: a check only needs the status.
         Ok(Ok(response)) => response.status().is_success(),

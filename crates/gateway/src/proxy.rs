@@ -247,10 +247,7 @@ async fn send(
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = parts.headers.clone();
-    if let Some(name) = upstream.url.host_override() {
-        let host = HeaderValue::from_str(name.as_str()).expect("an authority is a header value");
-        request.headers_mut().insert(http::header::HOST, host);
-    }
+    upstream.url.address_by_name(request.headers_mut());
 
     let in_flight = upstream.start();
     let started = Instant::now();
