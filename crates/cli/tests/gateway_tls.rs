@@ -72,7 +72,8 @@ async fn money_moves_over_tls_on_both_hops_and_certificates_renew_on_sighup() {
         ("COFFER_GATEWAY_TLS_CERT_PATH", gateway_cert.to_str().unwrap()),
         ("COFFER_GATEWAY_TLS_KEY_PATH", gateway_key.to_str().unwrap()),
     ];
-    // Ready means an https health check of the replica passed.
+    // The name is expanded into its addresses (127.0.0.1, and ::1 where localhost has it,
+    // where nothing listens: requests sent there fail to connect and go to the other).
     let gateway = GatewayProcess::start_with(&[upstream], &env, tempfile::tempfile().unwrap()).await;
     assert!(gateway.healthy(&format!("https://127.0.0.1:{}", replica.port())).await);
     let port = gateway.base.rsplit(':').next().unwrap();
