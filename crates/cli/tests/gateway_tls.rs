@@ -117,4 +117,8 @@ async fn money_moves_over_tls_on_both_hops_and_certificates_renew_on_sighup() {
     second["amount"] = json!(50);
     http.post_ok("/v1/transfers", second).await;
     common::invariants_hold(&http, "TLS").await;
+
+    // The health checks (every 500 ms, out after two failures) pass over https too.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(gateway.healthy(&format!("https://127.0.0.1:{}", replica.port())).await, "https checks pass");
 }
