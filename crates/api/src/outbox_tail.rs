@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use coffer_store::{OutboxEvent, Store};
+use coffer_store::{OutboxEvent, Store, StoreResult};
 use tokio::sync::broadcast;
 
 /// How often the reader looks for new events while it is caught up.
@@ -90,21 +90,9 @@ impl OutboxTail {
         // From the end: a stream that starts earlier reads what lies before from the store.
         let mut position = None;
         while !self.nobody_listens() {
-            let after = match position {
-                Some(after) => after,
-                None => match self.store.last_event_position().await {
-                    Ok(end) => *position.insert(end),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "event streams: the outbox could not be read; retrying");
-                        tokio::time::sleep(POLL * 10).await;
-                        continue;
-                    }
-                },
-            };
-            match self.store.events_after(after, PAGE).await {
-                Ok(events) if !events.is_empty() => {
-                    let full = events.len() == PAGE;
-                    let page = Page { after, events };
+            match self.next_page(&mut position).await {
+                Ok(Some(page)) => {
+                    let full = page.events.len() == PAGE;
                     position = Some(page.last());
                     // No receiver left is checked at the top of the loop.
                     let _ = self.pages.send(Arc::new(page));
@@ -112,12 +100,22 @@ impl OutboxTail {
                         tokio::time::sleep(POLL).await;
                     }
                 }
-                Ok(_) => tokio::time::sleep(POLL).await,
+                Ok(None) => tokio::time::sleep(POLL).await,
                 Err(err) => {
                     tracing::warn!(error = %err, "event streams: the outbox could not be read; retrying");
                     tokio::time::sleep(POLL * 10).await;
                 }
             }
         }
+    }
+
+    /// The events after `position` (the outbox's end, read first, when there is none yet).
+    async fn next_page(&self, position: &mut Option<i64>) -> StoreResult<Option<Page>> {
+        let after = match *position {
+            Some(after) => after,
+            None => *position.insert(self.store.last_event_position().await?),
+        };
+        let events = self.store.events_after(after, PAGE).await?;
+        Ok((!events.is_empty()).then_some(Page { after, events }))
     }
 }

@@ -80,9 +80,7 @@ async fn money_moves_over_tls_on_both_hops_and_certificates_renew_on_sighup() {
     let gateway_url = format!("https://localhost:{port}");
 
     let http = Http::with_client(gateway_url.clone(), trusting(&old_ca));
-    http.post_ok("/v1/ledgers", json!({"code": "TLS", "scale": 2})).await;
-    let a = http.post_ok("/v1/accounts", json!({"ledger": "TLS", "code": 1})).await["id"].clone();
-    let b = http.post_ok("/v1/accounts", json!({"ledger": "TLS", "code": 1})).await["id"].clone();
+    let (a, b) = http.ledger_with_two_accounts("TLS").await;
     let transfer =
         json!({"debit_account_id": a, "credit_account_id": b, "amount": 250, "ledger": "TLS", "code": 1});
     http.post_ok("/v1/transfers", transfer.clone()).await;

@@ -39,9 +39,7 @@ async fn a_write_through_the_gateway_has_its_trace_on_its_events() {
     let env = [("COFFER_DATA_DIR", dir.path().to_str().unwrap())];
     let gateway = GatewayProcess::start_with(&[upstream], &env, tempfile::tempfile().unwrap()).await;
     let http = common::Http::at(gateway.base.clone());
-    http.post_ok("/v1/ledgers", json!({"code": "TR", "scale": 2})).await;
-    let a = http.post_ok("/v1/accounts", json!({"ledger": "TR", "code": 1})).await["id"].clone();
-    let b = http.post_ok("/v1/accounts", json!({"ledger": "TR", "code": 1})).await["id"].clone();
+    let (a, b) = http.ledger_with_two_accounts("TR").await;
     let transfer =
         json!({"debit_account_id": a, "credit_account_id": b, "amount": 1, "ledger": "TR", "code": 1});
 

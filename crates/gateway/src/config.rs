@@ -57,9 +57,9 @@ impl UpstreamUrl {
         }
     }
 
-    /// The host a TLS certificate of this upstream must name (no brackets around IPv6).
+    /// The host a TLS certificate of this upstream must name.
     pub fn tls_name(&self) -> &str {
-        self.authority().host().trim_start_matches('[').trim_end_matches(']')
+        bare_host(self.authority())
     }
 
     pub fn is_tls(&self) -> bool {
@@ -132,6 +132,11 @@ impl TryFrom<String> for UpstreamUrl {
         };
         Ok(Self { tls, dial, name: None })
     }
+}
+
+/// An authority's host without the brackets an IPv6 address wears in a URL.
+pub fn bare_host(authority: &Authority) -> &str {
+    authority.host().trim_start_matches('[').trim_end_matches(']')
 }
 
 /// The upstream list: a TOML list, or one comma-separated string (`COFFER_GATEWAY_UPSTREAMS`).

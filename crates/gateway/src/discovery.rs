@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use crate::config::UpstreamUrl;
+use crate::config::{UpstreamUrl, bare_host};
 use crate::health::AbortOnDrop;
 use crate::pool::Pool;
 
@@ -97,7 +97,7 @@ impl Discovery {
     /// its name resolves to; `None` when the name does not resolve.
     async fn addresses(&self, url: &UpstreamUrl) -> Option<Vec<UpstreamUrl>> {
         let authority = url.authority();
-        if authority.host().trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok() {
+        if bare_host(authority).parse::<IpAddr>().is_ok() {
             return Some(vec![url.clone()]);
         }
         let lookup = (self.resolve)(authority.as_str().to_owned());

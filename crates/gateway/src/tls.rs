@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, bare_host};
 use crate::health::AbortOnDrop;
 use crate::pool::Pool;
 use crate::server;
@@ -123,7 +123,7 @@ pub fn upstream_connector(config: &GatewayConfig, pool: Arc<Pool>) -> Result<Con
         let upstream = pool.list().into_iter().find(|u| u.url.dials(authority));
         let host = match &upstream {
             Some(upstream) => upstream.url.tls_name(),
-            None => authority.host().trim_start_matches('[').trim_end_matches(']'),
+            None => bare_host(authority),
         };
         ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?} is no TLS server name: {e}"))
     };

@@ -316,6 +316,15 @@ impl Http {
         answer
     }
 
+    /// A new ledger `code` (scale 2) with two accounts in it; answers their ids.
+    pub async fn ledger_with_two_accounts(&self, code: &str) -> (Value, Value) {
+        self.post_ok("/v1/ledgers", serde_json::json!({"code": code, "scale": 2})).await;
+        let account = serde_json::json!({"ledger": code, "code": 1});
+        let a = self.post_ok("/v1/accounts", account.clone()).await["id"].clone();
+        let b = self.post_ok("/v1/accounts", account).await["id"].clone();
+        (a, b)
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .inner
