@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::client_text;
 use crate::error::ApiError;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -35,7 +36,9 @@ pub struct CreateAccount {
     pub code: u16,
     #[serde(default)]
     pub flags: AccountFlags,
+    #[serde(default, deserialize_with = "client_text::external_ref")]
     pub external_ref: Option<ExternalRef>,
+    #[serde(default, deserialize_with = "client_text::metadata")]
     pub metadata: Option<Metadata>,
 }
 
@@ -63,7 +66,9 @@ pub struct CreateTransfer {
     pub pending: bool,
     /// Only with `"pending": true`: expire the hold after this many seconds.
     pub timeout_seconds: Option<TimeoutSeconds>,
+    #[serde(default, deserialize_with = "client_text::external_ref")]
     pub external_ref: Option<ExternalRef>,
+    #[serde(default, deserialize_with = "client_text::metadata")]
     pub metadata: Option<Metadata>,
 }
 
@@ -100,7 +105,9 @@ pub struct BatchItem {
     pub code: Option<u16>,
     pub pending: Option<bool>,
     pub timeout_seconds: Option<TimeoutSeconds>,
+    #[serde(default, deserialize_with = "client_text::external_ref")]
     pub external_ref: Option<ExternalRef>,
+    #[serde(default, deserialize_with = "client_text::metadata")]
     pub metadata: Option<Metadata>,
     pub post_pending_id: Option<TransferId>,
     pub void_pending_id: Option<TransferId>,
@@ -211,6 +218,7 @@ pub struct AccountQuery {
     #[param(value_type = Option<String>)]
     pub ledger: Option<LedgerCode>,
     #[param(value_type = Option<String>)]
+    #[serde(default, deserialize_with = "client_text::external_ref")]
     pub external_ref: Option<ExternalRef>,
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
@@ -274,7 +282,7 @@ impl From<Scope> for ScopeName {
     }
 }
 
-/// A key's name: 1 to 128 characters.
+/// A key's name: 1 to 128 characters, no control characters.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(value_type = String, min_length = 1, max_length = 128)]
 #[serde(transparent)]
@@ -286,6 +294,7 @@ impl<'de> Deserialize<'de> for KeyName {
         if name.is_empty() || name.chars().count() > 128 {
             return Err(serde::de::Error::custom("name must be 1 to 128 characters"));
         }
+        client_text::check(&name).map_err(|why| serde::de::Error::custom(format!("name {why}")))?;
         Ok(Self(name))
     }
 }

@@ -215,6 +215,11 @@ impl From<StoreError> for ApiError {
                 Self::new(ErrorCode::Unavailable, "the store is unavailable; nothing was applied")
                     .retry_after(1)
             }
+            // The store's own words: they name what it could not hold, never anything secret.
+            StoreError::Invalid(reason) => Self::new(
+                ErrorCode::InvalidRequest,
+                format!("the request holds a value the store cannot keep ({reason}); nothing was applied"),
+            ),
             StoreError::OutcomeUnknown(reason) => {
                 tracing::warn!(%reason, "write outcome unknown");
                 Self::new(

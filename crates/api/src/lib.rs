@@ -23,6 +23,7 @@
 //! - A key with its own `rate_limit_per_second` may burst one second's worth.
 
 mod auth;
+mod client_text;
 mod config;
 mod dto;
 mod error;

@@ -50,6 +50,12 @@ pub enum StoreError {
     /// The store could not be reached or refused the work; certainly not applied.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store cannot hold a value of the request (PostgreSQL refuses U+0000 in text, a value
+    /// out of a column's range, …): the request's own fault, certainly not applied. The API
+    /// refuses such input when it parses a request; this is the second line of defence, and the
+    /// sequencer isolates the guilty submission of a group commit that fails with it.
+    #[error("the store cannot hold this request's data: {0}")]
+    Invalid(String),
     /// The commit was sent but its result never came back: it may or may not have applied.
     /// The client settles it by retrying with the same id or Idempotency-Key.
     #[error("outcome unknown: {0}")]

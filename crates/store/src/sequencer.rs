@@ -21,10 +21,11 @@ use crate::{StoreError, StoreResult};
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
     /// One outcome list per submission, in order. An error means nothing of the batch applied
-    /// (`Unavailable`) or that the commit's fate is unknown (`OutcomeUnknown`).
+    /// (`Unavailable`, or `Invalid` when a command's data was refused) or that the commit's fate
+    /// is unknown (`OutcomeUnknown`).
     async fn apply_batch(
         &self,
-        submissions: Vec<Submission>,
+        submissions: Arc<[Submission]>,
         now: Timestamp,
     ) -> StoreResult<Vec<Vec<Outcome>>>;
 }
@@ -210,33 +211,49 @@ async fn wait_for_job(jobs: &mut mpsc::Receiver<Job>, deadline: Instant) -> Opti
 
 async fn run_batch<B: Backend>(backend: &B, batch: Vec<Job>) {
     let commands: usize = batch.iter().map(|job| job.submission.commands.len()).sum();
-    // Which commands make a transfer, for the transfers counter (the outcomes alone cannot say
-    // whether a rejected command was a transfer).
-    let transfer_commands: Vec<bool> =
-        batch.iter().flat_map(|job| job.submission.commands.iter().map(makes_transfer)).collect();
     let (submissions, replies): (Vec<Submission>, Vec<Reply>) =
         batch.into_iter().map(|job| (job.submission, job.reply)).unzip();
     metrics::histogram!("coffer_ledger_batch_size").record(commands as f64);
 
     let span = tracing::debug_span!("batch", commands, submissions = submissions.len());
     let started = Instant::now();
-    let result = backend.apply_batch(submissions, Timestamp::now()).instrument(span).await;
+    let submissions: Arc<[Submission]> = submissions.into();
+    let results = apply_isolating(backend, submissions.clone(), Timestamp::now()).instrument(span).await;
     metrics::histogram!("coffer_ledger_commit_duration_seconds").record(started.elapsed().as_secs_f64());
 
-    match result {
-        Ok(outcomes) => {
-            count_transfers(&transfer_commands, &outcomes);
-            for (reply, outcomes) in replies.into_iter().zip(outcomes) {
-                // A waiter that gave up (client gone) is not an error: its command still applied.
-                let _ = reply.send(Ok(outcomes));
-            }
+    for ((reply, submission), result) in replies.into_iter().zip(submissions.iter()).zip(results) {
+        match &result {
+            Ok(outcomes) => count_transfers(submission, outcomes),
+            Err(e) => tracing::warn!(error = %e, commands = submission.commands.len(), "submission failed"),
         }
-        Err(e) => {
-            tracing::warn!(error = %e, commands, "batch failed");
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
+        // A waiter that gave up (client gone) is not an error: its command still applied.
+        let _ = reply.send(result);
+    }
+}
+
+/// Applies `submissions` as one group commit, answering each submission's result in order.
+///
+/// One client's bad command must not fail everyone else's (DESIGN §5). When the store refuses
+/// the batch's data ([`StoreError::Invalid`]), nothing of it applied, so it runs again in two
+/// halves, in order, down to single submissions: only the guilty one gets the error, every other
+/// one is applied. A submission is never split, as its commands may be atomic. Other errors (a
+/// lost connection, a full disk) are no command's fault and fail the whole batch as before.
+async fn apply_isolating<B: Backend>(
+    backend: &B,
+    submissions: Arc<[Submission]>,
+    now: Timestamp,
+) -> Vec<StoreResult<Vec<Outcome>>> {
+    match backend.apply_batch(submissions.clone(), now).await {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(StoreError::Invalid(why)) if submissions.len() > 1 => {
+            metrics::counter!("coffer_store_batch_splits_total").increment(1);
+            tracing::debug!(%why, submissions = submissions.len(), "batch refused by the store; applying it in halves");
+            let (left, right) = submissions.split_at(submissions.len() / 2);
+            let mut results = Box::pin(apply_isolating(backend, left.into(), now)).await;
+            results.extend(Box::pin(apply_isolating(backend, right.into(), now)).await);
+            results
         }
+        Err(e) => vec![Err(e); submissions.len()],
     }
 }
 
@@ -244,11 +261,13 @@ fn makes_transfer(command: &Command) -> bool {
     matches!(command, Command::CreateTransfer(_) | Command::PostPending(_) | Command::VoidPending(_))
 }
 
-fn count_transfers(transfer_commands: &[bool], outcomes: &[Vec<Outcome>]) {
+fn count_transfers(submission: &Submission, outcomes: &[Outcome]) {
     let (mut created, mut exists, mut rejected) = (0u64, 0u64, 0u64);
-    for (is_transfer, outcome) in transfer_commands.iter().zip(outcomes.iter().flatten()) {
+    // Which commands make a transfer: the outcomes alone cannot say whether a rejected command
+    // was a transfer.
+    for (command, outcome) in submission.commands.iter().zip(outcomes) {
         match outcome {
-            _ if !is_transfer => {}
+            _ if !makes_transfer(command) => {}
             Outcome::Created(Record::Transfer(_)) => created += 1,
             Outcome::Exists(_) => exists += 1,
             Outcome::Rejected(_) => rejected += 1,

@@ -2,7 +2,9 @@
 
 mod common;
 
-use coffer_ledger::{AccountId, Outcome, Record, RejectCode, Submission, TransferId};
+use coffer_ledger::{
+    AccountId, Command, ExternalRef, NewTransfer, Outcome, Record, RejectCode, Submission, TransferId,
+};
 use coffer_store::{StoreConfig, StoreError};
 use common::*;
 
@@ -179,5 +181,66 @@ async fn a_reused_id_is_answered_as_existing_even_where_it_would_now_be_refused(
     let outcomes = store.submit(Submission::new(commands, true)).await.unwrap();
     assert!(outcomes.iter().all(|o| matches!(o, Outcome::Exists(_))));
     assert_eq!(balance_of(store.as_ref(), shop).await.credits_posted, 103);
+    store.shutdown().await;
+}
+
+/// DESIGN §5, isolation: a command holding text the store cannot keep (PostgreSQL refuses
+/// U+0000) fails alone. The group commit it shared runs again in halves, so every other
+/// submission of the batch is applied, and an atomic submission holding it applies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_store_cannot_hold_fails_alone_and_its_batch_applies() {
+    // A long wait gathers every concurrent submission below into one group commit.
+    let config = StoreConfig { batch_wait_us: 200_000, ..StoreConfig::default() };
+    let Some(store) = fresh_with(config).await else { return };
+    let [a, b] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
+    let poisoned = |id| match transfer(id, a, b, 1000, "USD") {
+        Command::CreateTransfer(t) => {
+            let external_ref = Some(ExternalRef::try_from("nul\u{0}byte".to_owned()).unwrap());
+            Command::CreateTransfer(NewTransfer { external_ref, ..t })
+        }
+        _ => unreachable!(),
+    };
+    let honest: Vec<TransferId> = (0..9).map(|_| TransferId::generate()).collect();
+    let (bad, bad_atomic) = (TransferId::generate(), TransferId::generate());
+    let mut submissions: Vec<Submission> =
+        honest.iter().map(|id| Submission::one(transfer(*id, a, b, 1, "USD"))).collect();
+    submissions.insert(4, Submission::one(poisoned(bad)));
+    submissions.push(Submission::new(
+        vec![transfer(bad_atomic, a, b, 100, "USD"), poisoned(TransferId::generate())],
+        true,
+    ));
+    let tasks: Vec<_> = submissions
+        .into_iter()
+        .map(|s| {
+            let store = store.clone();
+            tokio::spawn(async move { store.submit(s).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+
+    let backend = coffer_testkit::Backend::of_test_target(env!("CARGO_CRATE_NAME"));
+    for (i, result) in results.iter().enumerate() {
+        let guilty = i == 4 || i == results.len() - 1;
+        match result {
+            Ok(outcomes) => assert!(
+                outcomes.iter().all(|o| matches!(o, Outcome::Created(_))),
+                "submission {i}: {outcomes:?}"
+            ),
+            // SQLite keeps U+0000; PostgreSQL must refuse the guilty submissions and them alone.
+            Err(StoreError::Invalid(_)) if guilty && backend == coffer_testkit::Backend::Postgres => {}
+            Err(e) => panic!("submission {i} (guilty: {guilty}): {e}"),
+        }
+    }
+    let expected = match backend {
+        coffer_testkit::Backend::Postgres => 9,
+        coffer_testkit::Backend::Sqlite => 9 + 1000 + 100 + 1000,
+    };
+    assert_eq!(balance_of(store.as_ref(), b).await.credits_posted, expected);
+    for id in &honest {
+        assert!(store.transfer(*id).await.unwrap().is_some());
+    }
     store.shutdown().await;
 }

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::json;
 use crate::auth::{AdminScope, Caller};
+use crate::client_text;
 use crate::dto::page_limit;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, PathParam};
@@ -28,6 +29,14 @@ impl PathParam for DeadLetterId {
             !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
         if shape { Ok(Self(raw.to_owned())) } else { Err("must be a dead letter id") }
     }
+}
+
+/// A consumer's name as a filter: 1 to 128 characters, none of them a control character.
+fn consumer_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err("must be 1 to 128 characters");
+    }
+    client_text::check(name)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -96,6 +105,9 @@ pub async fn list_dead_letters(
     let limit = page_limit(query.limit)?;
     if let Some(cursor) = &query.cursor {
         DeadLetterId::parse(cursor).map_err(|m| ApiError::invalid_field("cursor", m))?;
+    }
+    if let Some(consumer) = &query.consumer {
+        consumer_name(consumer).map_err(|m| ApiError::invalid_field("consumer", m))?;
     }
     let entries = state.dead_letters.list(query.consumer.as_deref(), query.cursor.as_deref(), limit).await?;
     let next_cursor = (entries.len() == limit).then(|| entries.last().map(|e| e.id.clone())).flatten();

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -73,7 +73,7 @@ impl From<StoreError> for Failed {
 impl Backend for PgBackend {
     async fn apply_batch(
         &self,
-        submissions: Vec<Submission>,
+        submissions: Arc<[Submission]>,
         now: Timestamp,
     ) -> StoreResult<Vec<Vec<Outcome>>> {
         let mut conflicts = 0;

@@ -41,9 +41,22 @@ use crate::{
 /// A database error before any commit: the statement did not apply.
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
+        Some(db) if refuses_the_data(db.code()) => {
+            StoreError::Invalid(format!("database error {}: {}", db.code().code(), db.message()))
+        }
         Some(db) => StoreError::Unavailable(format!("database error {}: {}", db.code().code(), db.message())),
         None => StoreError::Unavailable(format!("database unreachable: {e}")),
     }
+}
+
+/// Whether an error of this SQLSTATE is about the values a statement carried rather than the
+/// server's state: class 22 (data exception: U+0000 in text, a number out of range, …), 23
+/// (integrity constraint violation) but for unique violations, which are conflicts with another
+/// writer, and 54 (program limit exceeded: a value too large to store).
+fn refuses_the_data(code: &tokio_postgres::error::SqlState) -> bool {
+    let code = code.code();
+    code != tokio_postgres::error::SqlState::UNIQUE_VIOLATION.code()
+        && (code.starts_with("22") || code.starts_with("23") || code.starts_with("54"))
 }
 
 pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {

@@ -25,7 +25,7 @@ struct Shared(Arc<Fake>);
 impl Backend for Shared {
     async fn apply_batch(
         &self,
-        submissions: Vec<Submission>,
+        submissions: Arc<[Submission]>,
         now: Timestamp,
     ) -> StoreResult<Vec<Vec<Outcome>>> {
         self.0.entered.notify_one();

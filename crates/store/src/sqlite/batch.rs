@@ -69,7 +69,7 @@ pub(crate) struct SqliteBackend {
 impl Backend for SqliteBackend {
     async fn apply_batch(
         &self,
-        submissions: Vec<Submission>,
+        submissions: Arc<[Submission]>,
         now: Timestamp,
     ) -> StoreResult<Vec<Vec<Outcome>>> {
         let writer = self.writer.clone();

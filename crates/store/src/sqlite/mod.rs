@@ -44,7 +44,20 @@ use crate::{
 
 /// A database error: the statement did not apply.
 pub(crate) fn db_error(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(format!("database error: {e}"))
+    use rusqlite::ffi;
+    // Errors about the values a statement carried (a string or blob over SQLite's size limit, a
+    // CHECK or NOT NULL constraint) are the request's fault; the rest are the database's state.
+    let refuses_the_data = matches!(
+        e.sqlite_error(),
+        Some(f) if f.code == rusqlite::ErrorCode::TooBig
+            || f.extended_code == ffi::SQLITE_CONSTRAINT_CHECK
+            || f.extended_code == ffi::SQLITE_CONSTRAINT_NOTNULL
+    );
+    if refuses_the_data {
+        StoreError::Invalid(format!("database error: {e}"))
+    } else {
+        StoreError::Unavailable(format!("database error: {e}"))
+    }
 }
 
 /// The SQLite-backed [`Store`].
