@@ -1,6 +1,8 @@
 //! The API's tuning knobs, named with their unit. The binary reads them from its config file and
 //! `COFFER_API__*` environment variables and passes them to [`crate::router`].
 
+use std::num::NonZeroU32;
+
 use serde::Deserialize;
 
 /// Limits and caches of the HTTP API.
@@ -9,10 +11,10 @@ use serde::Deserialize;
 pub struct ApiConfig {
     /// Requests per second an API key may make unless the key sets its own limit. Generous by
     /// default so that a benchmark on one key is never throttled.
-    pub rate_limit_per_second: u32,
+    pub rate_limit_per_second: NonZeroU32,
     /// How many requests above the steady rate a key may send at once (for keys on the default
     /// limit; a key with its own limit gets one second's worth).
-    pub rate_limit_burst: u32,
+    pub rate_limit_burst: NonZeroU32,
     /// Largest request body, in bytes (413 beyond).
     pub body_limit_bytes: usize,
     /// Largest body of `POST /v1/transfers/batch`, in bytes.
@@ -30,8 +32,8 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
-            rate_limit_per_second: 100_000,
-            rate_limit_burst: 100_000,
+            rate_limit_per_second: NonZeroU32::new(100_000).unwrap_or(NonZeroU32::MAX),
+            rate_limit_burst: NonZeroU32::new(100_000).unwrap_or(NonZeroU32::MAX),
             body_limit_bytes: 1024 * 1024,
             batch_body_limit_bytes: 8 * 1024 * 1024,
             request_timeout_ms: 30_000,
@@ -49,11 +51,8 @@ pub struct InvalidConfig(pub &'static str);
 impl ApiConfig {
     /// Refuses values the API cannot run with, so a bad file fails at start, not under load.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
-        let problem = if self.rate_limit_per_second == 0 {
-            "rate_limit_per_second must be at least 1"
-        } else if self.rate_limit_burst == 0 {
-            "rate_limit_burst must be at least 1"
-        } else if self.body_limit_bytes == 0 {
+        // Zero rates cannot even be written down: the fields are `NonZeroU32`.
+        let problem = if self.body_limit_bytes == 0 {
             "body_limit_bytes must be at least 1"
         } else if self.batch_body_limit_bytes < self.body_limit_bytes {
             "batch_body_limit_bytes must be at least body_limit_bytes"
@@ -75,9 +74,15 @@ mod tests {
     #[test]
     fn defaults_fill_missing_fields_and_unknown_ones_are_refused() {
         let c: ApiConfig = serde_json::from_str(r#"{"rate_limit_per_second": 5}"#).unwrap();
-        assert_eq!(c, ApiConfig { rate_limit_per_second: 5, ..ApiConfig::default() });
+        assert_eq!(
+            c,
+            ApiConfig { rate_limit_per_second: NonZeroU32::new(5).unwrap(), ..ApiConfig::default() }
+        );
         assert!(serde_json::from_str::<ApiConfig>(r#"{"rate_limit": 5}"#).is_err());
         assert!(ApiConfig::default().validate().is_ok());
-        assert!(ApiConfig { rate_limit_per_second: 0, ..ApiConfig::default() }.validate().is_err());
+        for zero in [r#"{"rate_limit_per_second": 0}"#, r#"{"rate_limit_burst": 0}"#] {
+            assert!(serde_json::from_str::<ApiConfig>(zero).is_err(), "{zero}");
+        }
+        assert!(ApiConfig { max_event_streams: 0, ..ApiConfig::default() }.validate().is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! Per-key rate limits: each API key's own rate, or the configured default, enforced by the
 //! shared GCRA limits of `coffer-ratelimit` (local to this process).
 
+use std::num::NonZeroU32;
+
 use coffer_ratelimit::{Decision, LocalLimits, Rate};
 use coffer_store::{ApiKey, KeyId};
 
@@ -13,13 +15,13 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    pub fn new(per_second: u32, burst: u32) -> Self {
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
         Self { default: Rate::new(per_second, burst), limits: LocalLimits::new() }
     }
 
     /// A key with its own rate may burst one second's worth; others get the default.
     fn rate_of(&self, key: &ApiKey) -> Rate {
-        key.rate_limit_per_second.map_or(self.default, |rate| Rate::new(rate, rate))
+        key.rate_limit_per_second.and_then(Rate::of_key).unwrap_or(self.default)
     }
 
     /// Takes one request from the key's allowance, or says how long to wait (429).
@@ -60,7 +62,8 @@ mod tests {
 
     #[test]
     fn a_key_with_one_request_per_second_gets_one_then_a_retry_after() {
-        let limits = RateLimits::new(1000, 1000);
+        let thousand = NonZeroU32::new(1000).unwrap();
+        let limits = RateLimits::new(thousand, thousand);
         assert!(limits.check(&key(Some(1))).is_ok());
         let err = limits.check(&key(Some(1))).unwrap_err();
         assert_eq!(err.code, ErrorCode::RateLimited);

@@ -81,7 +81,8 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_rate_limit_comes_from_the_config() {
-    let config = ApiConfig { rate_limit_per_second: 1, rate_limit_burst: 2, ..ApiConfig::default() };
+    let (one, two) = (std::num::NonZeroU32::MIN, std::num::NonZeroU32::new(2).unwrap());
+    let config = ApiConfig { rate_limit_per_second: one, rate_limit_burst: two, ..ApiConfig::default() };
     let Some(app) = spawn_with(config).await else { return };
     let mut statuses = Vec::new();
     for _ in 0..10 {

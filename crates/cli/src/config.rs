@@ -219,9 +219,7 @@ impl Config {
             bail!("bootstrap_token must not be empty");
         }
         self.store.validate()?;
-        if self.api.rate_limit_per_second == 0 {
-            bail!("api.rate_limit_per_second must be at least 1");
-        }
+        self.api.validate()?;
         Ok(())
     }
 }
@@ -274,6 +272,28 @@ mod tests {
                 "postgres://h1:5432,h2:5432/coffer?target_session_attrs=read-write",
             );
             assert!(Config::load(None, Overrides::default()).unwrap().database_url.is_some());
+            Ok(())
+        });
+    }
+
+    /// Every section's settings are checked at start: a zero that would start a server that
+    /// cannot serve (no event stream, no rate) stops it instead.
+    #[test]
+    fn zeros_that_cannot_run_are_refused_in_every_section() {
+        figment::Jail::expect_with(|jail| {
+            for (file, body) in [
+                ("burst.toml", "[api]\nrate_limit_burst = 0\n"),
+                ("rate.toml", "[api]\nrate_limit_per_second = 0\n"),
+                ("streams.toml", "[api]\nmax_event_streams = 0\n"),
+                ("timeout.toml", "[api]\nrequest_timeout_ms = 0\n"),
+                ("gateway_rate.toml", "[gateway]\nip_rate_limit_burst = 0\n"),
+            ] {
+                jail.create_file(file, body)?;
+                let refused = Config::load(Some(Path::new(file)), Overrides::default());
+                assert!(refused.is_err(), "{file} started");
+            }
+            jail.set_env("COFFER_API__MAX_EVENT_STREAMS", "0");
+            assert!(Config::load(None, Overrides::default()).is_err());
             Ok(())
         });
     }

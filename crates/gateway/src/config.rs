@@ -5,6 +5,7 @@
 //! list stops the start instead of becoming a replica that is "down" forever.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
@@ -257,11 +258,11 @@ pub struct GatewayConfig {
     /// How long a shutdown waits for in-flight requests.
     pub drain_timeout_ms: u64,
     /// Requests per second one API key (bearer token) may send through the gateways.
-    pub rate_limit_per_second: u32,
-    pub rate_limit_burst: u32,
+    pub rate_limit_per_second: NonZeroU32,
+    pub rate_limit_burst: NonZeroU32,
     /// Requests per second one client address may send through the gateways.
-    pub ip_rate_limit_per_second: u32,
-    pub ip_rate_limit_burst: u32,
+    pub ip_rate_limit_per_second: NonZeroU32,
+    pub ip_rate_limit_burst: NonZeroU32,
     /// Proxies in front of the gateway (a load balancer): when one of them is the connection's
     /// peer, the client is the rightmost `x-forwarded-for` entry that is not one of them. The
     /// client address is what the address limit counts and what the access log records.
@@ -325,10 +326,10 @@ impl Default for GatewayConfig {
             retry_budget_percent: 20,
             retry_budget_min_per_second: 10,
             drain_timeout_ms: 30_000,
-            rate_limit_per_second: 1_000,
-            rate_limit_burst: 1_000,
-            ip_rate_limit_per_second: 2_000,
-            ip_rate_limit_burst: 2_000,
+            rate_limit_per_second: per_second(1_000),
+            rate_limit_burst: per_second(1_000),
+            ip_rate_limit_per_second: per_second(2_000),
+            ip_rate_limit_burst: per_second(2_000),
             trusted_proxies: TrustedProxies::default(),
             redis_timeout_ms: 50,
             max_concurrent_requests: 4096,
@@ -346,6 +347,11 @@ impl Default for GatewayConfig {
     }
 }
 
+/// A default rate (never zero).
+fn per_second(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
 impl GatewayConfig {
     /// Refuses a configuration the gateway cannot run with.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -360,10 +366,6 @@ impl GatewayConfig {
             ("healthy_after_checks", u64::from(self.healthy_after_checks)),
             ("eject_after_failures", u64::from(self.eject_after_failures)),
             ("drain_timeout_ms", self.drain_timeout_ms),
-            ("rate_limit_per_second", u64::from(self.rate_limit_per_second)),
-            ("rate_limit_burst", u64::from(self.rate_limit_burst)),
-            ("ip_rate_limit_per_second", u64::from(self.ip_rate_limit_per_second)),
-            ("ip_rate_limit_burst", u64::from(self.ip_rate_limit_burst)),
             ("redis_timeout_ms", self.redis_timeout_ms),
             ("max_concurrent_requests", self.max_concurrent_requests as u64),
             ("max_body_bytes", self.max_body_bytes),

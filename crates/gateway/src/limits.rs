@@ -42,7 +42,7 @@ impl EdgeLimits {
 
     /// A key's allowance: one second's worth of burst at its own rate, or the configured default.
     pub async fn check_key(&self, key: &ApiKey) -> Decision {
-        let rate = key.rate_limit_per_second.map_or(self.per_key, |rate| Rate::new(rate, rate));
+        let rate = key.rate_limit_per_second.and_then(Rate::of_key).unwrap_or(self.per_key);
         self.limits.check(&format!("key:{}", key.id.0), rate).await
     }
 

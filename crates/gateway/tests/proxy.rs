@@ -406,8 +406,8 @@ async fn a_body_declared_too_large_is_413_and_sent_nowhere() {
 async fn a_key_or_an_address_over_its_rate_is_429_and_sent_nowhere() {
     let (upstream, seen) = echo(Duration::ZERO).await;
     let gateway = Running::start(&[upstream], |c| {
-        (c.rate_limit_per_second, c.rate_limit_burst) = (1, 1);
-        (c.ip_rate_limit_per_second, c.ip_rate_limit_burst) = (1, 3);
+        (c.rate_limit_per_second, c.rate_limit_burst) = (rate(1), rate(1));
+        (c.ip_rate_limit_per_second, c.ip_rate_limit_burst) = (rate(1), rate(3));
     })
     .await;
     let get = |token: &str| client().get(format!("{}/v1/ledgers", gateway.base)).bearer_auth(token).send();
@@ -440,8 +440,10 @@ async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
 
     // Nobody trusted: a client's own x-forwarded-for is dropped, and it cannot escape its
     // address limit by claiming other addresses.
-    let open =
-        Running::start(&[upstream], |c| (c.ip_rate_limit_per_second, c.ip_rate_limit_burst) = (1, 2)).await;
+    let open = Running::start(&[upstream], |c| {
+        (c.ip_rate_limit_per_second, c.ip_rate_limit_burst) = (rate(1), rate(2))
+    })
+    .await;
     assert_eq!(forwarded(open.base.clone(), "203.0.113.1").await, (200, Some("127.0.0.1".into())));
     assert_eq!(forwarded(open.base.clone(), "203.0.113.2").await.1.as_deref(), Some("127.0.0.1"));
     assert_eq!(forwarded(open.base.clone(), "203.0.113.3").await.0, 429, "one address, whatever it claims");
@@ -449,7 +451,7 @@ async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
     // Behind a trusted proxy (here, the loopback peer): the chain is kept and extended, and
     // each forwarded client has its own address limit.
     let behind = Running::start(&[upstream], |c| {
-        (c.ip_rate_limit_per_second, c.ip_rate_limit_burst) = (1, 2);
+        (c.ip_rate_limit_per_second, c.ip_rate_limit_burst) = (rate(1), rate(2));
         c.trusted_proxies = serde_json::from_str(r#""127.0.0.0/8, 10.0.0.0/8""#).unwrap();
     })
     .await;
@@ -928,4 +930,8 @@ async fn a_name_is_one_upstream_per_address_it_resolves_to_followed_as_the_answe
     tokio::time::sleep(Duration::from_millis(200)).await;
     listed(vec![b.0, c.0]).await;
     send(4).await;
+}
+
+fn rate(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n).unwrap()
 }

@@ -24,10 +24,17 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// A rate, with zero read as one (a limit of nothing is not a limit anyone means).
-    pub fn new(per_second: u32, burst: u32) -> Self {
-        let at_least_one = |n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-        Self { per_second: at_least_one(per_second), burst: at_least_one(burst) }
+    /// A rate of at least one request: a zero is refused where it is configured (the settings
+    /// are `NonZeroU32`), never turned into something else here.
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        Self { per_second, burst }
+    }
+
+    /// A key's own rate, `per_second` with one second's worth of burst; `None` for zero. Keys are
+    /// made with a rate of at least one (the API and `coffer keys create` refuse zero), so a
+    /// stored zero cannot occur; the callers give such a key the default rate rather than none.
+    pub fn of_key(per_second: u32) -> Option<Self> {
+        NonZeroU32::new(per_second).map(|rate| Self::new(rate, rate))
     }
 
     /// The time between two requests at the steady rate.

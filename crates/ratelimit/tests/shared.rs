@@ -67,7 +67,7 @@ async fn a_limit_holds_cluster_wide_across_two_processes_sharing_redis() {
         Arc::new(Limits::shared(&redis_url(), &prefix, TIMEOUT).unwrap()),
         Arc::new(Limits::shared(&redis_url(), &prefix, TIMEOUT).unwrap()),
     ];
-    let rate = Rate::new(200, 20);
+    let rate = Rate::new(200.try_into().unwrap(), 20.try_into().unwrap());
     let got = allowed(&two, "key-1", rate, 3.0).await;
     // 3 s at 200/s plus the burst, for both together.
     assert_near(got, 3.0 * 200.0 + 20.0, "two limiters sharing Redis");
@@ -86,7 +86,7 @@ async fn with_redis_stopped_local_limits_apply_and_traffic_keeps_flowing() {
         Arc::new(Limits::shared(&redis.url(), &prefix, TIMEOUT).unwrap()),
         Arc::new(Limits::shared(&redis.url(), &prefix, TIMEOUT).unwrap()),
     ];
-    let rate = Rate::new(100, 10);
+    let rate = Rate::new(100.try_into().unwrap(), 10.try_into().unwrap());
     assert_near(allowed(&two, "k", rate, 2.0).await, 2.0 * 100.0 + 10.0, "shared, Redis up");
 
     redis.stop();
