@@ -3,37 +3,58 @@
 //!
 //! Tokens are 256 random bits, so a plain SHA-256 is as strong as a password hash and costs well
 //! under a microsecond. Neither tokens nor the Authorization header are ever logged.
+//!
+//! A flood of bad tokens must not reach the store (DESIGN §5): a token with Coffer's prefix but
+//! not its shape or checksum is refused from its text alone, a token the cache knows is answered
+//! from it, and the rest are looked up on the store's own small pool for keys, within a per-client
+//! allowance of failures ([`FailedAuths`]).
 
 use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
+use axum::extract::connect_info::ConnectInfo;
 use coffer_store::{
-    ApiKey, KeyCache, KeyId, NewApiKey, Scope, Store, StoreError, StoreResult, TokenHash, bearer_token,
-    is_valid_token,
+    ApiKey, KeyCache, KeyDirectory, KeyId, NewApiKey, Scope, Store, StoreError, StoreResult, TokenHash,
+    TokenKind, bearer_token, is_valid_token, issue_token,
 };
 use http::request::Parts;
-use http::{HeaderMap, header};
+use http::{Extensions, HeaderMap, header};
 use uuid::Uuid;
 
+use crate::auth_failures::{FailedAuths, Failure, client_bucket};
 use crate::error::{ApiError, ErrorCode};
 use crate::ratelimit::RateLimits;
 use crate::state::AppState;
 
-/// A new API token: `coffer_` and 256 random bits in hex, safe in URLs and headers.
+/// A new API token: `coffer_`, 256 random bits and a checksum, in hex (see
+/// [`coffer_store::issue_token`]).
 pub fn generate_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    format!("coffer_{}", hex::encode(bytes))
+    issue_token()
 }
+
+/// The client address of a request, when the server provided it
+/// (`Router::into_make_service_with_connect_info::<SocketAddr>()`): failed authentications are
+/// limited per client address. Without it there is no per-address limit.
+pub fn client_ip(extensions: &Extensions) -> Option<IpAddr> {
+    extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
+}
+
+/// Shortest bootstrap token a server reachable beyond loopback accepts: an operator's own token
+/// must be as hard to guess as one Coffer makes (it is compared, not checksummed).
+pub const MIN_EXPOSED_BOOTSTRAP_TOKEN_LEN: usize = 32;
 
 /// DESIGN §2 bootstrap: when the store holds no key at all, `token` (or a generated one) becomes
 /// an admin key. Answers the token only when it generated it, for the binary to print once.
 pub async fn bootstrap(store: &dyn Store, token: Option<&str>) -> StoreResult<Option<String>> {
     let (token, generated) = match token {
-        Some(token) if !is_valid_token(token) => {
+        Some(token) if !is_valid_token(token) || !TokenKind::of(token).may_exist() => {
             return Err(StoreError::Unavailable(
-                "the bootstrap token must be 1 to 512 visible ASCII characters".into(),
+                "the bootstrap token must be 1 to 512 visible ASCII characters, and one that starts \
+                 with coffer_ must be a token Coffer issued"
+                    .into(),
             ));
         }
         Some(token) => (token.to_owned(), false),
@@ -44,35 +65,71 @@ pub async fn bootstrap(store: &dyn Store, token: Option<&str>) -> StoreResult<Op
         name: Some("bootstrap".into()),
         scopes: vec![Scope::Admin],
         rate_limit_per_second: None,
+        expires_at: None,
         token_hash: TokenHash::of(&token),
     };
     let created = store.bootstrap_key(key).await?;
     Ok((created && generated).then_some(token))
 }
 
-/// An authenticated caller: its key.
+/// An authenticated caller: its key, and its token's hash to check the key again later.
 pub struct Principal {
     pub key: Arc<ApiKey>,
+    token: TokenHash,
 }
 
 /// Verifies tokens (through the key cache) and applies each key's rate limit.
 pub struct Authenticator {
     keys: KeyCache,
     limits: RateLimits,
+    failures: FailedAuths,
 }
 
 impl Authenticator {
-    pub fn new(store: Arc<dyn Store>, ttl: Duration, limits: RateLimits) -> Self {
-        Self { keys: KeyCache::new(store, ttl), limits }
+    pub fn new(
+        keys: Arc<dyn KeyDirectory>,
+        ttl: Duration,
+        limits: RateLimits,
+        failures: FailedAuths,
+    ) -> Self {
+        Self { keys: KeyCache::new(keys, ttl), limits, failures }
     }
 
-    /// The caller of a request, after its rate limit: 401 without a valid, unrevoked key.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
-        let token = bearer(headers)?;
-        let key = self.keys.find(TokenHash::of(token)).await?;
-        let key = key.ok_or_else(|| unauthorized("the API key is not valid or was revoked"))?;
+    /// The caller of a request from `client`, after its rate limit: 401 without a live key, 429
+    /// when the key or the client's failed authentications are over their limit.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+    ) -> Result<Arc<Principal>, ApiError> {
+        let client = client.map(client_bucket);
+        let client = client.as_deref();
+        let token = bearer(headers).inspect_err(|_| self.failures.record(client, Failure::Missing))?;
+        if !TokenKind::of(token).may_exist() {
+            self.failures.record(client, Failure::Malformed);
+            return Err(unauthorized("the API key is not a token Coffer issued"));
+        }
+        let hash = TokenHash::of(token);
+        let key = match self.keys.cached_key(&hash) {
+            Some(known) => known,
+            None => {
+                self.failures.check(client)?;
+                self.keys.find(hash).await?
+            }
+        };
+        let Some(key) = key else {
+            self.failures.record(client, Failure::Unknown);
+            return Err(unauthorized("the API key is not valid, was revoked or expired"));
+        };
         self.limits.check(&key)?;
-        Ok(Arc::new(Principal { key }))
+        Ok(Arc::new(Principal { key, token: hash }))
+    }
+
+    /// Whether the caller's key still works: the check an open event stream repeats, so that a
+    /// revoked or expired key's stream ends within the cache's TTL. A store that cannot answer
+    /// keeps the stream open (the key was valid, and an outage is no revocation).
+    pub async fn still_valid(&self, principal: &Principal) -> bool {
+        self.keys.find(principal.token).await.map_or(true, |key| key.is_some())
     }
 
     /// Forgets a revoked key at once, so this process refuses it from the next request on.
@@ -117,7 +174,7 @@ impl Needs for AdminScope {
 }
 
 /// Proof that the caller is authenticated and holds scope `S` (401, 429 or 403 otherwise).
-pub struct Caller<S: Needs>(PhantomData<S>);
+pub struct Caller<S: Needs>(pub Arc<Principal>, pub PhantomData<S>);
 
 impl<S: Needs> FromRequestParts<AppState> for Caller<S> {
     type Rejection = ApiError;
@@ -127,7 +184,7 @@ impl<S: Needs> FromRequestParts<AppState> for Caller<S> {
         // anything; it leaves the principal here so that is done once.
         let principal = match parts.extensions.get::<Arc<Principal>>() {
             Some(principal) => principal.clone(),
-            None => state.auth.authenticate(&parts.headers).await?,
+            None => state.auth.authenticate(&parts.headers, client_ip(&parts.extensions)).await?,
         };
         if !principal.key.allows(S::SCOPE) {
             let detail = match S::SCOPE {
@@ -139,14 +196,82 @@ impl<S: Needs> FromRequestParts<AppState> for Caller<S> {
         }
         // The key's id (never its token) goes on the request's span.
         tracing::Span::current().record("key_id", tracing::field::display(principal.key.id.0));
-        Ok(Self(PhantomData))
+        Ok(Self(principal, PhantomData))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coffer_ledger::Timestamp;
     use http::HeaderValue;
+    use std::num::NonZeroU32;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// One key, and a count of the look-ups that reached the "store".
+    struct CountingKeys {
+        token: String,
+        lookups: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyDirectory for CountingKeys {
+        async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            Ok((hash == TokenHash::of(&self.token)).then(|| ApiKey {
+                id: KeyId(Uuid::nil()),
+                name: None,
+                scopes: vec![Scope::Read],
+                rate_limit_per_second: None,
+                created_at: Timestamp::from_micros(0),
+                revoked_at: None,
+                expires_at: None,
+            }))
+        }
+    }
+
+    fn bearing(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+        headers
+    }
+
+    #[tokio::test]
+    async fn junk_never_reaches_the_store_and_a_guessing_address_is_cut_off() {
+        let keys = Arc::new(CountingKeys { token: generate_token(), lookups: AtomicUsize::new(0) });
+        let n = |n| NonZeroU32::new(n).unwrap();
+        let auth = Authenticator::new(
+            keys.clone(),
+            Duration::from_secs(60),
+            RateLimits::new(n(1000), n(1000)),
+            FailedAuths::new(n(1), n(3)),
+        );
+        let (attacker, honest) = (Some("192.0.2.66".parse().unwrap()), Some("192.0.2.1".parse().unwrap()));
+        assert!(auth.authenticate(&bearing(&keys.token), attacker).await.is_ok());
+        assert_eq!(keys.lookups.load(Ordering::SeqCst), 1);
+
+        // Tokens with Coffer's prefix and a wrong checksum or shape: refused from their text.
+        let mut forged = generate_token();
+        forged.replace_range(10..11, if &forged[10..11] == "0" { "1" } else { "0" });
+        for token in [forged.as_str(), "coffer_", "coffer_zz", &format!("{}0", keys.token)] {
+            let err = auth.authenticate(&bearing(token), attacker).await.err().expect(token);
+            assert_eq!(err.code, ErrorCode::Unauthorized);
+        }
+        assert_eq!(keys.lookups.load(Ordering::SeqCst), 1, "a forged token was looked up");
+
+        // Other unknown tokens are looked up until the address runs out of failures.
+        for i in 0..10 {
+            let _ = auth.authenticate(&bearing(&format!("guess-{i}")), attacker).await;
+        }
+        assert_eq!(keys.lookups.load(Ordering::SeqCst), 1, "the forged ones used up the allowance");
+        let err = auth.authenticate(&bearing("guess-again"), attacker).await.err().unwrap();
+        assert_eq!(err.code, ErrorCode::RateLimited);
+        // The verified key still works from there, and other addresses may still look up.
+        assert!(auth.authenticate(&bearing(&keys.token), attacker).await.is_ok());
+        let err = auth.authenticate(&bearing("guess-elsewhere"), honest).await.err().unwrap();
+        assert_eq!(err.code, ErrorCode::Unauthorized);
+        assert_eq!(keys.lookups.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn the_header_must_hold_a_bearer_token() {
@@ -159,10 +284,11 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_long_random_and_url_safe() {
+    fn tokens_are_long_random_checksummed_and_url_safe() {
         let (a, b) = (generate_token(), generate_token());
         assert_ne!(a, b);
-        assert_eq!(a.len(), "coffer_".len() + 64);
+        assert_eq!(a.len(), "coffer_".len() + 64 + 8);
+        assert_eq!(TokenKind::of(&a), TokenKind::Issued);
         assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'));
     }
 }

@@ -27,6 +27,11 @@ pub struct ApiConfig {
     pub key_cache_ttl_ms: u64,
     /// Event streams (`GET /v1/events/stream`) open at once in this process; more are a 503.
     pub max_event_streams: usize,
+    /// Failed authentications a client address may have per second, on average, and at once:
+    /// past them, tokens from it that are not already verified are refused (429) without a
+    /// look-up until the allowance recovers. IPv6 clients count per /64.
+    pub auth_failures_per_second: NonZeroU32,
+    pub auth_failure_burst: NonZeroU32,
 }
 
 impl Default for ApiConfig {
@@ -39,6 +44,8 @@ impl Default for ApiConfig {
             request_timeout_ms: 30_000,
             key_cache_ttl_ms: 1_000,
             max_event_streams: 256,
+            auth_failures_per_second: NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
+            auth_failure_burst: NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN),
         }
     }
 }

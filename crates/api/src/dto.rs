@@ -309,10 +309,29 @@ pub struct CreateKey {
     /// Requests per second this key may make; omitted, the server's default.
     #[schema(value_type = Option<u32>, minimum = 1)]
     pub rate_limit_per_second: Option<NonZeroU32>,
+    /// When the key stops working by itself (RFC 3339, in the future); omitted, never.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Rotates a key: a new token for the same powers, while the old one keeps working until
+/// `old_key_expires_at`, so every client can move to the new token without a gap.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// Until when the old token still works (RFC 3339, not in the past, at most 30 days ahead);
+    /// omitted, 24 hours from now. Never later than the old key's own expiry.
+    pub old_key_expires_at: Option<Timestamp>,
+}
+
+/// A rotation's outcome: the new key with its token, and the old key as it is now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedKey {
+    pub key: CreatedKey,
+    pub previous: KeyView,
 }
 
 /// An API key as listed: never its token.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct KeyView {
     #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,
@@ -321,6 +340,8 @@ pub struct KeyView {
     pub rate_limit_per_second: Option<u32>,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    /// When the key stops working by itself; null: never.
+    pub expires_at: Option<Timestamp>,
 }
 
 impl From<ApiKey> for KeyView {
@@ -332,6 +353,7 @@ impl From<ApiKey> for KeyView {
             rate_limit_per_second: key.rate_limit_per_second,
             created_at: key.created_at,
             revoked_at: key.revoked_at,
+            expires_at: key.expires_at,
         }
     }
 }
@@ -340,14 +362,10 @@ impl From<ApiKey> for KeyView {
 /// under an Idempotency-Key has `token: null`: the token is never stored.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedKey {
-    #[schema(value_type = String, format = Uuid)]
-    pub id: Uuid,
-    pub name: Option<String>,
-    pub scopes: Vec<ScopeName>,
-    pub rate_limit_per_second: Option<u32>,
+    #[serde(flatten)]
+    pub key: KeyView,
     /// The bearer token. Shown once; null in an Idempotency-Key replay.
     pub token: Option<String>,
-    pub created_at: Timestamp,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

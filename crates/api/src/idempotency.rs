@@ -101,7 +101,7 @@ fn parse_key(value: Option<&HeaderValue>) -> Result<Arc<str>, ApiError> {
 
 async fn keyed(state: AppState, req: Request, next: Next) -> Result<Response, ApiError> {
     let key = parse_key(req.headers().get(&IDEMPOTENCY_KEY))?;
-    let principal = state.auth.authenticate(req.headers()).await?;
+    let principal = state.auth.authenticate(req.headers(), crate::auth::client_ip(req.extensions())).await?;
     let is_batch = req.extensions().get::<MatchedPath>().is_some_and(|p| p.as_str() == BATCH_ROUTE);
     let limit = if is_batch { state.config.batch_body_limit_bytes } else { state.config.body_limit_bytes };
     let (mut parts, body) = req.into_parts();

@@ -23,6 +23,7 @@
 //! - A key with its own `rate_limit_per_second` may burst one second's worth.
 
 mod auth;
+mod auth_failures;
 mod client_text;
 mod config;
 mod dto;
@@ -49,13 +50,14 @@ use coffer_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 
-pub use auth::{bootstrap, generate_token};
+pub use auth::{MIN_EXPOSED_BOOTSTRAP_TOKEN_LEN, bootstrap, generate_token};
 pub use config::{ApiConfig, InvalidConfig};
 pub use error::{ApiError, ErrorCode, FieldError, PROBLEM_JSON, Problem};
 pub use idempotency::derived_id;
 pub use observe::install_metrics;
 
 use auth::Authenticator;
+use auth_failures::FailedAuths;
 use outbox_tail::OutboxTail;
 use ratelimit::RateLimits;
 use state::{AppState, Shared};
@@ -87,7 +89,9 @@ pub fn router_with(
     let (routes, api) = routes::api_routes().split_for_parts();
     let openapi_json = Bytes::from(api.to_json().unwrap_or_default());
     let limits = RateLimits::new(config.rate_limit_per_second, config.rate_limit_burst);
-    let auth = Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits);
+    let failures = FailedAuths::new(config.auth_failures_per_second, config.auth_failure_burst);
+    let auth =
+        Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits, failures);
     let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
     let Services { dead_letters, webhook_allow_private_networks } = services;
     let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));

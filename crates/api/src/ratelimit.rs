@@ -57,6 +57,7 @@ mod tests {
             rate_limit_per_second: rate,
             created_at: Timestamp::from_micros(0),
             revoked_at: None,
+            expires_at: None,
         }
     }
 

@@ -31,7 +31,11 @@ struct Stream {
 
 impl Stream {
     async fn open(app: &App, query: &str, last_event_id: Option<&str>) -> Stream {
-        let mut request = app.client.get(app.url(&format!("/v1/events/stream{query}"))).bearer_auth(ADMIN);
+        Self::open_as(app, ADMIN, query, last_event_id).await
+    }
+
+    async fn open_as(app: &App, token: &str, query: &str, last_event_id: Option<&str>) -> Stream {
+        let mut request = app.client.get(app.url(&format!("/v1/events/stream{query}"))).bearer_auth(token);
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
@@ -431,4 +435,41 @@ async fn bad_dead_letter_requests_are_refused() {
     }
     let (_, reader) = app.key(&["read"], None).await;
     app.get_as(&reader, "/v1/admin/dead-letters").await.assert_problem(403, "forbidden");
+}
+
+/// DESIGN §5: revocation reaches everything. A stream whose key is revoked, by this process or by
+/// another one behind its key cache, ends within the cache's TTL; so does one whose key expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_or_expired_keys_event_stream_closes() {
+    let config = coffer_api::ApiConfig { key_cache_ttl_ms: 200, ..coffer_api::ApiConfig::default() };
+    let Some(app) = common::spawn_with(config).await else { return };
+    let expires_at = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let expires_at = expires_at.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let mut tokens = Vec::new();
+    for body in [json!({"scopes": ["read"]}), json!({"scopes": ["read"], "expires_at": expires_at})] {
+        let r = app.post("/v1/keys", body).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        tokens
+            .push((r.body["id"].as_str().unwrap().to_owned(), r.body["token"].as_str().unwrap().to_owned()));
+    }
+    let mut revoked = Stream::open_as(&app, &tokens[0].1, "", None).await;
+    let mut expiring = Stream::open_as(&app, &tokens[1].1, "", None).await;
+    let mut kept = Stream::open(&app, "", None).await;
+    // Revoked behind this process's back (another replica, `coffer keys revoke`): its cache
+    // still holds the key, so only the stream's own re-check can notice.
+    let id = coffer_store::KeyId(tokens[0].0.parse().unwrap());
+    assert!(app.store.revoke_key(id).await.unwrap());
+    for stream in [&mut revoked, &mut expiring] {
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(chunk) = stream.body.next().await {
+                chunk.unwrap();
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream of a revoked or expired key stays open");
+    }
+    // Streams of live keys go on.
+    app.ledger("USD").await;
+    app.account("USD", json!({})).await;
+    assert_eq!(kept.take(1).await.len(), 1);
 }

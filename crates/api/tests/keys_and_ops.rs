@@ -155,6 +155,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/transfers/batch", &["post"]),
     ("/v1/keys", &["get", "post"]),
     ("/v1/keys/{id}", &["delete"]),
+    ("/v1/keys/{id}/rotate", &["post"]),
     ("/v1/ledgers/{code}/stats", &["get"]),
     ("/v1/webhooks", &["get", "post"]),
     ("/v1/webhooks/{id}", &["get", "delete"]),
@@ -281,5 +282,120 @@ async fn openapi_documents_every_route() {
             );
             assert!(r.status < 500, "{method} {path}: {}", r.text);
         }
+    }
+}
+
+fn rfc3339_in(seconds: i64) -> String {
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds);
+    at.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+/// Polls until `token` is refused: an expiry takes effect by itself, to the microsecond.
+async fn refused_within(app: &common::App, token: &str, seconds: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let r = app.get_as(token, "/v1/ledgers").await;
+        if r.status == 401 {
+            r.assert_problem(401, "unauthorized");
+            return;
+        }
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(std::time::Instant::now() < deadline, "the token still works after its expiry");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_expire_by_themselves() {
+    let Some(app) = spawn().await else { return };
+    app.post("/v1/keys", json!({"scopes": ["read"], "expires_at": rfc3339_in(-1)}))
+        .await
+        .assert_problem(400, "invalid_request");
+    let r = app.post("/v1/keys", json!({"scopes": ["read"], "expires_at": rfc3339_in(1)})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(r.body["expires_at"].is_string(), "{}", r.text);
+    let token = r.body["token"].as_str().unwrap();
+    assert_eq!(app.get_as(token, "/v1/ledgers").await.status, 200);
+    refused_within(&app, token, 10).await;
+}
+
+/// `POST /v1/keys/{id}/rotate`: a new token with the same powers at once, and the old one keeps
+/// working until the overlap ends (24 hours unless told), then stops by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_overlaps_then_the_old_token_stops() {
+    let Some(app) = spawn().await else { return };
+    let (id, old) = app.key(&["write"], Some(500)).await;
+    let r = app.send("POST", &format!("/v1/keys/{id}/rotate"), Some(ADMIN), None, &[]).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let new = r.body["key"]["token"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_ne!(r.body["key"]["id"], id.as_str());
+    assert_eq!(r.body["key"]["scopes"], json!(["write"]));
+    assert_eq!(r.body["key"]["rate_limit_per_second"], 500);
+    assert_eq!(r.body["previous"]["id"], id.as_str());
+    let overlap_end = r.body["previous"]["expires_at"].as_str().unwrap().to_owned();
+    assert!(overlap_end > rfc3339_in(23 * 3600) && overlap_end < rfc3339_in(25 * 3600), "{overlap_end}");
+    for token in [&old, &new] {
+        assert_eq!(app.post_as(token, "/v1/accounts", json!({"ledger": "USD"})).await.status, 422);
+    }
+
+    // A shorter overlap: the old token stops at the given time; the new ones go on.
+    let body = json!({"old_key_expires_at": rfc3339_in(1)});
+    let r = app.post(&format!("/v1/keys/{id}/rotate"), body).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    refused_within(&app, &old, 10).await;
+    assert_eq!(app.get_as(&new, "/v1/ledgers").await.status, 200);
+    let newest = r.body["key"]["token"].as_str().unwrap();
+    assert_eq!(app.get_as(newest, "/v1/ledgers").await.status, 200);
+
+    // An expired key cannot be rotated; nor can one that does not exist; the overlap is bounded.
+    let rotate = |id: &str| format!("/v1/keys/{id}/rotate");
+    app.post(&rotate(&id), json!({})).await.assert_problem(404, "not_found");
+    app.post(&rotate(&common::uuid()), json!({})).await.assert_problem(404, "not_found");
+    let (other, _) = app.key(&["read"], None).await;
+    for days in [31 * 24 * 3600, -5] {
+        let body = json!({"old_key_expires_at": rfc3339_in(days)});
+        app.post(&rotate(&other), body).await.assert_problem(400, "invalid_request");
+    }
+}
+
+/// DESIGN §5: junk tokens are refused without a look-up, and a client address that keeps
+/// presenting unknown tokens is throttled (429 with Retry-After) while verified keys, even from
+/// the same address, go on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_tokens_is_refused_and_throttled_without_failing_anyone() {
+    let burst = std::num::NonZeroU32::new(5).unwrap();
+    let config = ApiConfig {
+        auth_failures_per_second: std::num::NonZeroU32::MIN,
+        auth_failure_burst: burst,
+        ..ApiConfig::default()
+    };
+    let Some(app) = spawn_with(config).await else { return };
+    let (_, reader) = app.key(&["read"], None).await;
+    assert_eq!(app.get_as(&reader, "/v1/ledgers").await.status, 200);
+    // Coffer's prefix and shape, but not its checksum.
+    let forged = format!("coffer_{}", "0".repeat(72));
+    let (mut unauthorized, mut throttled) = (0, 0);
+    for i in 0..20 {
+        let token = if i % 2 == 0 { forged.clone() } else { format!("guess-{i}") };
+        let r = app.get_as(&token, "/v1/ledgers").await;
+        match r.status {
+            401 => unauthorized += 1,
+            429 => {
+                r.assert_problem(429, "rate_limited");
+                assert!(r.header("retry-after").is_some());
+                throttled += 1;
+            }
+            other => panic!("a bad token got {other}: {}", r.text),
+        }
+        // The verified key from the same address is not affected.
+        assert_eq!(app.get_as(&reader, "/v1/ledgers").await.status, 200);
+    }
+    assert!(throttled > 0, "20 bad tokens from one address within a burst of 5 were never throttled");
+    assert!(unauthorized >= 5, "{unauthorized}");
+    let metrics = app.get("/metrics").await.text;
+    for reason in ["malformed", "unknown", "throttled"] {
+        let line = format!("coffer_auth_failures_total{{reason=\"{reason}\"}}");
+        assert!(metrics.contains(&line), "{line} missing from /metrics");
     }
 }

@@ -218,6 +218,20 @@ impl Config {
         if self.bootstrap_token.as_deref().is_some_and(str::is_empty) {
             bail!("bootstrap_token must not be empty");
         }
+        // An operator's own admin token is compared, not checksummed: reachable from the network
+        // it must be as hard to guess as one Coffer makes. On loopback a short one is a
+        // convenience for a laptop (the README's `t`).
+        let short = self
+            .bootstrap_token
+            .as_ref()
+            .is_some_and(|t| t.len() < coffer_api::MIN_EXPOSED_BOOTSTRAP_TOKEN_LEN);
+        if short && !self.listen.ip().is_loopback() {
+            bail!(
+                "bootstrap_token must be at least {} characters when listen ({}) is not a loopback address",
+                coffer_api::MIN_EXPOSED_BOOTSTRAP_TOKEN_LEN,
+                self.listen
+            );
+        }
         self.store.validate()?;
         self.api.validate()?;
         Ok(())
@@ -294,6 +308,22 @@ mod tests {
             }
             jail.set_env("COFFER_API__MAX_EVENT_STREAMS", "0");
             assert!(Config::load(None, Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_short_bootstrap_token_is_only_for_a_server_on_loopback() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COFFER_BOOTSTRAP_TOKEN", "t");
+            assert!(Config::load(None, Overrides::default()).is_ok(), "127.0.0.1 by default");
+            jail.set_env("COFFER_LISTEN", "[::1]:8080");
+            assert!(Config::load(None, Overrides::default()).is_ok());
+            jail.set_env("COFFER_LISTEN", "0.0.0.0:8080");
+            let refused = Config::load(None, Overrides::default()).unwrap_err();
+            assert!(format!("{refused:#}").contains("at least 32 characters"), "{refused:#}");
+            jail.set_env("COFFER_BOOTSTRAP_TOKEN", "x".repeat(32));
+            assert!(Config::load(None, Overrides::default()).is_ok());
             Ok(())
         });
     }

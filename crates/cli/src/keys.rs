@@ -91,6 +91,7 @@ async fn manage(keys: &Keys, command: KeysCommand) -> anyhow::Result<()> {
                     name,
                     scopes,
                     rate_limit_per_second,
+                    expires_at: None,
                     token_hash: coffer_store::TokenHash::of(&token),
                 })
                 .await?;

@@ -2,10 +2,12 @@
 //! API, the relay, the worker), run until a signal, then finish what is in flight.
 
 use std::future::IntoFuture;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use coffer_gateway::tls::{ServingCertificate, TlsListener};
 use coffer_store::Store;
 use tracing::{error, info, warn};
@@ -59,9 +61,11 @@ async fn serve_http(config: &Config, app: axum::Router) -> anyhow::Result<()> {
     let stopped = async {
         let _ = stop_rx.await;
     };
+    // Each request learns its client's address: failed authentications are limited per address.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = match tls {
         Some(certificate) => {
-            let listener = TlsListener::new(listener, certificate, TLS_HANDSHAKE_TIMEOUT)?;
+            let listener = TlsListener::new(listener, certificate, TLS_HANDSHAKE_TIMEOUT)?.tap_io(|_| ());
             tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
         }
         None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future()),

@@ -535,12 +535,13 @@ async fn key_table(dir: &std::path::Path) -> (Arc<dyn KeyDirectory>, String, Str
     let store = SqliteStore::open(dir, StoreConfig::default()).await.unwrap();
     let mut tokens = Vec::new();
     for name in ["live", "revoked"] {
-        let token = format!("coffer_{name}_{}", uuid::Uuid::now_v7().simple());
+        let token = coffer_store::issue_token();
         let key = NewApiKey {
             id: KeyId(uuid::Uuid::now_v7()),
             name: Some(name.into()),
             scopes: vec![Scope::Read],
             rate_limit_per_second: None,
+            expires_at: None,
             token_hash: TokenHash::of(&token),
         };
         let id = key.id;

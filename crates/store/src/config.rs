@@ -19,8 +19,11 @@ pub struct StoreConfig {
     /// How long a stored Idempotency-Key answer is kept (at least; purged after).
     pub idempotency_retention_hours: u64,
     /// Read-only connections serving reads beside the single writer (SQLite); on PostgreSQL,
-    /// the pooled connections serving reads and keys beside the writer's.
+    /// the pooled connections serving reads beside the writer's.
     pub read_connections: usize,
+    /// PostgreSQL: connections of their own that look API keys up, so that a flood of unknown
+    /// tokens waits on them and never on the connections that move money.
+    pub auth_connections: usize,
     /// PostgreSQL: batches applied at once, each on its own connection (SQLite always applies
     /// one at a time).
     pub write_connections: usize,
@@ -43,6 +46,7 @@ impl Default for StoreConfig {
             expiry_interval_ms: 1000,
             idempotency_retention_hours: 24,
             read_connections: 4,
+            auth_connections: 2,
             write_connections: 2,
             connect_timeout_ms: 2000,
             statement_timeout_ms: 10_000,
@@ -62,8 +66,8 @@ impl StoreConfig {
             "expiry_interval_ms must be at least 1"
         } else if self.idempotency_retention_hours == 0 {
             "idempotency_retention_hours must be at least 1"
-        } else if self.read_connections == 0 || self.write_connections == 0 {
-            "read_connections and write_connections must be at least 1"
+        } else if self.read_connections == 0 || self.write_connections == 0 || self.auth_connections == 0 {
+            "read_connections, write_connections and auth_connections must be at least 1"
         } else if self.connect_timeout_ms == 0
             || self.statement_timeout_ms == 0
             || self.commit_timeout_ms == 0

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use coffer_ledger::Timestamp;
 use subtle::ConstantTimeEq;
 
 use crate::{ApiKey, KeyDirectory, KeyId, StoreResult, TokenHash};
@@ -36,11 +37,24 @@ impl KeyCache {
         Self { directory, ttl, entries: RwLock::new(HashMap::new()) }
     }
 
-    /// The unrevoked key whose token hashes to `hash`, or `None`.
+    /// The live (unrevoked, unexpired) key whose token hashes to `hash`, or `None`.
     pub async fn find(&self, hash: TokenHash) -> StoreResult<Option<Arc<ApiKey>>> {
-        if let Some(found) = self.cached(&hash) {
-            return Ok(found);
-        }
+        let found = match self.cached(&hash) {
+            Some(found) => found,
+            None => self.fetch(hash).await?,
+        };
+        // Expiry is checked on every use, not when the key was read: a cached key stops at
+        // its `expires_at` to the microsecond.
+        Ok(found.filter(|key| key.is_live(Timestamp::now())))
+    }
+
+    /// The cached answer for `hash`, if one is fresh: `Some(None)` when the token is known to be
+    /// no key's.
+    pub fn cached_key(&self, hash: &TokenHash) -> Option<Option<Arc<ApiKey>>> {
+        self.cached(hash).map(|found| found.filter(|key| key.is_live(Timestamp::now())))
+    }
+
+    async fn fetch(&self, hash: TokenHash) -> StoreResult<Option<Arc<ApiKey>>> {
         let key = self.directory.key_by_token(hash).await?;
         let key = key.filter(|k| k.revoked_at.is_none()).map(Arc::new);
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);

@@ -8,8 +8,65 @@ use uuid::Uuid;
 
 use crate::StoreResult;
 
-/// Longest token accepted; ours are 71 characters.
+/// Longest token accepted; ours are 79 characters.
 const MAX_TOKEN_LEN: usize = 512;
+
+/// What every token Coffer issues starts with, so that a leaked one is recognised by secret
+/// scanners and by people.
+pub const TOKEN_PREFIX: &str = "coffer_";
+/// Hex digits of randomness after the prefix: 256 bits.
+const TOKEN_RANDOM_HEX: usize = 64;
+/// Hex digits of the CRC-32 checksum that ends an issued token.
+const TOKEN_CHECKSUM_HEX: usize = 8;
+
+/// A new API token: `coffer_`, 256 random bits and a CRC-32 of them, all in lowercase hex (79
+/// characters, safe in URLs and headers). The checksum lets a server refuse a mistyped, truncated
+/// or made-up token without asking the store: it proves nothing about the token's validity, only
+/// that the store is worth asking.
+pub fn issue_token() -> String {
+    let random: [u8; 32] = rand::random();
+    let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let checksum = crc32fast::hash(random.as_bytes());
+    format!("{TOKEN_PREFIX}{random}{checksum:08x}")
+}
+
+/// What a presented token can be, judged from its text alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Issued by Coffer, checksum intact: the store is asked.
+    Issued,
+    /// Issued by Coffer before tokens carried a checksum (`coffer_` and 64 hex digits): asked.
+    Legacy,
+    /// Not of Coffer's making: only a bootstrap token an operator chose can be one. Asked.
+    Custom,
+    /// Claims to be Coffer's (the prefix) but is not of its shape or its checksum is wrong:
+    /// refused without asking the store.
+    Forged,
+}
+
+impl TokenKind {
+    pub fn of(token: &str) -> Self {
+        let Some(body) = token.strip_prefix(TOKEN_PREFIX) else { return Self::Custom };
+        let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex(body) {
+            return Self::Forged;
+        }
+        match body.len() {
+            TOKEN_RANDOM_HEX => Self::Legacy,
+            n if n == TOKEN_RANDOM_HEX + TOKEN_CHECKSUM_HEX => {
+                let (random, checksum) = body.split_at(TOKEN_RANDOM_HEX);
+                let expected = format!("{:08x}", crc32fast::hash(random.as_bytes()));
+                if checksum == expected { Self::Issued } else { Self::Forged }
+            }
+            _ => Self::Forged,
+        }
+    }
+
+    /// Whether a token of this kind may belong to a key, so that the store is worth asking.
+    pub fn may_exist(self) -> bool {
+        self != Self::Forged
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(pub Uuid);
@@ -80,6 +137,8 @@ pub struct NewApiKey {
     pub scopes: Vec<Scope>,
     /// Requests per second this key may make; `None` takes the server's default.
     pub rate_limit_per_second: Option<u32>,
+    /// When the key stops working by itself; `None`: never.
+    pub expires_at: Option<Timestamp>,
     pub token_hash: TokenHash,
 }
 
@@ -93,6 +152,7 @@ impl NewApiKey {
             rate_limit_per_second: self.rate_limit_per_second,
             created_at,
             revoked_at: None,
+            expires_at: self.expires_at,
         }
     }
 }
@@ -105,12 +165,18 @@ pub struct ApiKey {
     pub rate_limit_per_second: Option<u32>,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
 }
 
 impl ApiKey {
     /// Whether this key may act with `needed`: an unrevoked key holding that scope or a wider one.
     pub fn allows(&self, needed: Scope) -> bool {
         self.revoked_at.is_none() && self.scopes.iter().any(|s| *s >= needed)
+    }
+
+    /// Whether the key works at `now`: neither revoked nor expired.
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| now < at)
     }
 }
 
@@ -126,6 +192,26 @@ mod tests {
             assert_eq!(bearer_token(bad), None, "{bad}");
         }
         assert!(!is_valid_token(&"a".repeat(513)));
+    }
+
+    #[test]
+    fn issued_tokens_carry_a_checksum_that_refuses_any_change() {
+        let token = issue_token();
+        assert_eq!(token.len(), 79);
+        assert!(is_valid_token(&token));
+        assert_eq!(TokenKind::of(&token), TokenKind::Issued);
+        // Every single-character change is caught by the checksum (CRC-32 detects them all).
+        for i in TOKEN_PREFIX.len()..token.len() {
+            let mut changed = token.clone().into_bytes();
+            changed[i] = if changed[i] == b'0' { b'1' } else { b'0' };
+            assert_eq!(TokenKind::of(std::str::from_utf8(&changed).unwrap()), TokenKind::Forged, "{i}");
+        }
+        assert_eq!(TokenKind::of(&token[..78]), TokenKind::Forged);
+        assert_eq!(TokenKind::of(&token.to_uppercase().replace("COFFER_", "coffer_")), TokenKind::Forged);
+        assert_eq!(TokenKind::of(&token[..71]), TokenKind::Legacy);
+        assert_eq!(TokenKind::of("coffer_"), TokenKind::Forged);
+        assert_eq!(TokenKind::of("an-operators-own-bootstrap-token"), TokenKind::Custom);
+        assert_ne!(issue_token(), token);
     }
 
     #[test]

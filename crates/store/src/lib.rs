@@ -24,7 +24,10 @@ pub use config::StoreConfig;
 pub use coordination::Coordination;
 pub use dead_letters::{DeadLetter, DeadLetters};
 pub use key_cache::KeyCache;
-pub use keys::{ApiKey, KeyDirectory, KeyId, NewApiKey, Scope, TokenHash, bearer_token, is_valid_token};
+pub use keys::{
+    ApiKey, KeyDirectory, KeyId, NewApiKey, Scope, TOKEN_PREFIX, TokenHash, TokenKind, bearer_token,
+    is_valid_token, issue_token,
+};
 pub use outbox::OutboxEvent;
 pub use page::{AccountFilter, Cursor, Page, PageRequest, TransferFilter};
 /// Schema management of a PostgreSQL database (`coffer migrate`).
@@ -39,7 +42,9 @@ pub use webhooks::{
 };
 
 use async_trait::async_trait;
-use coffer_ledger::{Account, AccountId, Ledger, LedgerCode, Outcome, Submission, Transfer, TransferId};
+use coffer_ledger::{
+    Account, AccountId, Ledger, LedgerCode, Outcome, Submission, Timestamp, Transfer, TransferId,
+};
 
 /// A storage failure, saying whether the write may have happened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,6 +127,9 @@ pub trait Store:
     async fn keys(&self) -> StoreResult<Vec<ApiKey>>;
     /// Revokes a key at once; answers false when there is no such key.
     async fn revoke_key(&self, id: KeyId) -> StoreResult<bool>;
+    /// Makes a key expire at `at` (or sooner, if it already would): the end of a rotation's
+    /// overlap. Answers the key as it is now, `None` when there is no such key.
+    async fn expire_key(&self, id: KeyId, at: Timestamp) -> StoreResult<Option<ApiKey>>;
 
     async fn idempotency_begin(
         &self,

@@ -108,6 +108,7 @@ fn new_key(scopes: Vec<Scope>, hash: u8) -> NewApiKey {
         name: Some(format!("key {hash}")),
         scopes,
         rate_limit_per_second: Some(50),
+        expires_at: None,
         token_hash: TokenHash([hash; 32]),
     }
 }

@@ -4,15 +4,16 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use coffer_store::{KeyId, NewApiKey, Scope, TokenHash};
-use http::StatusCode;
+use coffer_ledger::Timestamp;
+use coffer_store::{ApiKey, KeyId, NewApiKey, Scope, TokenHash};
+use http::{StatusCode, header};
 use uuid::Uuid;
 
 use super::json;
 use crate::auth::{AdminScope, Caller, generate_token};
-use crate::dto::{CreateKey, CreatedKey, KeyView, List, NoQuery};
+use crate::dto::{CreateKey, CreatedKey, KeyView, List, NoQuery, RotateKey, RotatedKey};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery, JsonBody};
+use crate::extract::{ApiPath, ApiQuery, JsonBody, Optional};
 use crate::idempotency::StoreInstead;
 use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
 use crate::state::AppState;
@@ -33,6 +34,9 @@ pub async fn create_key(
     if body.scopes.is_empty() {
         return Err(ApiError::invalid_field("scopes", "at least one scope is required"));
     }
+    if body.expires_at.is_some_and(|at| at <= Timestamp::now()) {
+        return Err(ApiError::invalid_field("expires_at", "must be in the future"));
+    }
     let mut scopes: Vec<Scope> = body.scopes.into_iter().map(Scope::from).collect();
     scopes.sort();
     scopes.dedup();
@@ -46,23 +50,82 @@ pub async fn create_key(
             name: body.name.map(|n| n.0),
             scopes,
             rate_limit_per_second: body.rate_limit_per_second.map(|r| r.get()),
+            expires_at: body.expires_at,
             token_hash: TokenHash::of(&token),
         })
         .await?;
-    let view = KeyView::from(key);
-    let mut created = CreatedKey {
-        id: view.id,
-        name: view.name,
-        scopes: view.scopes,
-        rate_limit_per_second: view.rate_limit_per_second,
-        token: Some(token),
-        created_at: view.created_at,
+    created(StatusCode::CREATED, key, token, |created| created)
+}
+
+/// The answer that shows a new token once. The response stored for an Idempotency-Key replay
+/// has `"token": null`: the token is never written down.
+fn created<T: serde::Serialize>(
+    status: StatusCode,
+    key: ApiKey,
+    token: String,
+    wrap: impl Fn(CreatedKey) -> T,
+) -> Result<Response, ApiError> {
+    let key = KeyView::from(key);
+    let shown = serde_json::to_vec(&wrap(CreatedKey { key: key.clone(), token: Some(token) }));
+    let stored = serde_json::to_vec(&wrap(CreatedKey { key, token: None }));
+    let (Ok(shown), Ok(stored)) = (shown, stored) else {
+        return Err(ApiError::internal("key serialization"));
     };
-    let mut response = json(StatusCode::CREATED, &created);
-    created.token = None;
-    let without_token = serde_json::to_vec(&created).map_err(|_| ApiError::internal("key serialization"))?;
-    response.extensions_mut().insert(StoreInstead(Bytes::from(without_token)));
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], shown).into_response();
+    response.extensions_mut().insert(StoreInstead(Bytes::from(stored)));
     Ok(response)
+}
+
+/// Longest a rotated-out token may keep working.
+const MAX_OVERLAP_SECONDS: i64 = 30 * 24 * 3600;
+/// How long a rotated-out token keeps working unless told otherwise.
+const DEFAULT_OVERLAP_SECONDS: u32 = 24 * 3600;
+
+/// Rotate an API key (admin): a new key with the same name, scopes, rate and expiry, and a new
+/// token, shown only here; the old token keeps working until `old_key_expires_at`.
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/rotate", tag = "keys",
+    params(IdempotencyHeader, ("id" = String, Path, format = Uuid, description = "The key's id; a malformed UUID is a 400")),
+    request_body = RotateKey,
+    responses((status = 201, description = "The new key, its token shown only here, and the old key", body = RotatedKey), LookupProblems, WriteProblems)
+)]
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+    ApiPath(id): ApiPath<KeyId>,
+    JsonBody(body, _): JsonBody<RotateKey, Optional>,
+) -> Result<Response, ApiError> {
+    let now = Timestamp::now();
+    let until = body.old_key_expires_at.unwrap_or_else(|| now.plus_seconds(DEFAULT_OVERLAP_SECONDS));
+    if until < now || until.as_micros() - now.as_micros() > MAX_OVERLAP_SECONDS * 1_000_000 {
+        return Err(ApiError::invalid_field(
+            "old_key_expires_at",
+            "must be between now and 30 days from now",
+        ));
+    }
+    let old = state.store.keys().await?.into_iter().find(|key| key.id == id);
+    let Some(old) = old.filter(|key| key.is_live(now)) else {
+        return Err(ApiError::not_found("no such live key (revoked and expired keys cannot be rotated)"));
+    };
+    let token = generate_token();
+    // The new key first: should the expiry of the old one fail, both still work and a retry
+    // (with the same Idempotency-Key) finishes the job.
+    let new = state
+        .store
+        .create_key(NewApiKey {
+            id: KeyId(Uuid::now_v7()),
+            name: old.name.clone(),
+            scopes: old.scopes.clone(),
+            rate_limit_per_second: old.rate_limit_per_second,
+            expires_at: old.expires_at,
+            token_hash: TokenHash::of(&token),
+        })
+        .await?;
+    let previous =
+        state.store.expire_key(id, until).await?.ok_or_else(|| ApiError::not_found("no such key"))?;
+    state.auth.evict(id);
+    let previous = KeyView::from(previous);
+    created(StatusCode::CREATED, new, token, |key| RotatedKey { key, previous: previous.clone() })
 }
 
 /// List every API key, revoked ones included; never their tokens.

@@ -47,6 +47,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     (BATCH_ROUTE, &["post"]),
     ("/v1/keys", &["get", "post"]),
     ("/v1/keys/{id}", &["delete"]),
+    ("/v1/keys/{id}/rotate", &["post"]),
     ("/v1/webhooks", &["get", "post"]),
     ("/v1/webhooks/{id}", &["get", "delete"]),
     ("/v1/webhooks/{id}/deliveries", &["get"]),
@@ -81,6 +82,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(batch::create_batch))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::revoke_key))
+        .routes(routes!(keys::rotate_key))
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
         .routes(routes!(webhooks::get_webhook, webhooks::delete_webhook))
         .routes(routes!(webhooks::list_deliveries))

@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::auth::{Caller, ReadScope};
+use crate::auth::{Caller, Principal, ReadScope};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::ApiQuery;
 use crate::openapi::ReadProblems;
@@ -114,7 +114,7 @@ async fn start(store: &dyn Store, headers: &HeaderMap, after: Option<i64>) -> Re
 )]
 pub async fn event_stream(
     State(state): State<AppState>,
-    _: Caller<ReadScope>,
+    Caller(principal, _): Caller<ReadScope>,
     ApiQuery(query): ApiQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -123,8 +123,21 @@ pub async fn event_stream(
         ApiError::new(ErrorCode::Overloaded, "too many open event streams; retry later").retry_after(5)
     })?;
     let position = start(state.store.as_ref(), &headers, query.after).await?;
-    let events = tail(&state, filter, position, permit);
+    let events = tail(&state, filter, position, permit).take_until(key_ends(state.clone(), principal));
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// Completes when the stream's key stops working (revoked or expired), checked once per key cache
+/// TTL, so a revoked key's open stream closes within `key_cache_ttl_ms` like its requests fail.
+async fn key_ends(state: AppState, principal: Arc<Principal>) {
+    let ttl = Duration::from_millis(state.config.key_cache_ttl_ms.max(1));
+    loop {
+        tokio::time::sleep(ttl).await;
+        if !state.auth.still_valid(&principal).await {
+            tracing::info!(key_id = %principal.key.id.0, "event stream closed: its key was revoked or expired");
+            return;
+        }
+    }
 }
 
 /// The endless SSE events after `position` that pass `filter`. The permit is held as long as

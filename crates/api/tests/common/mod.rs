@@ -65,6 +65,7 @@ pub async fn spawn_with(config: ApiConfig) -> Option<App> {
     let router = coffer_api::router(store.clone(), config, coffer_api::install_metrics());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     Some(App { base, client: reqwest::Client::new(), store, _store: test_store })
 }
@@ -84,6 +85,7 @@ pub async fn spawn_with_services(config: ApiConfig, allow_private_networks: bool
     let router = coffer_api::router_with(store.clone(), config, coffer_api::install_metrics(), services);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     Some(App { base, client: reqwest::Client::new(), store, _store: test_store })
 }

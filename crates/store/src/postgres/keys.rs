@@ -7,10 +7,10 @@ use tokio_postgres::Row;
 use super::pg_error;
 use crate::{ApiKey, KeyId, NewApiKey, Scope, StoreError, StoreResult, TokenHash};
 
-const COLUMNS: &str = "id, name, scopes, rate_limit_per_second, created_at, revoked_at";
+const COLUMNS: &str = "id, name, scopes, rate_limit_per_second, created_at, revoked_at, expires_at";
 
-const INSERT: &str = "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at) \
-                      VALUES ($1, $2, $3, $4, $5, $6)";
+const INSERT: &str = "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at, \
+                      expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 /// Any number the other servers agree on: the advisory lock that makes bootstrapping one at a time.
 const BOOTSTRAP_LOCK: i64 = 0x636f_6b65_7973; // "cokeys"
@@ -34,6 +34,7 @@ fn key(row: &Row) -> StoreResult<ApiKey> {
         rate_limit_per_second: rate.and_then(|r| u32::try_from(r).ok()),
         created_at: Timestamp::from_micros(row.try_get(4).map_err(pg_error)?),
         revoked_at: row.try_get::<_, Option<i64>>(5).map_err(pg_error)?.map(Timestamp::from_micros),
+        expires_at: row.try_get::<_, Option<i64>>(6).map_err(pg_error)?.map(Timestamp::from_micros),
     })
 }
 
@@ -57,6 +58,7 @@ async fn insert(
                 &rate,
                 &key.token_hash.0.as_slice(),
                 &now.as_micros(),
+                &key.expires_at.map(Timestamp::as_micros),
             ],
         )
         .await
@@ -108,4 +110,18 @@ pub(super) async fn revoke(client: &Client, id: KeyId, now: Timestamp) -> StoreR
         .await
         .map_err(pg_error)?;
     Ok(changed == 1)
+}
+
+/// Makes a live key expire at `at`, or sooner if it already would; answers the key as it is now,
+/// `None` when there is no such key.
+pub(super) async fn expire(client: &Client, id: KeyId, at: Timestamp) -> StoreResult<Option<ApiKey>> {
+    let sql = format!(
+        "UPDATE api_keys SET expires_at = LEAST(COALESCE(expires_at, $2), $2) WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    client
+        .query_opt(&sql, &[&id.0, &at.as_micros()])
+        .await
+        .map_err(pg_error)?
+        .map(|row| key(&row))
+        .transpose()
 }

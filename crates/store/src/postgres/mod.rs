@@ -69,6 +69,8 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 /// The PostgreSQL-backed [`Store`].
 pub struct PgStore {
     pool: Pool,
+    /// Key look-ups only.
+    keys: Pool,
     sequencer: Arc<Sequencer>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -140,8 +142,16 @@ impl KeyDirectory for Pool {
 #[async_trait]
 impl KeyDirectory for PgStore {
     async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
-        self.pool.key_by_token(hash).await
+        self.keys.key_by_token(hash).await
     }
+}
+
+/// The pool that looks keys up: a few connections of its own (`auth_connections`), opened only
+/// when needed. Bad tokens queue here, never in front of a batch or a read.
+fn key_pool(url: &str, config: &StoreConfig) -> StoreResult<Pool> {
+    let keys = pool(url, config)?;
+    keys.resize(config.auth_connections);
+    Ok(keys)
 }
 
 impl PgStore {
@@ -150,6 +160,7 @@ impl PgStore {
     pub async fn connect(url: &str, config: StoreConfig) -> StoreResult<Arc<PgStore>> {
         config.validate()?;
         let pool = pool(url, &config)?;
+        let keys = key_pool(url, &config)?;
         schema::migrate(&mut pool.get().await.map_err(pool_error)?).await?;
         let limits = BatchLimits {
             commands: config.batch_size_max,
@@ -172,7 +183,7 @@ impl PgStore {
             ),
             spawn_purge(pool.clone(), retention),
         ];
-        Ok(Arc::new(PgStore { pool, sequencer, tasks: Mutex::new(tasks) }))
+        Ok(Arc::new(PgStore { pool, keys, sequencer, tasks: Mutex::new(tasks) }))
     }
 
     async fn client(&self) -> StoreResult<Client> {
@@ -266,6 +277,10 @@ impl Store for PgStore {
 
     async fn revoke_key(&self, id: KeyId) -> StoreResult<bool> {
         keys::revoke(&self.client().await?, id, Timestamp::now()).await
+    }
+
+    async fn expire_key(&self, id: KeyId, at: Timestamp) -> StoreResult<Option<ApiKey>> {
+        keys::expire(&self.client().await?, id, at).await
     }
 
     async fn idempotency_begin(

@@ -197,6 +197,11 @@ CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries (webhook_id, id
 ALTER TABLE outbox ADD COLUMN traceparent TEXT;
 ALTER TABLE dead_letters ADD COLUMN traceparent TEXT;
 "#,
+    r#"
+-- When a key stops working by itself (DESIGN §5): set when it is made, or by a rotation, which
+-- leaves the old token valid for an overlap.
+ALTER TABLE api_keys ADD COLUMN expires_at BIGINT;
+"#,
 ];
 
 /// The schema version this binary writes.

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::{ApiKey, KeyId, NewApiKey, Scope, TokenHash};
 
-const COLUMNS: &str = "id, name, scopes, rate_limit_per_second, created_at, revoked_at";
+const COLUMNS: &str = "id, name, scopes, rate_limit_per_second, created_at, revoked_at, expires_at";
 
 fn scopes_text(scopes: &[Scope]) -> String {
     scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
@@ -38,20 +38,22 @@ fn key(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
         rate_limit_per_second: row.get(3)?,
         created_at: Timestamp::from_micros(row.get(4)?),
         revoked_at: row.get::<_, Option<i64>>(5)?.map(Timestamp::from_micros),
+        expires_at: row.get::<_, Option<i64>>(6)?.map(Timestamp::from_micros),
     })
 }
 
 pub(crate) fn create(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusqlite::Result<ApiKey> {
     conn.execute(
-        "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             key.id.0.as_bytes(),
             key.name,
             scopes_text(&key.scopes),
             key.rate_limit_per_second,
             key.token_hash.0,
-            now.as_micros()
+            now.as_micros(),
+            key.expires_at.map(Timestamp::as_micros)
         ],
     )?;
     Ok(key.stored(now))
@@ -61,15 +63,16 @@ pub(crate) fn create(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusql
 /// database cannot both bootstrap.
 pub(crate) fn bootstrap(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusqlite::Result<bool> {
     let inserted = conn.execute(
-        "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at) \
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 FROM api_keys)",
+        "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at, expires_at) \
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM api_keys)",
         params![
             key.id.0.as_bytes(),
             key.name,
             scopes_text(&key.scopes),
             key.rate_limit_per_second,
             key.token_hash.0,
-            now.as_micros()
+            now.as_micros(),
+            key.expires_at.map(Timestamp::as_micros)
         ],
     )?;
     Ok(inserted == 1)
@@ -92,4 +95,13 @@ pub(crate) fn revoke(conn: &Connection, id: KeyId, now: Timestamp) -> rusqlite::
         params![id.0.as_bytes(), now.as_micros()],
     )?;
     Ok(changed == 1)
+}
+
+/// Makes a key expire at `at`, or sooner if it already would; answers the key as it is now,
+/// `None` when there is no such key.
+pub(crate) fn expire(conn: &Connection, id: KeyId, at: Timestamp) -> rusqlite::Result<Option<ApiKey>> {
+    let sql = format!(
+        "UPDATE api_keys SET expires_at = MIN(COALESCE(expires_at, ?2), ?2) WHERE id = ?1 RETURNING {COLUMNS}"
+    );
+    conn.query_row(&sql, params![id.0.as_bytes(), at.as_micros()], key).optional()
 }

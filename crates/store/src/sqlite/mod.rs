@@ -241,6 +241,10 @@ impl Store for SqliteStore {
         self.write(move |c| keys::revoke(c, id, Timestamp::now())).await
     }
 
+    async fn expire_key(&self, id: KeyId, at: Timestamp) -> StoreResult<Option<ApiKey>> {
+        self.write(move |c| keys::expire(c, id, at)).await
+    }
+
     async fn idempotency_begin(
         &self,
         scope: &IdempotencyScope,
