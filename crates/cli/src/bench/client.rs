@@ -48,6 +48,22 @@ impl Connection {
         self.send(path, Some(body)).await
     }
 
+    /// Sends a GET with this Authorization header instead of the target's, and returns the status
+    /// (the body is read and dropped).
+    pub async fn send_as(&mut self, path: &str, authorization: &str) -> anyhow::Result<StatusCode> {
+        let request = Request::builder()
+            .uri(path)
+            .header(hyper::header::HOST, &self.target.host)
+            .header(hyper::header::AUTHORIZATION, authorization)
+            .method(Method::GET)
+            .body(Full::new(Bytes::new()))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        Ok(status)
+    }
+
     /// Sends a JSON POST when there is a body and a GET when there is none, and returns the status
     /// and the whole body: the loop in `drive` times both kinds through this one path.
     pub async fn send(&mut self, path: &str, body: Option<String>) -> anyhow::Result<(StatusCode, Bytes)> {

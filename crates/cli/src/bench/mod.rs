@@ -3,6 +3,7 @@
 //! The load is transfers (single or batched) or, with `--reads`, reads of the accounts it made.
 
 mod client;
+mod flood;
 mod report;
 mod workload;
 
@@ -52,6 +53,10 @@ pub struct BenchArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Meanwhile, another client sends this many requests a second with random bearer tokens;
+    /// what they got is reported apart.
+    #[arg(long)]
+    flood_per_second: Option<u32>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -65,6 +70,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let bar = progress_bar(&args);
     let started = Instant::now();
+    let flood_stop = Arc::new(AtomicBool::new(false));
+    let floods = args.flood_per_second.map(|rate| flood::start(&target, rate, flood_stop.clone()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..args.connections {
         let (target, workload, sent, stop) = (target.clone(), workload.clone(), sent.clone(), stop.clone());
@@ -96,10 +103,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
+    flood_stop.store(true, Ordering::Relaxed);
     let _ = ticker.await;
     bar.finish_and_clear();
+    let flood = match floods {
+        Some(tasks) => {
+            let mut flood = flood::FloodReport {
+                per_second_asked: args.flood_per_second.unwrap_or(0),
+                ..Default::default()
+            };
+            for report in tasks.join_all().await {
+                flood.merge(report);
+            }
+            flood.per_second = flood.sent as f64 / elapsed.as_secs_f64();
+            Some(flood)
+        }
+        None => None,
+    };
 
-    let report = Report::new(&args, stats, elapsed);
+    let report = Report::new(&args, stats, elapsed, flood);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -9,6 +9,7 @@ use hyper::StatusCode;
 use serde::Serialize;
 
 use super::BenchArgs;
+use super::flood::FloodReport;
 
 /// The slowest latency the histogram tells apart; anything slower is counted as this.
 const LATENCY_CEILING_US: u64 = 600_000_000;
@@ -88,6 +89,9 @@ pub struct Report {
     pub error_statuses: BTreeMap<u16, u64>,
     pub failed_items: u64,
     pub connection_errors: u64,
+    /// With `--flood-per-second`: what the other client's random tokens got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flood: Option<FloodReport>,
 }
 
 #[derive(Serialize)]
@@ -99,7 +103,7 @@ pub struct Latency {
 }
 
 impl Report {
-    pub fn new(args: &BenchArgs, stats: WorkerStats, elapsed: Duration) -> Self {
+    pub fn new(args: &BenchArgs, stats: WorkerStats, elapsed: Duration, flood: Option<FloodReport>) -> Self {
         let seconds = elapsed.as_secs_f64();
         let ms = |q: f64| stats.latency_us.value_at_quantile(q) as f64 / 1000.0;
         let errors = stats.statuses.values().sum::<u64>() + stats.connection_errors;
@@ -123,6 +127,7 @@ impl Report {
             error_statuses: stats.statuses,
             failed_items: stats.failed_items,
             connection_errors: stats.connection_errors,
+            flood,
         }
     }
 }
@@ -160,7 +165,19 @@ impl fmt::Display for Report {
             f,
             "errors:     {} (statuses {:?}, connection errors {}, failed batch items {})",
             self.errors, self.error_statuses, self.connection_errors, self.failed_items
-        )
+        )?;
+        if let Some(flood) = &self.flood {
+            write!(
+                f,
+                "\nflood:      {:.0} random-token requests/s ({} sent; statuses {:?}; {} server errors, {} connection errors)",
+                flood.per_second,
+                flood.sent,
+                flood.statuses,
+                flood.server_errors(),
+                flood.connection_errors
+            )?;
+        }
+        Ok(())
     }
 }
 
