@@ -73,8 +73,11 @@ async fn volume(http: &Http) -> (u64, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_server_delivers_signed_webhooks_and_keeps_the_projection() {
     let dir = tempfile::tempdir().unwrap();
-    let server =
-        Server::start_with_env(dir.path(), &[("COFFER_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")]).await;
+    let server = Server::start_with_env(
+        dir.path(),
+        &[("COFFER_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true"), ("COFFER_WEBHOOK_ALLOW_INSECURE_HTTP", "true")],
+    )
+    .await;
     let http = server.client();
     let (url, received) = receiver().await;
     let hook =

@@ -197,6 +197,13 @@ CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries (webhook_id, id
 ALTER TABLE outbox ADD COLUMN traceparent TEXT;
 ALTER TABLE dead_letters ADD COLUMN traceparent TEXT;
 "#,
+    r#"
+-- Webhook secret rotation (issue 13): the secret before the last rotation signs deliveries
+-- too until it expires. Secrets themselves are sealed by the webhook engine (AEAD); rows
+-- written before that hold them in clear and are sealed when a server starts.
+ALTER TABLE webhooks ADD COLUMN previous_secret TEXT;
+ALTER TABLE webhooks ADD COLUMN previous_secret_expires_at BIGINT;
+"#,
 ];
 
 /// The schema version this binary writes.
