@@ -377,12 +377,14 @@ async fn rotating_a_secret_answers_a_new_one_and_keeps_the_old_one_for_the_overl
     }
     let shown = app.get(&format!("/v1/webhooks/{id}")).await;
     assert!(!shown.text.contains(&second[6..]) && !shown.text.contains("whenc1"), "{}", shown.text);
+    assert_eq!(shown.body["previous_secret_expires_at"], json!(until), "the overlap is shown");
 
     let cut = rotate(&app, &id, Some(json!({"overlap_seconds": 0}))).await;
     assert_eq!(cut.status, 200, "{}", cut.text);
     assert_eq!(cut.body["previous_secret_expires_at"], Value::Null);
     let stored = app.store.webhook(id.parse().unwrap()).await.unwrap().unwrap();
     assert_eq!((stored.previous_secret, stored.previous_secret_expires_at), (None, None));
+    assert_eq!(app.get(&format!("/v1/webhooks/{id}")).await.body["previous_secret_expires_at"], Value::Null);
 
     let week = rotate(&app, &id, Some(json!({"overlap_seconds": 604800}))).await;
     assert_eq!(week.status, 200, "{}", week.text);

@@ -71,6 +71,9 @@ pub struct WebhookView {
     pub url: String,
     pub event_types: Vec<String>,
     pub created_at: Timestamp,
+    /// While a secret rotation's overlap runs: when the old secret stops signing beside the
+    /// new one. Null otherwise.
+    pub previous_secret_expires_at: Option<Timestamp>,
 }
 
 /// A new endpoint, with the secret that signs its deliveries: shown only this once.
@@ -97,11 +100,10 @@ pub struct RotateSecret {
 pub struct RotatedWebhook {
     #[serde(flatten)]
     pub webhook: WebhookView,
-    /// The new `whsec_…` secret. Until `previous_secret_expires_at` every delivery carries a
-    /// signature with each secret (`v1,<new> v1,<old>`), so switching receivers has no gap.
+    /// The new `whsec_…` secret. Until `previous_secret_expires_at` (null with an overlap of 0)
+    /// every delivery carries a signature with each secret (`v1,<new> v1,<old>`), so switching
+    /// receivers has no gap.
     pub secret: String,
-    /// When the old secret stops signing; null with an overlap of 0.
-    pub previous_secret_expires_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -145,11 +147,13 @@ pub struct DeliveryQuery {
 }
 
 fn view(webhook: Webhook) -> WebhookView {
+    let now = Timestamp::now();
     WebhookView {
         id: webhook.id,
         url: webhook.url,
         event_types: webhook.event_types,
         created_at: webhook.created_at,
+        previous_secret_expires_at: webhook.previous_secret_expires_at.filter(|until| *until > now),
     }
 }
 
@@ -271,9 +275,8 @@ pub async fn rotate_webhook_secret(
             }
             RotateError::Store(e) => e.into(),
         })?;
-    let previous_secret_expires_at = rotated.webhook.previous_secret_expires_at;
     let secret = rotated.secret.as_str().to_owned();
-    let answer = RotatedWebhook { webhook: view(rotated.webhook), secret, previous_secret_expires_at };
+    let answer = RotatedWebhook { webhook: view(rotated.webhook), secret };
     Ok(json(StatusCode::OK, &answer))
 }
 

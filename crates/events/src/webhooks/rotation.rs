@@ -121,17 +121,7 @@ pub async fn reseal(store: &dyn Webhooks, keys: &SecretKeys, now: Timestamp) -> 
         if keys.is_current(&webhook.secret) && previous_current && !stale_previous {
             continue;
         }
-        let resealed = (|| -> Result<WebhookSecrets, SealError> {
-            let previous = match &webhook.previous_secret {
-                Some(previous) if previous_live => Some(sealed_now(keys, webhook.id, previous)?),
-                _ => None,
-            };
-            Ok(WebhookSecrets {
-                secret: sealed_now(keys, webhook.id, &webhook.secret)?,
-                previous_secret_expires_at: previous.as_ref().and(webhook.previous_secret_expires_at),
-                previous_secret: previous,
-            })
-        })();
+        let resealed = resealed_secrets(keys, &webhook, previous_live);
         match resealed {
             Ok(secrets) => {
                 if store.replace_webhook_secrets(webhook.id, &webhook.secret, secrets).await? {
@@ -145,6 +135,23 @@ pub async fn reseal(store: &dyn Webhooks, keys: &SecretKeys, now: Timestamp) -> 
         }
     }
     Ok(done)
+}
+
+/// `webhook`'s secrets sealed under the sealing key, the previous one only while it is live.
+fn resealed_secrets(
+    keys: &SecretKeys,
+    webhook: &Webhook,
+    previous_live: bool,
+) -> Result<WebhookSecrets, SealError> {
+    let previous = match &webhook.previous_secret {
+        Some(previous) if previous_live => Some(sealed_now(keys, webhook.id, previous)?),
+        _ => None,
+    };
+    Ok(WebhookSecrets {
+        secret: sealed_now(keys, webhook.id, &webhook.secret)?,
+        previous_secret_expires_at: previous.as_ref().and(webhook.previous_secret_expires_at),
+        previous_secret: previous,
+    })
 }
 
 /// `stored` as it should be kept now: unchanged when sealed under the sealing key already,
