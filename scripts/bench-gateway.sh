@@ -86,7 +86,9 @@ case $store in
   postgres)
     psql "$admin_url" -q -o /dev/null -c "SET client_min_messages = warning" \
       -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-    store_env=("COFFER_DATABASE_URL=${admin_url%/*}/$db") ;;
+    # PostgreSQL has no default webhook key: one made for this run, shared by the replicas.
+    store_env=("COFFER_DATABASE_URL=${admin_url%/*}/$db"
+      "COFFER_WEBHOOK_SECRET_KEYS=bench:$(head -c32 /dev/urandom | base64)") ;;
   *) echo "BENCH_STORE must be sqlite or postgres" >&2; exit 2 ;;
 esac
 

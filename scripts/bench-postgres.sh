@@ -28,7 +28,9 @@ coffer_tps() { # ARGS...: one coffer bench run on a fresh database; prints the t
   fresh_db $coffer_db
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  # PostgreSQL has no default webhook key: one made for this run.
   COFFER_DATABASE_URL="$base/$coffer_db" COFFER_BOOTSTRAP_TOKEN=$token COFFER_LOG_LEVEL=warn \
+    COFFER_WEBHOOK_SECRET_KEYS="bench:$(head -c32 /dev/urandom | base64)" \
     "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/unused" >/dev/null &
   pid=$!
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done

@@ -27,6 +27,11 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     IdempotencyKeyReused,
+    /// A webhook URL that is well formed but somewhere this deployment never sends to: a
+    /// special-purpose address, or plain http.
+    WebhookTargetRefused,
+    /// A webhook's secret changed while a rotation of it was under way.
+    WebhookSecretChanged,
     RateLimited,
     Overloaded,
     Unavailable,
@@ -44,12 +49,14 @@ impl ErrorCode {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::IdempotencyKeyInUse | Self::Rejected(RejectCode::ExistsWithDifferentFields) => {
-                StatusCode::CONFLICT
-            }
+            Self::IdempotencyKeyInUse
+            | Self::WebhookSecretChanged
+            | Self::Rejected(RejectCode::ExistsWithDifferentFields) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::IdempotencyKeyReused | Self::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyKeyReused | Self::WebhookTargetRefused | Self::Rejected(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -68,6 +75,8 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::WebhookTargetRefused => "webhook_target_refused",
+            Self::WebhookSecretChanged => "webhook_secret_changed",
             Self::RateLimited => "rate_limited",
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",
@@ -88,6 +97,8 @@ impl ErrorCode {
             Self::PayloadTooLarge => "The request body is too large",
             Self::UnsupportedMediaType => "The request body must be application/json",
             Self::IdempotencyKeyReused => "The Idempotency-Key was used for a different request",
+            Self::WebhookTargetRefused => "Webhooks are not sent to this destination",
+            Self::WebhookSecretChanged => "The webhook's secret changed during the rotation",
             Self::RateLimited => "Too many requests",
             Self::Overloaded => "The server is overloaded",
             Self::Unavailable => "The service is unavailable",
@@ -148,6 +159,13 @@ impl ApiError {
             n => format!("{n} inputs are invalid; see errors"),
         };
         Self { errors, ..Self::new(ErrorCode::InvalidRequest, detail) }
+    }
+
+    /// A 422 `webhook_target_refused` naming the URL field and why.
+    pub fn webhook_target_refused(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let errors = vec![FieldError { field: field.into(), message: message.into() }];
+        let detail = format!("{}: {}", errors[0].field, errors[0].message);
+        Self { errors, ..Self::new(ErrorCode::WebhookTargetRefused, detail) }
     }
 
     /// A 400 for one field.
@@ -261,6 +279,8 @@ mod tests {
             (ErrorCode::Rejected(RejectCode::InsufficientFunds), 422, "insufficient_funds"),
             (ErrorCode::IdempotencyKeyInUse, 409, "idempotency_key_in_use"),
             (ErrorCode::IdempotencyKeyReused, 422, "idempotency_key_reused"),
+            (ErrorCode::WebhookTargetRefused, 422, "webhook_target_refused"),
+            (ErrorCode::WebhookSecretChanged, 409, "webhook_secret_changed"),
             (ErrorCode::RateLimited, 429, "rate_limited"),
             (ErrorCode::Overloaded, 503, "overloaded"),
         ];

@@ -45,7 +45,7 @@ use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use coffer_events::{DeadLetterQueue, StoreDeadLetters};
+use coffer_events::{DeadLetterQueue, SecretKeys, StoreDeadLetters, TargetPolicy};
 use coffer_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -66,16 +66,24 @@ use state::{AppState, Shared};
 pub struct Services {
     /// The consumers' dead letters: in the store with the in-process bus, or JetStream's.
     pub dead_letters: Arc<dyn DeadLetterQueue>,
-    /// Whether webhook URLs may point at loopback and private addresses (tests, private
-    /// deployments); refused by default against server-side request forgery.
-    pub webhook_allow_private_networks: bool,
+    /// Where webhook URLs may point: special-purpose (loopback, private, …) addresses and plain
+    /// http are refused by default, against server-side request forgery and eavesdropping.
+    pub webhook_targets: TargetPolicy,
+    /// The keys that seal webhook signing secrets at rest; the first one seals.
+    pub webhook_keys: Arc<SecretKeys>,
 }
 
 /// The whole API over `store` with the in-process bus's services. `metrics` renders
 /// `/metrics`; get it from [`install_metrics`].
 pub fn router(store: Arc<dyn Store>, config: ApiConfig, metrics: PrometheusHandle) -> Router {
     let dead_letters = Arc::new(StoreDeadLetters(store.clone()));
-    let services = Services { dead_letters, webhook_allow_private_networks: false };
+    // Sealed under a key that lives as long as the process: a router built this way is for
+    // tests and embedding; `coffer serve` passes the configured keys.
+    let services = Services {
+        dead_letters,
+        webhook_targets: TargetPolicy::default(),
+        webhook_keys: Arc::new(SecretKeys::ephemeral()),
+    };
     router_with(store, config, metrics, services)
 }
 
@@ -93,14 +101,15 @@ pub fn router_with(
     let auth =
         Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits, failures);
     let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
-    let Services { dead_letters, webhook_allow_private_networks } = services;
+    let Services { dead_letters, webhook_targets, webhook_keys } = services;
     let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));
     let outbox_tail = OutboxTail::new(store.clone());
     let state = AppState::new(Shared {
         outbox_tail,
         store,
         dead_letters,
-        webhook_allow_private_networks,
+        webhook_targets,
+        webhook_keys,
         config,
         auth,
         metrics,

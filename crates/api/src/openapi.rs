@@ -122,10 +122,10 @@ fn problems(statuses: &[u16]) -> BTreeMap<String, RefOr<Response>> {
                 401 => problem("`unauthorized`: no valid API key", false),
                 403 => problem("`forbidden`: the key lacks the scope", false),
                 404 => problem("`not_found`", false),
-                409 => problem("`exists_with_different_fields` or `idempotency_key_in_use`", false),
+                409 => problem("`exists_with_different_fields`, `idempotency_key_in_use` or `webhook_secret_changed`", false),
                 413 => problem("`payload_too_large`", false),
                 415 => problem("`unsupported_media_type`: the body must be application/json", false),
-                422 => problem("a business rule refused the request (`insufficient_funds`, `exceeds_debits`, `ledger_mismatch`, `account_not_found`, `pending_transfer_*`, `overflow`, `idempotency_key_reused`, ...)", false),
+                422 => problem("a business rule refused the request (`insufficient_funds`, `exceeds_debits`, `ledger_mismatch`, `account_not_found`, `pending_transfer_*`, `overflow`, `idempotency_key_reused`, `webhook_target_refused`, ...)", false),
                 429 => problem("`rate_limited`", true),
                 _ => problem("`overloaded` or `unavailable`; a write's outcome may be unknown: retry with the same id or Idempotency-Key", true),
             };

@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use coffer_events::DeadLetterQueue;
+use coffer_events::{DeadLetterQueue, SecretKeys, TargetPolicy};
 use coffer_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -23,8 +23,10 @@ pub struct Shared {
     pub config: ApiConfig,
     pub auth: Authenticator,
     pub metrics: PrometheusHandle,
-    /// Whether webhook URLs may point at loopback and private addresses.
-    pub webhook_allow_private_networks: bool,
+    /// Where webhook URLs may point: special-purpose addresses, plain http.
+    pub webhook_targets: TargetPolicy,
+    /// The keys webhook signing secrets are sealed with at rest.
+    pub webhook_keys: Arc<SecretKeys>,
     /// One permit per open event stream: their number is bounded.
     pub streams: Arc<tokio::sync::Semaphore>,
     /// The one reader of new events that the event streams follow.

@@ -80,7 +80,8 @@ async fn books_balance(app: &App, ledger: &str) {
 }
 
 async fn app() -> Option<Arc<App>> {
-    let app = spawn_with_services(coffer_api::ApiConfig::default(), false).await?;
+    let app =
+        spawn_with_services(coffer_api::ApiConfig::default(), coffer_events::TargetPolicy::default()).await?;
     app.ledger("USD").await;
     Some(Arc::new(app))
 }

@@ -161,6 +161,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/webhooks/{id}", &["get", "delete"]),
     ("/v1/webhooks/{id}/deliveries", &["get"]),
     ("/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", &["post"]),
+    ("/v1/webhooks/{id}/rotate-secret", &["post"]),
     ("/v1/events/stream", &["get"]),
     ("/v1/admin/dead-letters", &["get"]),
     ("/v1/admin/dead-letters/{id}", &["get", "delete"]),

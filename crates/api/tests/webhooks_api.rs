@@ -7,8 +7,10 @@ mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use coffer_api::{ApiConfig, derived_id};
-use coffer_events::WEBHOOKS_CONSUMER;
+use coffer_events::{TargetPolicy, WEBHOOKS_CONSUMER};
 use coffer_ledger::Timestamp;
 use coffer_store::{AttemptResult, DeliveryAttempt, KeyId, Webhook, WebhookEvent};
 use common::*;
@@ -63,7 +65,10 @@ async fn a_keyed_create_whose_first_run_registered_the_endpoint_finds_it_on_retr
         id: derived_id(admin, "register-once", 0),
         url: "https://example.com/hooks/once".to_owned(),
         event_types: vec![TRANSFER.to_owned()],
+        // In clear, as rows from before secrets were sealed hold them: they are still read.
         secret: format!("whsec_{}", BASE64.encode([7u8; 32])),
+        previous_secret: None,
+        previous_secret_expires_at: None,
         created_at: Timestamp::now(),
     };
     app.store.create_webhook(first.clone()).await.unwrap();
@@ -235,25 +240,43 @@ fn always_refused() -> Vec<String> {
 
 /// Addresses inside the operator's network: refused unless private networks are allowed.
 const PRIVATE: &[&str] = &[
-    "http://127.0.0.1/",
-    "http://127.0.0.1:5432/",
-    "http://10.0.0.1/",
-    "http://192.168.1.10/hook",
-    "http://169.254.169.254/latest/meta-data/",
-    "http://[::1]/",
-    "http://[::ffff:127.0.0.1]/",
-    "http://localhost/",
-    "http://LOCALHOST./",
-    "http://api.localhost:8080/",
-    "http://0.0.0.0/",
+    "https://127.0.0.1/",
+    "https://127.0.0.1:5432/",
+    "https://10.0.0.1/",
+    "https://192.168.1.10/hook",
+    "https://169.254.169.254/latest/meta-data/",
+    "https://[::1]/",
+    "https://[::ffff:127.0.0.1]/",
+    "https://localhost/",
+    "https://LOCALHOST./",
+    "https://api.localhost:8080/",
+    "https://0.0.0.0/",
 ];
+
+/// A 422 `webhook_target_refused` whose error on `url` says `why`.
+fn assert_target_refused(r: &Resp, why: &str, case: &str) {
+    assert_eq!(r.status, 422, "{case}: {}", r.text);
+    r.assert_problem(422, "webhook_target_refused");
+    let errors = r.body["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{case}: {}", r.text);
+    assert_eq!(errors[0]["field"], "url", "{case}: {}", r.text);
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(message.contains(why), "{case}: expected {why:?} in {message:?}");
+}
+
+const ALLOW_PRIVATE: TargetPolicy = TargetPolicy { allow_private_networks: true, allow_insecure_http: false };
+const ALLOW_HTTP: TargetPolicy = TargetPolicy { allow_private_networks: false, allow_insecure_http: true };
 
 #[tokio::test]
 async fn urls_are_guarded_against_request_forgery() {
     let Some(app) = spawn().await else { return };
-    for url in always_refused().iter().map(String::as_str).chain(PRIVATE.iter().copied()) {
+    for url in always_refused() {
         let r = app.post("/v1/webhooks", json!({"url": url, "event_types": [TRANSFER]})).await;
-        assert_names(&r, "url", url);
+        assert_names(&r, "url", &url);
+    }
+    for url in PRIVATE {
+        let r = app.post("/v1/webhooks", json!({"url": url, "event_types": [TRANSFER]})).await;
+        assert_target_refused(&r, "special-purpose range", url);
     }
     assert_eq!(app.get("/v1/webhooks").await.body, json!({"data": []}), "nothing was created");
 
@@ -261,15 +284,55 @@ async fn urls_are_guarded_against_request_forgery() {
     assert_eq!(longest.len(), 2048);
     assert_eq!(create(&app, &longest, &[TRANSFER]).await["url"], longest.as_str(), "2048 bytes is fine");
     for public in
-        ["http://example.com/hook", "https://93.184.215.14:8443/x?y=1", "https://[2606:4700::1111]/"]
+        ["https://example.com/hook", "https://93.184.215.14:8443/x?y=1", "https://[2606:4700::1111]/"]
     {
         create(&app, public, &[TRANSFER]).await;
     }
 }
 
+/// A literal address in any range of the refused table — every IANA special-purpose entry,
+/// multicast, and IPv6 outside 2000::/3 — is refused when the endpoint is registered, with a
+/// 422 naming the range. Nothing is connected to: the check is on the URL's text.
+#[tokio::test]
+async fn a_literal_address_in_each_special_range_is_refused_at_creation() {
+    let Some(app) = spawn().await else { return };
+    let mut tried = 0;
+    for range in coffer_events::ranges() {
+        // An address inside: the network's second address, or the network itself for a /32 or /128.
+        let (url, addr) = match range.network {
+            IpAddr::V4(net) => {
+                let addr = Ipv4Addr::from(u32::from(net) | u32::from(range.prefix_len < 32));
+                (format!("https://{addr}/hook"), IpAddr::V4(addr))
+            }
+            IpAddr::V6(net) => {
+                let addr = Ipv6Addr::from(u128::from(net) | u128::from(range.prefix_len < 128));
+                (format!("https://[{addr}]/hook"), IpAddr::V6(addr))
+            }
+        };
+        let naming = coffer_events::special_range(addr).expect("refused").to_string();
+        let r = app.post("/v1/webhooks", json!({"url": url, "event_types": [TRANSFER]})).await;
+        assert_target_refused(&r, &naming, &url);
+        tried += 1;
+    }
+    assert!(tried > 40, "the whole table: {tried} ranges");
+    assert_eq!(app.get("/v1/webhooks").await.body, json!({"data": []}), "nothing was created");
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_unless_the_deployment_allows_it() {
+    let Some(app) = spawn().await else { return };
+    let r =
+        app.post("/v1/webhooks", json!({"url": "http://example.com/hook", "event_types": [TRANSFER]})).await;
+    assert_target_refused(&r, "plain http", "http by default");
+    let Some(app) = spawn_with_services(ApiConfig::default(), ALLOW_HTTP).await else { return };
+    create(&app, "http://example.com/hook", &[TRANSFER]).await;
+    let r = app.post("/v1/webhooks", json!({"url": "http://10.0.0.1/hook", "event_types": [TRANSFER]})).await;
+    assert_target_refused(&r, "private-use", "http allowed, private networks not");
+}
+
 #[tokio::test]
 async fn private_addresses_are_accepted_where_the_deployment_allows_them() {
-    let Some(app) = spawn_with_services(ApiConfig::default(), true).await else { return };
+    let Some(app) = spawn_with_services(ApiConfig::default(), ALLOW_PRIVATE).await else { return };
     for url in PRIVATE {
         let r = app.post("/v1/webhooks", json!({"url": url, "event_types": [TRANSFER]})).await;
         assert_eq!(r.status, 201, "{url}: {}", r.text);
@@ -278,7 +341,104 @@ async fn private_addresses_are_accepted_where_the_deployment_allows_them() {
         let r = app.post("/v1/webhooks", json!({"url": url, "event_types": [TRANSFER]})).await;
         assert_names(&r, "url", &url);
     }
+    let r = app.post("/v1/webhooks", json!({"url": "http://127.0.0.1/", "event_types": [TRANSFER]})).await;
+    assert_target_refused(&r, "plain http", "private allowed, http not");
     assert_eq!(app.get("/v1/webhooks").await.body["data"].as_array().unwrap().len(), PRIVATE.len());
+}
+
+async fn rotate(app: &App, id: &str, body: Option<Value>) -> Resp {
+    let body = body.map(|b| b.to_string().into_bytes());
+    app.send("POST", &format!("/v1/webhooks/{id}/rotate-secret"), Some(ADMIN), body, &[]).await
+}
+
+/// A rotation answers a new secret (shown only then); the old one is kept, sealed, for the
+/// overlap (24 h by default, 0 to drop it at once, at most 7 days), and no answer but the
+/// rotation's shows a secret.
+#[tokio::test]
+async fn rotating_a_secret_answers_a_new_one_and_keeps_the_old_one_for_the_overlap() {
+    let Some(app) = spawn().await else { return };
+    let created = create(&app, "https://example.com/hook", &[TRANSFER]).await;
+    let (id, first) = (id_of(&created), created["secret"].as_str().unwrap().to_owned());
+
+    let before = Timestamp::now();
+    let rotated = rotate(&app, &id, None).await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text);
+    let second = rotated.body["secret"].as_str().unwrap().to_owned();
+    assert!(second.starts_with("whsec_") && second != first, "{}", rotated.text);
+    assert_eq!((&rotated.body["id"], &rotated.body["url"]), (&created["id"], &created["url"]));
+    let stored = app.store.webhook(id.parse().unwrap()).await.unwrap().unwrap();
+    let until = stored.previous_secret_expires_at.expect("the old secret is kept");
+    let day = 24 * 3600 * 1_000_000;
+    assert!((before.as_micros() + day..=Timestamp::now().as_micros() + day).contains(&until.as_micros()));
+    assert_eq!(rotated.body["previous_secret_expires_at"], json!(until), "the answer says until when");
+    for sealed in [&stored.secret, stored.previous_secret.as_ref().unwrap()] {
+        assert!(sealed.starts_with("whenc1."), "{sealed}");
+        assert!(!sealed.contains(&first[6..]) && !sealed.contains(&second[6..]), "sealed, not in clear");
+    }
+    let shown = app.get(&format!("/v1/webhooks/{id}")).await;
+    assert!(!shown.text.contains(&second[6..]) && !shown.text.contains("whenc1"), "{}", shown.text);
+    assert_eq!(shown.body["previous_secret_expires_at"], json!(until), "the overlap is shown");
+
+    let cut = rotate(&app, &id, Some(json!({"overlap_seconds": 0}))).await;
+    assert_eq!(cut.status, 200, "{}", cut.text);
+    assert_eq!(cut.body["previous_secret_expires_at"], Value::Null);
+    let stored = app.store.webhook(id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!((stored.previous_secret, stored.previous_secret_expires_at), (None, None));
+    assert_eq!(app.get(&format!("/v1/webhooks/{id}")).await.body["previous_secret_expires_at"], Value::Null);
+
+    let week = rotate(&app, &id, Some(json!({"overlap_seconds": 604800}))).await;
+    assert_eq!(week.status, 200, "{}", week.text);
+    for (body, field) in [
+        (json!({"overlap_seconds": 604801}), "overlap_seconds"),
+        (json!({"overlap_seconds": -1}), "overlap_seconds"),
+        (json!({"overlap": 5}), "overlap"),
+    ] {
+        assert_names(&rotate(&app, &id, Some(body)).await, field, field);
+    }
+    rotate(&app, &uuid::Uuid::now_v7().to_string(), None).await.assert_problem(404, "not_found");
+    let reader = app.post("/v1/keys", json!({"scopes": ["read", "write"]})).await;
+    let token = reader.body["token"].as_str().unwrap();
+    let path = format!("/v1/webhooks/{id}/rotate-secret");
+    app.send("POST", &path, Some(token), None, &[]).await.assert_problem(403, "forbidden");
+}
+
+/// The signing secrets are nowhere on disk in clear: not in the database file, not in its
+/// write-ahead log. Only the sealed text is stored, under the key the app was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_encrypted_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        coffer_store::SqliteStore::open(dir.path(), coffer_store::StoreConfig::default()).await.unwrap();
+    let app = serve_with(store, ApiConfig::default(), TargetPolicy::default(), None).await;
+    let created = create(&app, "https://example.com/hook", &[TRANSFER]).await;
+    let rotated = rotate(&app, &id_of(&created), None).await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text);
+    let secrets = [created["secret"].as_str().unwrap(), rotated.body["secret"].as_str().unwrap()];
+
+    let stored = app.store.webhook(id_of(&created).parse().unwrap()).await.unwrap().unwrap();
+    assert!(stored.secret.starts_with("whenc1."), "{}", stored.secret);
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for secret in secrets {
+            // The key's base64, and the key's bytes themselves.
+            let key = BASE64.decode(&secret[6..]).unwrap();
+            assert!(
+                !contains(&bytes, &secret.as_bytes()[6..]) && !contains(&bytes, &key),
+                "a secret in clear"
+            );
+        }
+        files += 1;
+    }
+    assert!(files >= 2, "the database and its log were read");
+    assert!(
+        contains(&std::fs::read(dir.path().join("coffer.db-wal")).unwrap(), b"whenc1."),
+        "rows were read"
+    );
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[tokio::test]

@@ -61,6 +61,15 @@ pub struct Config {
     /// Lets webhook URLs point at loopback and private addresses (refused by default against
     /// server-side request forgery): for tests and closed networks.
     pub webhook_allow_private_networks: bool,
+    /// Lets webhook URLs be plain `http://` (refused by default: a delivery in clear can be
+    /// read and its receiver impersonated on the way): for tests and local setups.
+    pub webhook_allow_insecure_http: bool,
+    /// The keys that seal webhook signing secrets at rest, each `<id>:<base64 of 32 bytes>`, a
+    /// list or one comma-separated string; the first seals, all open (key rotation). Or:
+    pub webhook_secret_keys: SecretKeyList,
+    /// a file of such keys, one a line, readable by its owner only. With neither, the embedded
+    /// store makes `webhook-secret-keys` in `data_dir`; PostgreSQL refuses to start.
+    pub webhook_secret_key_file: Option<PathBuf>,
     /// Becomes an admin key when the store has none.
     pub bootstrap_token: Option<String>,
     pub log_format: LogFormat,
@@ -88,6 +97,9 @@ impl Default for Config {
             nats_url: None,
             redis_url: None,
             webhook_allow_private_networks: false,
+            webhook_allow_insecure_http: false,
+            webhook_secret_keys: SecretKeyList::default(),
+            webhook_secret_key_file: None,
             bootstrap_token: None,
             log_format: LogFormat::Auto,
             log_level: "info".to_owned(),
@@ -106,6 +118,23 @@ fn roles<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Role>, D::Error> 
         .iter()
         .map(|role| Role::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(role.trim())))
         .collect()
+}
+
+/// The configured webhook secret keys, as text. Its `Debug` shows how many there are and
+/// nothing of them, so a logged configuration holds no key.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretKeyList(pub Vec<String>);
+
+impl std::fmt::Debug for SecretKeyList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKeyList({} keys)", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretKeyList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        coffer_gateway::list_setting(d).map(SecretKeyList)
+    }
 }
 
 /// Values given on the command line; they win over everything else.
@@ -151,6 +180,9 @@ const ENV_KEYS: &[&str] = &[
     "redis_url",
     "bootstrap_token",
     "webhook_allow_private_networks",
+    "webhook_allow_insecure_http",
+    "webhook_secret_keys",
+    "webhook_secret_key_file",
     "log_format",
     "log_level",
     "shutdown_timeout_ms",
@@ -215,6 +247,9 @@ impl Config {
         {
             bail!("database_url must be a postgres:// or postgresql:// URL");
         }
+        if !self.webhook_secret_keys.0.is_empty() && self.webhook_secret_key_file.is_some() {
+            bail!("set webhook_secret_keys or webhook_secret_key_file, not both");
+        }
         if self.bootstrap_token.as_deref().is_some_and(str::is_empty) {
             bail!("bootstrap_token must not be empty");
         }
@@ -260,6 +295,27 @@ mod tests {
             assert_eq!(config.data_dir, PathBuf::from("/tmp/from-flag"));
             assert_eq!(config.roles, vec![Role::Api, Role::Worker]);
             assert!(config.gateway.upstreams.0.is_empty(), "serve does not need upstreams");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn webhook_settings_from_file_and_environment_and_keys_stay_out_of_debug() {
+        figment::Jail::expect_with(|jail| {
+            let key = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+            jail.set_env("COFFER_WEBHOOK_ALLOW_INSECURE_HTTP", "true");
+            jail.set_env("COFFER_WEBHOOK_SECRET_KEYS", format!("{key}, k0:AAAA"));
+            let config = Config::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            assert!(config.webhook_allow_insecure_http && !config.webhook_allow_private_networks);
+            assert_eq!(config.webhook_secret_keys.0, vec![key.to_owned(), " k0:AAAA".to_owned()]);
+            assert!(!format!("{config:?}").contains("AAECAwQF"), "no key in the Debug text");
+            jail.create_file("both.toml", "webhook_secret_key_file = \"keys\"\n")?;
+            assert!(Config::load(Some(Path::new("both.toml")), Overrides::default()).is_err(), "both");
+            Ok(())
+        });
+        figment::Jail::expect_with(|_| {
+            let config = Config::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            assert!(!config.webhook_allow_insecure_http, "https only by default");
             Ok(())
         });
     }

@@ -12,6 +12,7 @@ mod logging;
 mod pipeline;
 mod serve;
 mod store;
+mod webhook_keys;
 
 use std::path::PathBuf;
 

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use coffer_events::{
     Consumer, DeadLetterQueue, DeadLetterStream, Dispatcher, EventsConfig, Handler, JetStreamBus,
-    JetStreamSource, JetStreamSourceSettings, LedgerVolumes, OutboxSource, Relay, StoreDeadLetters,
-    VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, WEBHOOKS_CONSUMER, WebhookFanout, WebhookSettings, watch_depth,
+    JetStreamSource, JetStreamSourceSettings, LedgerVolumes, OutboxSource, Relay, SecretKeys,
+    StoreDeadLetters, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, WEBHOOKS_CONSUMER, WebhookFanout,
+    WebhookSettings, watch_depth,
 };
 use coffer_ledger::Timestamp;
 use coffer_store::Store;
@@ -38,17 +39,22 @@ fn consumers(store: &Arc<dyn Store>) -> Vec<(&'static str, Vec<String>, Arc<dyn 
     ]
 }
 
-pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Pipeline> {
+pub async fn start(
+    config: &Config,
+    store: Arc<dyn Store>,
+    webhook_keys: Arc<SecretKeys>,
+) -> anyhow::Result<Pipeline> {
     let (stop, stopped) = watch::channel(false);
     let events = &config.events;
     let mut tasks = Vec::new();
     if config.roles.contains(&Role::Worker) {
         let settings = WebhookSettings {
             allow_private_networks: config.webhook_allow_private_networks,
+            allow_insecure_http: config.webhook_allow_insecure_http,
             ..Default::default()
         };
-        let dispatcher =
-            Dispatcher::new(store.clone(), settings).context("cannot start the webhook dispatcher")?;
+        let dispatcher = Dispatcher::new(store.clone(), settings, webhook_keys)
+            .context("cannot start the webhook dispatcher")?;
         tasks.push(tokio::spawn(dispatcher.run(stopped.clone())));
     }
     let dead_letters: Arc<dyn DeadLetterQueue> = match &config.nats_url {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
+use coffer_events::{SecretKeys, TargetPolicy, reseal};
 use coffer_gateway::tls::{ServingCertificate, TlsListener};
+use coffer_ledger::Timestamp;
 use coffer_store::Store;
 use tracing::{error, info, warn};
 
@@ -22,12 +24,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Installed before the roles start, so that their first measurements are kept.
     let metrics = coffer_api::install_metrics();
-    let pipeline = crate::pipeline::start(&config, store.clone()).await?;
+    let webhook_keys = Arc::new(webhook_keys(&config, store.as_ref()).await?);
+    let pipeline = crate::pipeline::start(&config, store.clone(), webhook_keys.clone()).await?;
     info!(roles = ?config.roles, bus = if config.nats_url.is_some() { "jetstream" } else { "in-process" }, "roles started");
     if config.roles.contains(&Role::Api) {
         let services = coffer_api::Services {
             dead_letters: pipeline.dead_letters.clone(),
-            webhook_allow_private_networks: config.webhook_allow_private_networks,
+            webhook_targets: webhook_targets(&config),
+            webhook_keys,
         };
         let app = coffer_api::router_with(store.clone(), config.api.clone(), metrics, services);
         serve_http(&config, app).await?;
@@ -39,6 +43,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     store.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// Where webhooks may be sent, as configured.
+fn webhook_targets(config: &Config) -> TargetPolicy {
+    TargetPolicy {
+        allow_private_networks: config.webhook_allow_private_networks,
+        allow_insecure_http: config.webhook_allow_insecure_http,
+    }
+}
+
+/// The keys that seal webhook secrets, when a role of this process handles them (the API makes
+/// and rotates secrets, the worker signs with them); the secrets in the store are then sealed
+/// under the first key before anything else runs: rows from before sealing existed, and rows
+/// sealed under a key that has since been rotated.
+async fn webhook_keys(config: &Config, store: &dyn Store) -> anyhow::Result<SecretKeys> {
+    if !config.roles.iter().any(|role| matches!(role, Role::Api | Role::Worker)) {
+        // A relay alone never touches a secret: it needs no key.
+        return Ok(SecretKeys::ephemeral());
+    }
+    let keys = crate::webhook_keys::load(config)?;
+    let done = reseal(store, &keys, Timestamp::now()).await.context("cannot re-seal the webhook secrets")?;
+    if done.resealed > 0 || done.unreadable > 0 {
+        info!(
+            resealed = done.resealed,
+            unreadable = done.unreadable,
+            key_id = keys.sealing_id(),
+            "webhook secrets sealed under the current key"
+        );
+    }
+    Ok(keys)
 }
 
 /// How long a client may take over its TLS handshake.

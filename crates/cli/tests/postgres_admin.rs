@@ -26,7 +26,7 @@ async fn migrate_and_keys_work_on_postgres() {
     let url = database.url.as_str();
     // Twice: the second run finds the schema current and changes nothing.
     for _ in 0..2 {
-        assert!(coffer(url, &["migrate"]).contains("schema version 4"));
+        assert!(coffer(url, &["migrate"]).contains("schema version 6"));
     }
     let created = coffer(url, &["keys", "create", "--scope", "read", "--name", "dashboard"]);
     let field = |name: &str| {

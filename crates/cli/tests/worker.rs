@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use coffer_events::{OutboxSource, SignatureHeaders, SigningSecret, VOLUMES_CONSUMER, verify};
 use coffer_ledger::Timestamp;
-use coffer_store::{Coordination, DeadLetter, DeadLetters, PgStore, Store, StoreConfig};
+use coffer_store::{Coordination, DeadLetter, DeadLetters, PgStore, Store, StoreConfig, Webhooks as _};
 use coffer_testkit::TestDatabase;
 use common::{Headless, Http, Server, TOKEN};
 use serde_json::{Value, json};
@@ -73,8 +73,11 @@ async fn volume(http: &Http) -> (u64, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_server_delivers_signed_webhooks_and_keeps_the_projection() {
     let dir = tempfile::tempdir().unwrap();
-    let server =
-        Server::start_with_env(dir.path(), &[("COFFER_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")]).await;
+    let server = Server::start_with_env(
+        dir.path(),
+        &[("COFFER_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true"), ("COFFER_WEBHOOK_ALLOW_INSECURE_HTTP", "true")],
+    )
+    .await;
     let http = server.client();
     let (url, received) = receiver().await;
     let hook =
@@ -128,6 +131,58 @@ async fn an_embedded_server_delivers_signed_webhooks_and_keeps_the_projection() 
         wanted.iter().all(|line| text.lines().any(|l| l == *line)).then_some(())
     })
     .await;
+}
+
+/// An embedded store from before secrets were sealed: its endpoint's secret is in clear. The
+/// first start makes the data dir's key file (owner-only), seals the secret under it, and
+/// signs with it as before; the row then holds no trace of the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_kept_in_clear_is_sealed_at_start_and_still_signs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, received) = receiver().await;
+    let secret = coffer_events::new_secret();
+    let id = Uuid::new_v4();
+    {
+        let store = coffer_store::SqliteStore::open(dir.path(), StoreConfig::default()).await.unwrap();
+        let webhook = coffer_store::Webhook {
+            id,
+            url,
+            event_types: vec!["coffer.transfer.created".to_owned()],
+            secret: secret.as_str().to_owned(),
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            created_at: Timestamp::now(),
+        };
+        store.create_webhook(webhook).await.unwrap();
+        store.shutdown().await;
+    }
+
+    let server = Server::start_with_env(
+        dir.path(),
+        &[("COFFER_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true"), ("COFFER_WEBHOOK_ALLOW_INSECURE_HTTP", "true")],
+    )
+    .await;
+    let http = server.client();
+    let (a, b) = ledger_and_accounts(&http).await;
+    transfer(&http, &a, &b, 7).await;
+    let (headers, body) = eventually("a delivery", async || received.lock().unwrap().first().cloned()).await;
+    let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+    let (id_header, timestamp, signature) =
+        (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+    let signed = SignatureHeaders { id: &id_header, timestamp: &timestamp, signature: &signature };
+    let now = Timestamp::now().as_micros() / 1_000_000;
+    verify(&secret, signed, &body, now, Duration::from_secs(300)).expect("signed with the same secret");
+    drop(server);
+
+    let key_file = dir.path().join("webhook-secret-keys");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let store = coffer_store::SqliteStore::open(dir.path(), StoreConfig::default()).await.unwrap();
+    let stored = store.webhook(id).await.unwrap().unwrap().secret;
+    assert!(stored.starts_with("whenc1.") && !stored.contains(&secret.as_str()[6..]), "{stored}");
+    store.shutdown().await;
 }
 
 fn dlq(server: &Server, args: &[&str]) -> (bool, String) {

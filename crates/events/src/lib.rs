@@ -24,7 +24,9 @@ pub use envelope::{EVENT_TYPES, decode, encode, sequence};
 pub use projection::{LedgerVolumes, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, day_of};
 pub use relay::{Relay, RelayError};
 pub use webhooks::{
-    AddressKind, Dispatcher, DispatcherError, SecretError, SettingsError, SignatureHeaders, SigningSecret,
-    UrlError, VerifyError, WEBHOOK_DELIVERIES, WEBHOOKS_CONSUMER, WebhookFanout, WebhookSettings, new_secret,
-    sign, validate_url, verify,
+    DEFAULT_OVERLAP, Dispatcher, DispatcherError, GuardedResolver, Lookup, LookupFuture, MAX_OVERLAP,
+    RefusedAddress, Resealed, RotateError, Rotated, SealError, SecretError, SecretKey, SecretKeys,
+    SettingsError, SignatureHeaders, SigningSecret, SpecialRange, SystemLookup, TargetPolicy, UrlError,
+    VerifyError, WEBHOOK_DELIVERIES, WEBHOOKS_CONSUMER, WebhookFanout, WebhookSettings, new_secret, ranges,
+    reseal, rotate_secret, sign, sign_all, signing_secrets, special_range, validate_url, verify,
 };

@@ -8,12 +8,15 @@
 mod receiver;
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
 use coffer_events::{
-    Consumer, Dispatcher, Handler, OutboxSource, RetryPolicy, SignatureHeaders, SigningSecret, UrlError,
-    VerifyError, WEBHOOKS_CONSUMER, WebhookFanout, WebhookSettings, new_secret, sign, validate_url, verify,
+    Consumer, Dispatcher, GuardedResolver, Handler, Lookup, LookupFuture, OutboxSource, RetryPolicy,
+    SecretKeys, SignatureHeaders, SigningSecret, TargetPolicy, UrlError, VerifyError, WEBHOOKS_CONSUMER,
+    WebhookFanout, WebhookSettings, new_secret, ranges, sign, validate_url, verify,
 };
 use coffer_ledger::{
     AccountFlags, AccountId, Amount, Command, LedgerCode, NewAccount, NewLedger, NewTransfer, Scale,
@@ -76,22 +79,36 @@ async fn workload(store: &dyn Store, transfers: usize) -> Vec<OutboxEvent> {
     events
 }
 
+/// The keys this test binary seals secrets with, shared by the endpoints and the dispatchers.
+fn keys() -> Arc<SecretKeys> {
+    static KEYS: OnceLock<Arc<SecretKeys>> = OnceLock::new();
+    KEYS.get_or_init(|| Arc::new(SecretKeys::ephemeral())).clone()
+}
+
+fn dispatcher(store: &TestStore, settings: WebhookSettings) -> Dispatcher {
+    Dispatcher::new(store.store.clone(), settings, keys()).unwrap()
+}
+
 async fn endpoint(store: &dyn Store, url: String, types: &[&str], secret: &SigningSecret) -> Webhook {
+    let id = Uuid::new_v4();
     let webhook = Webhook {
-        id: Uuid::new_v4(),
+        id,
         url,
         event_types: types.iter().map(|t| t.to_string()).collect(),
-        secret: secret.as_str().to_owned(),
+        secret: keys().seal(id, secret),
+        previous_secret: None,
+        previous_secret_expires_at: None,
         created_at: Timestamp::now(),
     };
     store.create_webhook(webhook.clone()).await.unwrap();
     webhook
 }
 
-/// Fast settings for tests: short timeouts and backoff, loopback allowed.
+/// Fast settings for tests: short timeouts and backoff, loopback and plain http allowed.
 fn test_settings(max_attempts: u32) -> WebhookSettings {
     WebhookSettings {
         allow_private_networks: true,
+        allow_insecure_http: true,
         request_timeout: Duration::from_secs(2),
         retry: RetryPolicy {
             max_attempts,
@@ -162,7 +179,7 @@ async fn every_event_reaches_a_verifying_receiver_signed_and_intact() {
             .unwrap();
     let fanout = WebhookFanout::new(store.store.clone());
     let consumer = Consumer::new(WEBHOOKS_CONSUMER, source, fanout, RetryPolicy::default());
-    let dispatcher = Dispatcher::new(store.store.clone(), test_settings(5)).unwrap();
+    let dispatcher = dispatcher(&store, test_settings(5));
     let tasks = [tokio::spawn(consumer.run(stop.clone())), tokio::spawn(dispatcher.run(stop))];
 
     let delivered = all_reach(store.as_ref(), &webhook, DeliveryStatus::Succeeded, events.len()).await;
@@ -211,7 +228,7 @@ async fn an_endpoint_that_was_down_gets_every_event_once_per_delivery_after_it_r
     )
     .await;
     WebhookFanout::new(store.store.clone()).handle(&events).await.unwrap();
-    let dispatcher = Dispatcher::new(store.store.clone(), test_settings(100)).unwrap();
+    let dispatcher = dispatcher(&store, test_settings(100));
 
     dispatch_until(&dispatcher, async || {
         deliveries(store.as_ref(), &webhook).await.iter().all(|d| d.attempts >= 2)
@@ -260,7 +277,7 @@ async fn a_delivery_dies_after_its_last_attempt_and_redelivery_sends_it_again() 
     receiver.set_mode(Mode::Answer(500));
     let webhook = endpoint(store.as_ref(), receiver.url(), &[ACCOUNT_CREATED], &secret).await;
     WebhookFanout::new(store.store.clone()).handle(&events[..1]).await.unwrap();
-    let dispatcher = Dispatcher::new(store.store.clone(), test_settings(3)).unwrap();
+    let dispatcher = dispatcher(&store, test_settings(3));
 
     dispatch_until(&dispatcher, async || {
         deliveries(store.as_ref(), &webhook).await[0].status == DeliveryStatus::Dead
@@ -304,7 +321,7 @@ async fn endpoints_get_only_the_event_types_they_subscribed_to() {
     fanout.handle(&events).await.unwrap();
     fanout.handle(&events[..5]).await.unwrap();
 
-    let dispatcher = Dispatcher::new(store.store.clone(), test_settings(5)).unwrap();
+    let dispatcher = dispatcher(&store, test_settings(5));
     let expected_accounts = ids_of_type(&events, ACCOUNT_CREATED);
     let expected_transfers = ids_of_type(&events, TRANSFER_CREATED);
     dispatch_until(&dispatcher, async || {
@@ -334,7 +351,7 @@ async fn a_private_endpoint_is_never_contacted_without_the_flag() {
     let webhook = endpoint(store.as_ref(), receiver.url(), &[ACCOUNT_CREATED], &secret).await;
     WebhookFanout::new(store.store.clone()).handle(&events).await.unwrap();
     let settings = WebhookSettings { allow_private_networks: false, ..test_settings(5) };
-    let dispatcher = Dispatcher::new(store.store.clone(), settings).unwrap();
+    let dispatcher = dispatcher(&store, settings);
 
     assert_eq!(dispatcher.dispatch_due().await.unwrap(), 2);
     for delivery in deliveries(store.as_ref(), &webhook).await {
@@ -345,16 +362,126 @@ async fn a_private_endpoint_is_never_contacted_without_the_flag() {
     assert!(receiver.received().is_empty());
 }
 
+/// A table of names and their addresses: what a DNS server would answer, without one. Names
+/// not in it do not resolve (they end in `.invalid`, which no resolver answers, RFC 6761).
+struct Hosts(HashMap<String, Vec<IpAddr>>);
+
+impl Lookup for Hosts {
+    fn lookup(&self, host: &str) -> LookupFuture {
+        let found = self.0.get(host).cloned();
+        Box::pin(async move {
+            found.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such test host"))
+        })
+    }
+}
+
+/// A name that resolves, at delivery time, into any special-purpose range is refused by the
+/// resolver the webhook client uses — before any connection — naming the range. Every range
+/// of the table is tried through the resolver alone, so that a guard that regressed still sends
+/// nothing off this machine; the end-to-end test below posts for real, to on-host addresses.
+#[tokio::test]
+async fn a_name_resolving_into_any_special_range_is_refused_at_delivery() {
+    let mut hosts = HashMap::new();
+    let mut expected = Vec::new();
+    for (i, range) in ranges().enumerate() {
+        let name = format!("range-{i}.invalid");
+        // The range's last address: not the network address, which a wider range may hold first.
+        let addr = match range.network {
+            IpAddr::V4(net) => {
+                let host_bits = u32::MAX.checked_shr(u32::from(range.prefix_len)).unwrap_or(0);
+                IpAddr::V4((u32::from(net) | host_bits).into())
+            }
+            IpAddr::V6(net) => {
+                let host_bits = u128::MAX.checked_shr(u32::from(range.prefix_len)).unwrap_or(0);
+                IpAddr::V6((u128::from(net) | host_bits).into())
+            }
+        };
+        hosts.insert(name.clone(), vec![addr]);
+        expected.push((name, addr));
+    }
+    // One private answer among public ones spoils the name.
+    hosts.insert("mixed.invalid".into(), vec!["8.8.8.8".parse().unwrap(), "10.1.2.3".parse().unwrap()]);
+    expected.push(("mixed.invalid".into(), "10.1.2.3".parse().unwrap()));
+    hosts.insert(
+        "public.invalid".into(),
+        vec!["8.8.8.8".parse().unwrap(), "2606:4700::1111".parse().unwrap()],
+    );
+    let resolver = GuardedResolver::new(false, Arc::new(Hosts(hosts)));
+
+    for (name, addr) in expected {
+        let refused = resolver.resolve_host(&name).await.expect_err(&name);
+        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied, "{name}: {refused}");
+        let range = coffer_events::special_range(addr).unwrap();
+        assert!(refused.to_string().contains(&range.to_string()), "{name} ({addr}): {refused}");
+    }
+    let public = resolver.resolve_host("public.invalid").await.unwrap();
+    assert_eq!(public.len(), 2, "public addresses pass");
+}
+
+/// End to end: names that resolve (through the dispatcher's injectable lookup) to this
+/// machine's own special-purpose addresses — loopback, "this network", IPv4-mapped loopback —
+/// are refused at delivery though the receiver is listening there and the URL passed when it
+/// was registered. The receiver hears nothing; each attempt's error names the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_resolves_to_this_machine_is_never_contacted() {
+    let Some(store) = open_store().await else { return };
+    let secret = new_secret();
+    let receiver = Receiver::start(secret.as_str()).await;
+    let port = receiver.url().rsplit(':').next().unwrap().split('/').next().unwrap().to_owned();
+    let on_host: [(&str, &str, &str); 4] = [
+        ("loopback.invalid", "127.0.0.1", "loopback (127.0.0.0/8)"),
+        ("loopback-2.invalid", "127.0.0.2", "loopback (127.0.0.0/8)"),
+        ("this-network.invalid", "0.0.0.0", "\"this network\" (0.0.0.0/8)"),
+        ("mapped.invalid", "::ffff:127.0.0.1", "IPv4-mapped (::ffff:0.0.0.0/96)"),
+    ];
+    let hosts = on_host.iter().map(|(name, ip, _)| (name.to_string(), vec![ip.parse().unwrap()])).collect();
+    let mut endpoints = Vec::new();
+    for (name, _, range) in on_host {
+        let url = format!("http://{name}:{port}/hook");
+        let policy = TargetPolicy { allow_private_networks: false, allow_insecure_http: true };
+        assert!(validate_url(&url, policy).is_ok(), "a name passes registration: {url}");
+        endpoints.push((endpoint(store.as_ref(), url, &[ACCOUNT_CREATED], &secret).await, range));
+    }
+    let events = workload(store.as_ref(), 0).await;
+    WebhookFanout::new(store.store.clone()).handle(&events[..1]).await.unwrap();
+    let settings = WebhookSettings { allow_private_networks: false, ..test_settings(5) };
+    let dispatcher =
+        Dispatcher::with_lookup(store.store.clone(), settings, keys(), Arc::new(Hosts(hosts))).unwrap();
+
+    assert_eq!(dispatcher.dispatch_due().await.unwrap(), on_host.len());
+    for (webhook, range) in &endpoints {
+        let delivery = deliveries(store.as_ref(), webhook).await.remove(0);
+        assert_eq!((delivery.status, delivery.attempts), (DeliveryStatus::Pending, 1));
+        let error = delivery.last_error.unwrap_or_default();
+        assert!(error.contains(range), "{}: {error}", webhook.url);
+    }
+    assert!(receiver.received().is_empty(), "nothing reached the receiver");
+}
+
 // ---------------------------------------------------------------------------------------------
 // (e) URL validation.
 
+/// The default: https to globally routable addresses only.
+const STRICT: TargetPolicy = TargetPolicy { allow_private_networks: false, allow_insecure_http: false };
+/// Plain http allowed, special addresses not.
+const HTTP: TargetPolicy = TargetPolicy { allow_private_networks: false, allow_insecure_http: true };
+/// Everything a test setup allows.
+const OPEN: TargetPolicy = TargetPolicy { allow_private_networks: true, allow_insecure_http: true };
+
 #[test]
-fn public_http_and_https_urls_are_accepted() {
+fn public_https_urls_are_accepted_and_http_only_where_allowed() {
     for url in
-        ["https://example.com/hooks/coffer", "http://hooks.example.org:8080/x?token=1", "https://8.8.8.8/"]
+        ["https://example.com/hooks/coffer", "https://hooks.example.org:8080/x?token=1", "https://8.8.8.8/"]
     {
-        assert!(validate_url(url, false).is_ok(), "{url}");
+        assert!(validate_url(url, STRICT).is_ok(), "{url}");
     }
+    let http = "http://hooks.example.org:8080/x?token=1";
+    assert_eq!(validate_url(http, STRICT), Err(UrlError::InsecureHttp));
+    assert_eq!(
+        validate_url(http, TargetPolicy { allow_private_networks: true, ..STRICT }),
+        Err(UrlError::InsecureHttp)
+    );
+    assert!(validate_url(http, HTTP).is_ok());
 }
 
 #[test]
@@ -362,15 +489,15 @@ fn other_schemes_credentials_and_missing_hosts_are_refused() {
     for (url, scheme) in
         [("ftp://example.com/", "ftp"), ("file:///etc/passwd", "file"), ("javascript:alert(1)", "javascript")]
     {
-        assert_eq!(validate_url(url, true), Err(UrlError::Scheme(scheme.into())), "{url}");
+        assert_eq!(validate_url(url, OPEN), Err(UrlError::Scheme(scheme.into())), "{url}");
     }
     for url in ["https://user:pass@example.com/", "https://user@example.com/", "https://:pass@example.com/"] {
-        assert_eq!(validate_url(url, true), Err(UrlError::Credentials), "{url}");
+        assert_eq!(validate_url(url, OPEN), Err(UrlError::Credentials), "{url}");
     }
     for url in ["https://", "http://:80/"] {
-        assert_eq!(validate_url(url, true), Err(UrlError::NoHost), "{url}");
+        assert_eq!(validate_url(url, OPEN), Err(UrlError::NoHost), "{url}");
     }
-    assert!(matches!(validate_url("not a url", true), Err(UrlError::Unparsable(_))));
+    assert!(matches!(validate_url("not a url", OPEN), Err(UrlError::Unparsable(_))));
 }
 
 #[test]
@@ -397,19 +524,31 @@ fn inside_addresses_are_refused_unless_private_networks_are_allowed() {
         "http://[::ffff:127.0.0.1]/",
         "http://[::ffff:a9fe:a9fe]/",
         "http://[::ffff:10.1.2.3]/",
+        "http://[::ffff:1.1.1.1]/",
+        "http://[64:ff9b::8.8.8.8]/",
+        "http://192.0.2.1/",
+        "http://198.18.0.1/",
+        "http://240.0.0.1/",
+        "http://[2001:db8::1]/",
+        "http://[2002:c000:204::1]/",
+        "http://[fec0::1]/",
+        "http://[5f00::1]/",
     ] {
-        assert!(matches!(validate_url(url, false), Err(UrlError::NotPublic { .. })), "{url}");
-        assert!(validate_url(url, true).is_ok(), "{url} with private networks allowed");
+        assert!(matches!(validate_url(url, HTTP), Err(UrlError::NotPublic { .. })), "{url}");
+        assert!(validate_url(url, OPEN).is_ok(), "{url} with private networks allowed");
     }
 }
 
 #[test]
 fn the_refusal_names_the_host_and_the_kind_of_address() {
-    let error = validate_url("http://[::ffff:192.168.0.1]/", false).unwrap_err();
+    let error = validate_url("https://[::ffff:192.168.0.1]/", STRICT).unwrap_err();
     assert_eq!(
         error.to_string(),
-        "the URL's host [::ffff:c0a8:1] is a private (RFC 1918) address; only public addresses receive webhooks"
+        "the URL's host [::ffff:c0a8:1] is in a special-purpose range, IPv4-mapped (::ffff:0.0.0.0/96); \
+         webhooks go only to globally routable addresses"
     );
+    let error = validate_url("https://192.168.7.7/", STRICT).unwrap_err();
+    assert!(error.to_string().contains("private-use (RFC 1918) (192.168.0.0/16)"), "{error}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ pub use projection::{Projections, VolumeEntry, VolumeRow};
 pub use sqlite::admin as sqlite_admin;
 pub use sqlite::{SqliteStore, key_directory as sqlite_key_directory};
 pub use webhooks::{
-    AttemptResult, Delivery, DeliveryAttempt, DeliveryStatus, Webhook, WebhookEvent, Webhooks,
+    AttemptResult, Delivery, DeliveryAttempt, DeliveryStatus, Webhook, WebhookEvent, WebhookSecrets, Webhooks,
 };
 
 use async_trait::async_trait;

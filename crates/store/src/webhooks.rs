@@ -18,9 +18,23 @@ pub struct Webhook {
     pub url: String,
     /// CloudEvents types delivered to it; never empty.
     pub event_types: Vec<String>,
-    /// `whsec_` followed by the base64 of the signing key.
+    /// The signing secret as the webhook engine stores it: sealed (`whenc1.…`, see
+    /// `coffer_events::SecretKeys`), or `whsec_…` in clear in rows written before sealing.
+    /// The store keeps the text as given and never looks inside.
     pub secret: String,
+    /// The secret before the last rotation, stored like `secret`: deliveries are signed with
+    /// it too until `previous_secret_expires_at`, so receivers can switch without a gap.
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<Timestamp>,
     pub created_at: Timestamp,
+}
+
+/// An endpoint's secrets, as a rotation or a re-sealing writes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSecrets {
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<Timestamp>,
 }
 
 /// An event on its way to the webhook consumer.
@@ -111,6 +125,15 @@ pub trait Webhooks: Send + Sync {
     /// Every endpoint, oldest first.
     async fn webhooks(&self) -> StoreResult<Vec<Webhook>>;
     async fn webhook(&self, id: Uuid) -> StoreResult<Option<Webhook>>;
+    /// Replaces an endpoint's secrets if its `secret` is still `expected` (compare and set: of
+    /// two rotations, or a rotation and a re-sealing, racing, one loses instead of one
+    /// overwriting the other). Answers whether it replaced them.
+    async fn replace_webhook_secrets(
+        &self,
+        id: Uuid,
+        expected: &str,
+        secrets: WebhookSecrets,
+    ) -> StoreResult<bool>;
     /// Deletes an endpoint and its deliveries; answers whether it existed.
     async fn delete_webhook(&self, id: Uuid) -> StoreResult<bool>;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use coffer_ledger::{AccountId, Submission, Timestamp, TraceParent, TransferId};
 use coffer_store::{
     AttemptResult, DeadLetter, Delivery, DeliveryAttempt, DeliveryStatus, OutboxEvent, VolumeEntry,
-    VolumeRow, Webhook, WebhookEvent,
+    VolumeRow, Webhook, WebhookEvent, WebhookSecrets,
 };
 use common::*;
 use uuid::Uuid;
@@ -395,6 +395,8 @@ fn endpoint(types: &[&str], created_at: Timestamp) -> Webhook {
         url: format!("https://example.com/hooks/{}", Uuid::now_v7()),
         event_types: types.iter().map(|t| (*t).to_owned()).collect(),
         secret: "whsec_c2VjcmV0".to_owned(),
+        previous_secret: None,
+        previous_secret_expires_at: None,
         created_at,
     }
 }
@@ -431,6 +433,32 @@ async fn creating_a_webhook_under_a_taken_id_answers_the_first_and_changes_nothi
         assert_eq!(store.create_webhook(again).await.unwrap(), first, "the first registration stands");
     }
     assert_eq!(store.webhooks().await.unwrap(), vec![first]);
+    store.shutdown().await;
+}
+
+/// Secrets are replaced only while the current one is what the caller read: of two racing
+/// rotations (or a rotation and a re-sealing) one loses rather than undoing the other.
+#[tokio::test]
+async fn webhook_secrets_are_replaced_by_compare_and_set() {
+    let Some(store) = fresh().await else { return };
+    let webhook = endpoint(&[TRANSFER], at(1));
+    store.create_webhook(webhook.clone()).await.unwrap();
+    let rotated = WebhookSecrets {
+        secret: "whenc1.k.new".to_owned(),
+        previous_secret: Some(webhook.secret.clone()),
+        previous_secret_expires_at: Some(at(9)),
+    };
+    assert!(store.replace_webhook_secrets(webhook.id, &webhook.secret, rotated.clone()).await.unwrap());
+    let stored = store.webhook(webhook.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.secret.as_str(), stored.previous_secret.as_deref(), stored.previous_secret_expires_at),
+        ("whenc1.k.new", Some(webhook.secret.as_str()), Some(at(9)))
+    );
+    let stale = WebhookSecrets { secret: "whenc1.k.lost".to_owned(), ..rotated };
+    assert!(!store.replace_webhook_secrets(webhook.id, &webhook.secret, stale.clone()).await.unwrap());
+    assert!(!store.replace_webhook_secrets(Uuid::now_v7(), "whenc1.k.new", stale).await.unwrap());
+    assert_eq!(store.webhook(webhook.id).await.unwrap(), Some(stored.clone()), "unchanged");
+    assert_eq!(store.webhooks().await.unwrap(), vec![stored], "listed with both secrets");
     store.shutdown().await;
 }
 

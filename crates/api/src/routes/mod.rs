@@ -51,6 +51,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/webhooks", &["get", "post"]),
     ("/v1/webhooks/{id}", &["get", "delete"]),
     ("/v1/webhooks/{id}/deliveries", &["get"]),
+    ("/v1/webhooks/{id}/rotate-secret", &["post"]),
     ("/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", &["post"]),
     ("/v1/events/stream", &["get"]),
     ("/v1/admin/dead-letters", &["get"]),
@@ -86,6 +87,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
         .routes(routes!(webhooks::get_webhook, webhooks::delete_webhook))
         .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::rotate_webhook_secret))
         .routes(routes!(webhooks::redeliver))
         .routes(routes!(stream::event_stream))
         .routes(routes!(dead_letters::list_dead_letters))

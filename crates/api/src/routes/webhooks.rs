@@ -1,13 +1,18 @@
 //! Webhook endpoints (admin): where the notification service posts events, signed per the
-//! Standard Webhooks spec. The signing secret is shown once, in the answer to the create.
+//! Standard Webhooks spec. The signing secret is shown once, in the answer to the create (and
+//! a new one in the answer to a rotation); it is stored sealed (`coffer_events::SecretKeys`).
 //!
-//! URLs are checked when registered — http(s), no credentials, and no loopback or private
-//! address unless the deployment allows private networks — and again at every delivery, since a
-//! name may resolve elsewhere later.
+//! URLs are checked when registered — https (http only where the deployment allows it), no
+//! credentials, and no literal special-purpose address unless the deployment allows private
+//! networks — and again at every delivery, against the addresses the name resolves to then.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use coffer_events::{EVENT_TYPES, new_secret, validate_url};
+use std::time::Duration;
+
+use coffer_events::{
+    DEFAULT_OVERLAP, EVENT_TYPES, MAX_OVERLAP, RotateError, UrlError, new_secret, rotate_secret, validate_url,
+};
 use coffer_ledger::{RejectCode, Timestamp};
 use coffer_store::{Delivery, Webhook};
 use http::StatusCode;
@@ -18,8 +23,8 @@ use uuid::Uuid;
 use super::json;
 use crate::auth::{AdminScope, Caller};
 use crate::dto::{NoQuery, page_limit};
-use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiPath2, ApiQuery, JsonBody, PathParam};
+use crate::error::{ApiError, ErrorCode};
+use crate::extract::{ApiPath, ApiPath2, ApiQuery, JsonBody, Optional, PathParam};
 use crate::idempotency::NewIds;
 use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
 use crate::state::AppState;
@@ -50,7 +55,10 @@ impl PathParam for DeliveryId {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
-    /// Where deliveries are posted: `http` or `https`, no credentials in it.
+    /// Where deliveries are posted: `https` (`http` only where the deployment allows insecure
+    /// http), no credentials in it, and a host that is a globally routable address (a literal
+    /// special-purpose address is refused with 422 `webhook_target_refused`; a name is checked
+    /// at every delivery against what it resolves to).
     pub url: String,
     /// The event types delivered (at least one), e.g. `["coffer.transfer.created"]`.
     pub event_types: Vec<String>,
@@ -63,6 +71,9 @@ pub struct WebhookView {
     pub url: String,
     pub event_types: Vec<String>,
     pub created_at: Timestamp,
+    /// While a secret rotation's overlap runs: when the old secret stops signing beside the
+    /// new one. Null otherwise.
+    pub previous_secret_expires_at: Option<Timestamp>,
 }
 
 /// A new endpoint, with the secret that signs its deliveries: shown only this once.
@@ -71,6 +82,27 @@ pub struct CreatedWebhook {
     #[serde(flatten)]
     pub webhook: WebhookView,
     /// `whsec_…`: verify `webhook-signature` with it (Standard Webhooks).
+    pub secret: String,
+}
+
+/// A secret rotation's options.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// How long the old secret keeps signing beside the new one, 0..=604800 (7 days); default
+    /// 86400 (24 h). 0 drops the old secret at once (it leaked).
+    #[schema(minimum = 0, maximum = 604800)]
+    pub overlap_seconds: Option<u64>,
+}
+
+/// A rotated endpoint: its new secret, shown only this once, and when the old one stops signing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedWebhook {
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+    /// The new `whsec_…` secret. Until `previous_secret_expires_at` (null with an overlap of 0)
+    /// every delivery carries a signature with each secret (`v1,<new> v1,<old>`), so switching
+    /// receivers has no gap.
     pub secret: String,
 }
 
@@ -115,11 +147,13 @@ pub struct DeliveryQuery {
 }
 
 fn view(webhook: Webhook) -> WebhookView {
+    let now = Timestamp::now();
     WebhookView {
         id: webhook.id,
         url: webhook.url,
         event_types: webhook.event_types,
         created_at: webhook.created_at,
+        previous_secret_expires_at: webhook.previous_secret_expires_at.filter(|until| *until > now),
     }
 }
 
@@ -174,8 +208,13 @@ pub async fn create_webhook(
     if body.url.len() > MAX_URL_BYTES {
         return Err(ApiError::invalid_field("url", "must be at most 2048 bytes"));
     }
-    let url = validate_url(&body.url, state.webhook_allow_private_networks)
-        .map_err(|e| ApiError::invalid_field("url", e.to_string()))?;
+    let url = validate_url(&body.url, state.webhook_targets).map_err(|e| match e {
+        // Well formed, but a destination this deployment never sends to: a policy refusal.
+        UrlError::NotPublic { .. } | UrlError::InsecureHttp => {
+            ApiError::webhook_target_refused("url", e.to_string())
+        }
+        other => ApiError::invalid_field("url", other.to_string()),
+    })?;
     // Parsing percent-encodes (a space becomes `%20`): the limit holds for the URL kept and posted to.
     if url.as_str().len() > MAX_URL_BYTES {
         return Err(ApiError::invalid_field("url", "must be at most 2048 bytes once percent-encoded"));
@@ -183,19 +222,62 @@ pub async fn create_webhook(
     // With an Idempotency-Key the id is derived from it, so a retry whose first run registered
     // the endpoint but lost its answer (a crash, a timeout) gets that endpoint, secret and all,
     // instead of registering a second one that would deliver every event twice.
+    let id = ids.id(0);
     let webhook = Webhook {
-        id: ids.id(0),
+        id,
         url: url.to_string(),
         event_types: event_types(body.event_types)?,
-        secret: new_secret().as_str().to_owned(),
+        secret: state.webhook_keys.seal(id, &new_secret()),
+        previous_secret: None,
+        previous_secret_expires_at: None,
         created_at: Timestamp::now(),
     };
     let stored = state.store.create_webhook(webhook.clone()).await?;
     if (&stored.url, &stored.event_types) != (&webhook.url, &webhook.event_types) {
         return Err(ApiError::rejected(RejectCode::ExistsWithDifferentFields));
     }
-    let secret = stored.secret.clone();
+    // The stored one: on a keyed retry that found the endpoint, the secret made then.
+    let secret = state.webhook_keys.open(stored.id, &stored.secret).map_err(|e| {
+        tracing::error!(webhook = %stored.id, error = %e, "a webhook's secret cannot be opened");
+        ApiError::internal("a webhook's secret cannot be opened with the configured keys")
+    })?;
+    let secret = secret.as_str().to_owned();
     Ok(json(StatusCode::CREATED, &CreatedWebhook { webhook: view(stored), secret }))
+}
+
+/// Rotate an endpoint's signing secret (admin). The answer holds the new secret, shown only
+/// here; the old one keeps signing beside it for the overlap.
+#[utoipa::path(
+    post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The endpoint's id"), IdempotencyHeader),
+    request_body(content = Option<RotateSecret>, description = "Optional; `{}` or no body takes the defaults"),
+    responses((status = 200, description = "Rotated, with the new secret", body = RotatedWebhook), WriteProblems)
+)]
+pub async fn rotate_webhook_secret(
+    State(state): State<AppState>,
+    _: Caller<AdminScope>,
+    ApiPath(WebhookId(id)): ApiPath<WebhookId>,
+    JsonBody(options, _): JsonBody<RotateSecret, Optional>,
+) -> Result<Response, ApiError> {
+    let overlap = options.overlap_seconds.map_or(DEFAULT_OVERLAP, Duration::from_secs);
+    if overlap > MAX_OVERLAP {
+        return Err(ApiError::invalid_field("overlap_seconds", "must be at most 604800 (7 days)"));
+    }
+    let rotated = rotate_secret(state.store.as_ref(), &state.webhook_keys, id, overlap, Timestamp::now())
+        .await
+        .map_err(|e| match e {
+            RotateError::NotFound => ApiError::not_found("no such webhook"),
+            RotateError::Raced => ApiError::new(ErrorCode::WebhookSecretChanged, e.to_string()),
+            RotateError::OverlapTooLong(_) => ApiError::invalid_field("overlap_seconds", e.to_string()),
+            RotateError::Sealing(reason) => {
+                tracing::error!(webhook = %id, error = %reason, "a webhook's secret cannot be opened");
+                ApiError::internal("a webhook's secret cannot be opened with the configured keys")
+            }
+            RotateError::Store(e) => e.into(),
+        })?;
+    let secret = rotated.secret.as_str().to_owned();
+    let answer = RotatedWebhook { webhook: view(rotated.webhook), secret };
+    Ok(json(StatusCode::OK, &answer))
 }
 
 /// List the webhook endpoints, oldest first (admin).

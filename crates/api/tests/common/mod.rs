@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use coffer_api::ApiConfig;
+use coffer_events::{SecretKeys, TargetPolicy};
 use coffer_store::{Store, StoreConfig};
 use coffer_testkit::{Backend, TestStore};
 use reqwest::header::HeaderMap;
@@ -19,7 +20,7 @@ pub struct App {
     pub base: String,
     pub client: reqwest::Client,
     pub store: Arc<dyn Store>,
-    _store: TestStore,
+    _store: Option<TestStore>,
 }
 
 /// A response, its body parsed as JSON when it is JSON.
@@ -67,27 +68,39 @@ pub async fn spawn_with(config: ApiConfig) -> Option<App> {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    Some(App { base, client: reqwest::Client::new(), store, _store: test_store })
+    Some(App { base, client: reqwest::Client::new(), store, _store: Some(test_store) })
 }
 
-/// The app with these services: `allow_private_networks` lets webhook URLs point at loopback
-/// and private addresses. The default [`spawn`] refuses them, like `coffer_api::router`.
-pub async fn spawn_with_services(config: ApiConfig, allow_private_networks: bool) -> Option<App> {
+/// The app with these services: `targets` may let webhook URLs point at loopback and private
+/// addresses, or be plain http. The default [`spawn`] refuses both, like `coffer_api::router`.
+pub async fn spawn_with_services(config: ApiConfig, targets: TargetPolicy) -> Option<App> {
     let store_config = StoreConfig { expiry_interval_ms: 100, ..StoreConfig::default() };
     let backend = Backend::of_test_target(env!("CARGO_CRATE_NAME"));
     let test_store = TestStore::open(backend, store_config).await?;
     let store = test_store.store.clone();
+    Some(serve_with(store, config, targets, Some(test_store)).await)
+}
+
+/// The app on `store`, with the webhook targets `targets` and secrets sealed under a key of
+/// this process; `test_store` is kept alive as long as the app.
+pub async fn serve_with(
+    store: Arc<dyn Store>,
+    config: ApiConfig,
+    targets: TargetPolicy,
+    test_store: Option<TestStore>,
+) -> App {
     assert_eq!(coffer_api::bootstrap(store.as_ref(), Some(ADMIN)).await.unwrap(), None);
     let services = coffer_api::Services {
         dead_letters: Arc::new(coffer_events::StoreDeadLetters(store.clone())),
-        webhook_allow_private_networks: allow_private_networks,
+        webhook_targets: targets,
+        webhook_keys: Arc::new(SecretKeys::ephemeral()),
     };
     let router = coffer_api::router_with(store.clone(), config, coffer_api::install_metrics(), services);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    Some(App { base, client: reqwest::Client::new(), store, _store: test_store })
+    App { base, client: reqwest::Client::new(), store, _store: test_store }
 }
 
 impl App {

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// The README's bootstrap token, so that its walk-through runs against these servers verbatim.
+/// The key servers on PostgreSQL seal webhook secrets with (PostgreSQL has no default key:
+/// every replica must share one). All the servers of a test share it, like a deployment's.
+pub const WEBHOOK_SECRET_KEY: &str = "test:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 pub const TOKEN: &str = "t";
 
 pub struct Server {
@@ -58,7 +62,10 @@ impl Server {
     pub async fn start_on_database_with(data_dir: &Path, database_url: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut command = Self::command(data_dir, port);
-        command.env("COFFER_DATABASE_URL", database_url).envs(env.iter().copied());
+        command
+            .env("COFFER_DATABASE_URL", database_url)
+            .env("COFFER_WEBHOOK_SECRET_KEYS", WEBHOOK_SECRET_KEY)
+            .envs(env.iter().copied());
         Self::run(command, data_dir.to_path_buf(), port).await
     }
 
@@ -151,7 +158,9 @@ impl Stopped {
     /// Starts it again on the same port, on the PostgreSQL database at `database_url`.
     pub async fn restart_on_database(self, database_url: &str) -> Server {
         let mut command = Server::command(&self.data_dir, self.port);
-        command.env("COFFER_DATABASE_URL", database_url);
+        command
+            .env("COFFER_DATABASE_URL", database_url)
+            .env("COFFER_WEBHOOK_SECRET_KEYS", WEBHOOK_SECRET_KEY);
         Server::run(command, self.data_dir, self.port).await
     }
 }
@@ -255,6 +264,7 @@ impl Headless {
         let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
             .arg("serve")
             .env("COFFER_DATABASE_URL", database_url)
+            .env("COFFER_WEBHOOK_SECRET_KEYS", WEBHOOK_SECRET_KEY)
             .env("COFFER_LOG_LEVEL", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

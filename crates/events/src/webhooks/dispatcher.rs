@@ -18,7 +18,10 @@ use futures::StreamExt as _;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
+use super::rotation::signing_secrets;
+use super::sealing::SecretKeys;
 use super::settings::{SettingsError, WebhookSettings};
+use super::target::{Lookup, SystemLookup};
 use super::transport::{Outcome, Transport};
 use crate::RetryPolicy;
 
@@ -36,17 +39,34 @@ pub enum DispatcherError {
 
 pub struct Dispatcher {
     store: Arc<dyn Webhooks>,
+    keys: Arc<SecretKeys>,
     transport: Transport,
     settings: WebhookSettings,
 }
 
 impl Dispatcher {
-    /// A dispatcher over `store`'s deliveries; fails on settings that cannot work.
-    pub fn new(store: Arc<dyn Webhooks>, settings: WebhookSettings) -> Result<Self, DispatcherError> {
+    /// A dispatcher over `store`'s deliveries, opening the endpoints' secrets with `keys`;
+    /// fails on settings that cannot work.
+    pub fn new(
+        store: Arc<dyn Webhooks>,
+        settings: WebhookSettings,
+        keys: Arc<SecretKeys>,
+    ) -> Result<Self, DispatcherError> {
+        Self::with_lookup(store, settings, keys, Arc::new(SystemLookup))
+    }
+
+    /// The same with names resolved by `lookup` instead of the system's resolver: how tests
+    /// make a name resolve into any range without a DNS server.
+    pub fn with_lookup(
+        store: Arc<dyn Webhooks>,
+        settings: WebhookSettings,
+        keys: Arc<SecretKeys>,
+        lookup: Arc<dyn Lookup>,
+    ) -> Result<Self, DispatcherError> {
         settings.validate()?;
-        let transport = Transport::new(settings.allow_private_networks, settings.request_timeout)
+        let transport = Transport::new(settings.policy(), settings.request_timeout, lookup)
             .map_err(|e| DispatcherError::Client(e.to_string()))?;
-        Ok(Self { store, transport, settings })
+        Ok(Self { store, keys, transport, settings })
     }
 
     /// Dispatches until `stop` turns true (or its sender is gone). A round in progress is
@@ -92,7 +112,13 @@ impl Dispatcher {
             event_type = %delivery.event_type, attempt = delivery.attempts + 1);
         async {
             let sent_at = Timestamp::now();
-            let outcome = self.transport.post(&delivery, &webhook, unix_seconds(sent_at)).await;
+            let outcome = match signing_secrets(&self.keys, &webhook, sent_at) {
+                Ok(secrets) => {
+                    self.transport.post(&delivery, &webhook.url, &secrets, unix_seconds(sent_at)).await
+                }
+                // The error names the key id, never a secret.
+                Err(e) => Outcome::Failed(format!("the endpoint's secret is unusable: {e}")),
+            };
             let attempt = settle(outcome, delivery.attempts, &self.settings.retry, Timestamp::now());
             observe(&attempt);
             self.store.record_attempt(delivery.id, attempt).await
@@ -146,7 +172,7 @@ fn observe(attempt: &DeliveryAttempt) {
 }
 
 /// `time` plus `delay`, saturating.
-fn later(time: Timestamp, delay: Duration) -> Timestamp {
+pub(super) fn later(time: Timestamp, delay: Duration) -> Timestamp {
     let micros = i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
     Timestamp::from_micros(time.as_micros().saturating_add(micros))
 }

@@ -1,6 +1,6 @@
 //! The dispatcher's limits, in one validated value (DESIGN.md §4.4–5): how long a request may
 //! take, how often and for how long a failing endpoint is retried, how many deliveries are in
-//! flight at once, and whether private networks may be reached.
+//! flight at once, and whether private networks and plain http may be reached.
 //!
 //! The default retry schedule spans about a day — an endpoint down for a deploy, a night or an
 //! outage of its own still gets every event — with the delays doubling from 5 s up to 4 h and
@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use super::target::TargetPolicy;
 use crate::RetryPolicy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +17,9 @@ pub struct WebhookSettings {
     /// Lets deliveries reach loopback and private addresses: for tests and for an operator
     /// whose endpoints are all inside their own network. Off by default (SSRF guard).
     pub allow_private_networks: bool,
+    /// Lets deliveries go to `http://` URLs: for tests and local setups. Off by default, as a
+    /// delivery in clear can be read, and its receiver impersonated, on the way.
+    pub allow_insecure_http: bool,
     /// The longest one POST may take, connecting included.
     pub request_timeout: Duration,
     /// How many attempts a delivery gets and the delays between them.
@@ -35,6 +39,7 @@ impl Default for WebhookSettings {
     fn default() -> Self {
         Self {
             allow_private_networks: false,
+            allow_insecure_http: false,
             request_timeout: Duration::from_secs(10),
             retry: RetryPolicy {
                 max_attempts: 18,
@@ -59,6 +64,14 @@ pub enum SettingsError {
 }
 
 impl WebhookSettings {
+    /// Where deliveries may go.
+    pub fn policy(&self) -> TargetPolicy {
+        TargetPolicy {
+            allow_private_networks: self.allow_private_networks,
+            allow_insecure_http: self.allow_insecure_http,
+        }
+    }
+
     /// Checks the settings at start, so a bad value is an error then and not a stall later.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let counts = [

@@ -104,6 +104,15 @@ pub fn sign(secret: &SigningSecret, msg_id: &str, timestamp: i64, body: &[u8]) -
     format!("{VERSION},{}", BASE64.encode(mac))
 }
 
+/// The `webhook-signature` header value of a delivery signed with each of `secrets`, in their
+/// order and space-separated: during a rotation's overlap `v1,<new> v1,<old>`, which a
+/// receiver that knows either secret accepts.
+pub fn sign_all(secrets: &[SigningSecret], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    let signatures: Vec<String> =
+        secrets.iter().map(|secret| sign(secret, msg_id, timestamp, body)).collect();
+    signatures.join(" ")
+}
+
 /// The three headers a signed delivery carries, as received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignatureHeaders<'a> {
@@ -162,6 +171,22 @@ mod tests {
         assert_eq!(SigningSecret::parse(a.as_str()), Ok(a.clone()));
         assert_eq!(a.key.len(), NEW_KEY_BYTES);
         assert!(!format!("{a:?}").contains(&a.as_str()[6..]), "Debug must not show the key");
+    }
+
+    #[test]
+    fn a_delivery_signed_with_two_secrets_verifies_with_either() {
+        let (new, old) = (new_secret(), new_secret());
+        let (id, now, body) = ("msg", 1_767_225_600, b"{}".as_slice());
+        let header = sign_all(&[new.clone(), old.clone()], id, now, body);
+        assert_eq!(header, format!("{} {}", sign(&new, id, now, body), sign(&old, id, now, body)));
+        let timestamp = now.to_string();
+        let headers = SignatureHeaders { id, timestamp: &timestamp, signature: &header };
+        let tolerance = Duration::from_secs(60);
+        for secret in [&new, &old] {
+            assert_eq!(verify(secret, headers, body, now, tolerance), Ok(()));
+        }
+        assert_eq!(verify(&new_secret(), headers, body, now, tolerance), Err(VerifyError::NoMatch));
+        assert_eq!(sign_all(std::slice::from_ref(&new), id, now, body), sign(&new, id, now, body));
     }
 
     #[test]

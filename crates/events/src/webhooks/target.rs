@@ -5,193 +5,166 @@
 //! `http://127.0.0.1:5432/` or `http://10.0.0.7/admin` would make Coffer a proxy into places
 //! the client cannot reach. So:
 //! - [`validate_url`], a pure function, checks the text when an endpoint is registered (and
-//!   again before every delivery): http or https, no credentials, a host, and — unless private
-//!   networks are allowed — no literal address or `localhost` name that points inside;
+//!   again before every delivery): https (http only where the deployment allows it), no
+//!   credentials, a host, and — unless private networks are allowed — no literal address in a
+//!   special-purpose range ([`special_range`]) and no `localhost` name;
 //! - [`GuardedResolver`] is the HTTP client's only DNS resolver: it resolves a host and refuses
-//!   it when any address is not public. The client connects to the addresses it returned, so
-//!   there is no second lookup between the check and the connection for a rebinding DNS server
-//!   to answer differently.
+//!   it when any address is in a special-purpose range. The client connects to the addresses
+//!   it returned, so there is no second lookup between the check and the connection for a
+//!   rebinding DNS server to answer differently.
 //!
-//! Addresses refused: loopback, "this network" (0/8) and unspecified, RFC 1918 private,
-//! link-local (incl. cloud metadata), CGNAT shared space (100.64/10), broadcast, multicast,
-//! IPv6 unique-local and (deprecated) site-local, and any of these inside an IPv4-mapped
-//! (`::ffff:a.b.c.d`) or NAT64 (`64:ff9b::a.b.c.d`) IPv6 address.
+//! Which addresses are refused is one table per family ([`ranges`]), not code: every entry of
+//! the IANA IPv4 and IPv6 special-purpose address registries, multicast, and on IPv6 all that
+//! lies outside the global unicast space 2000::/3.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
+
+use super::ranges::{SpecialRange, special_range};
+
+/// Where webhooks may go, as the deployment configured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TargetPolicy {
+    /// Lets URLs and names reach special-purpose addresses (loopback, private, …): tests, and
+    /// deployments whose receivers are all inside their own network.
+    pub allow_private_networks: bool,
+    /// Lets `http://` URLs through: without TLS a delivery, its signature and its payload can
+    /// be read and its receiver impersonated on the way, so only tests and local setups want it.
+    pub allow_insecure_http: bool,
+}
 
 /// What is wrong with an endpoint URL (a 422 with this text on `POST /v1/webhooks`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
     #[error("the URL does not parse: {0}")]
     Unparsable(String),
-    #[error("the URL's scheme is {0:?}; webhooks are http or https")]
+    #[error("the URL's scheme is {0:?}; webhooks are https")]
     Scheme(String),
+    #[error("the URL is plain http; webhooks are https unless the deployment allows insecure http")]
+    InsecureHttp,
     #[error("the URL holds credentials; put them nowhere: deliveries are signed instead")]
     Credentials,
     #[error("the URL has no host")]
     NoHost,
-    #[error("the URL's host {host} is a {kind} address; only public addresses receive webhooks")]
-    NotPublic { host: String, kind: AddressKind },
+    #[error(
+        "the URL's host {host} is in a special-purpose range, {range}; webhooks go only to globally routable addresses"
+    )]
+    NotPublic { host: String, range: SpecialRange },
 }
 
-/// The kinds of address no webhook is sent to (unless private networks are allowed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddressKind {
-    Loopback,
-    Unspecified,
-    Private,
-    LinkLocal,
-    SharedCgnat,
-    Broadcast,
-    Multicast,
-    UniqueLocal,
-    SiteLocal,
-}
+/// The range the `localhost` names stand for.
+const LOOPBACK: SpecialRange = SpecialRange {
+    network: IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+    prefix_len: 8,
+    name: "loopback",
+};
 
-impl std::fmt::Display for AddressKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Loopback => "loopback",
-            Self::Unspecified => "unspecified",
-            Self::Private => "private (RFC 1918)",
-            Self::LinkLocal => "link-local",
-            Self::SharedCgnat => "shared (CGNAT, 100.64/10)",
-            Self::Broadcast => "broadcast",
-            Self::Multicast => "multicast",
-            Self::UniqueLocal => "unique-local (fc00::/7)",
-            Self::SiteLocal => "site-local (fec0::/10)",
-        })
-    }
-}
-
-/// Checks an endpoint URL's text and answers it parsed. With `allow_private_networks` false,
-/// a literal address that is not public and the `localhost` names are refused too; other
+/// Checks an endpoint URL's text and answers it parsed. Unless the policy allows them, plain
+/// http, a literal special-purpose address and the `localhost` names are refused too; other
 /// names are checked when they are resolved, at delivery time.
-pub fn validate_url(text: &str, allow_private_networks: bool) -> Result<Url, UrlError> {
+pub fn validate_url(text: &str, policy: TargetPolicy) -> Result<Url, UrlError> {
     let url = Url::parse(text).map_err(|e| match e {
         url::ParseError::EmptyHost => UrlError::NoHost,
         other => UrlError::Unparsable(other.to_string()),
     })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(UrlError::Scheme(url.scheme().to_owned()));
+    match url.scheme() {
+        "https" => {}
+        "http" if policy.allow_insecure_http => {}
+        "http" => return Err(UrlError::InsecureHttp),
+        other => return Err(UrlError::Scheme(other.to_owned())),
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(UrlError::Credentials);
     }
     let host = url.host().ok_or(UrlError::NoHost)?;
-    if !allow_private_networks {
+    if !policy.allow_private_networks {
         check_host(&host)?;
     }
     Ok(url)
 }
 
-/// Refuses a literal address that is not public, and the names that always mean loopback
+/// Refuses a literal special-purpose address, and the names that always mean loopback
 /// (RFC 6761 reserves `localhost` and everything under it).
 fn check_host(host: &Host<&str>) -> Result<(), UrlError> {
-    let not_public = |kind| UrlError::NotPublic { host: host.to_string(), kind };
-    match host {
-        Host::Ipv4(ip) => forbidden(IpAddr::V4(*ip)).map_or(Ok(()), |kind| Err(not_public(kind))),
-        Host::Ipv6(ip) => forbidden(IpAddr::V6(*ip)).map_or(Ok(()), |kind| Err(not_public(kind))),
+    let refused = match host {
+        Host::Ipv4(ip) => special_range(IpAddr::V4(*ip)).copied(),
+        Host::Ipv6(ip) => special_range(IpAddr::V6(*ip)).copied(),
         Host::Domain(name) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            let local = name == "localhost" || name.ends_with(".localhost");
-            if local { Err(not_public(AddressKind::Loopback)) } else { Ok(()) }
+            (name == "localhost" || name.ends_with(".localhost")).then_some(LOOPBACK)
         }
-    }
-}
-
-/// The kind of a non-public address, or `None` for a public one.
-pub fn forbidden(ip: IpAddr) -> Option<AddressKind> {
-    match ip {
-        IpAddr::V4(ip) => forbidden_v4(ip),
-        IpAddr::V6(ip) => forbidden_v6(ip),
-    }
-}
-
-fn forbidden_v4(ip: Ipv4Addr) -> Option<AddressKind> {
-    let [a, b, ..] = ip.octets();
-    Some(match () {
-        _ if ip.is_loopback() => AddressKind::Loopback,
-        _ if a == 0 => AddressKind::Unspecified,
-        _ if ip.is_private() => AddressKind::Private,
-        _ if ip.is_link_local() => AddressKind::LinkLocal,
-        _ if a == 100 && (64..128).contains(&b) => AddressKind::SharedCgnat,
-        _ if ip.is_broadcast() => AddressKind::Broadcast,
-        _ if ip.is_multicast() => AddressKind::Multicast,
-        _ => return None,
-    })
-}
-
-fn forbidden_v6(ip: Ipv6Addr) -> Option<AddressKind> {
-    if let Some(v4) = embedded_v4(ip) {
-        return forbidden_v4(v4);
-    }
-    let first = ip.segments()[0];
-    Some(match () {
-        _ if ip.is_loopback() => AddressKind::Loopback,
-        _ if ip.is_unspecified() => AddressKind::Unspecified,
-        _ if ip.is_multicast() => AddressKind::Multicast,
-        _ if first & 0xfe00 == 0xfc00 => AddressKind::UniqueLocal,
-        _ if first & 0xffc0 == 0xfe80 => AddressKind::LinkLocal,
-        _ if first & 0xffc0 == 0xfec0 => AddressKind::SiteLocal,
-        _ => return None,
-    })
-}
-
-/// The IPv4 address an IPv6 one reaches: IPv4-mapped (`::ffff:0:0/96`), or translated by a
-/// NAT64 gateway (the well-known prefix `64:ff9b::/96`).
-fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return Some(v4);
-    }
-    let s = ip.segments();
-    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-    nat64.then(|| Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7])))
+    };
+    refused.map_or(Ok(()), |range| Err(UrlError::NotPublic { host: host.to_string(), range }))
 }
 
 /// A host that resolved to an address webhooks may not reach.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("refused: {host} resolves to {addr}, a {kind} address")]
+#[error("refused: {host} resolves to {addr}, in a special-purpose range, {range}")]
 pub struct RefusedAddress {
     pub host: String,
     pub addr: IpAddr,
-    pub kind: AddressKind,
+    pub range: SpecialRange,
 }
 
-/// The webhook client's DNS resolver: the system's resolver, and then the address check.
-#[derive(Debug, Clone, Copy)]
+/// The answer of a [`Lookup`].
+pub type LookupFuture = Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>>;
+
+/// Turns a host name into addresses: the system's resolver ([`SystemLookup`]) in a server; a
+/// table in tests, so that a name can resolve into any range without a DNS server.
+pub trait Lookup: Send + Sync + 'static {
+    fn lookup(&self, host: &str) -> LookupFuture;
+}
+
+/// The operating system's resolver (`getaddrinfo`, through tokio's blocking pool).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemLookup;
+
+impl Lookup for SystemLookup {
+    fn lookup(&self, host: &str) -> LookupFuture {
+        let host = host.to_owned();
+        Box::pin(async move { Ok(tokio::net::lookup_host((host, 0)).await?.map(|a| a.ip()).collect()) })
+    }
+}
+
+/// The webhook client's DNS resolver: a [`Lookup`], and then the address check.
+#[derive(Clone)]
 pub struct GuardedResolver {
     allow_private_networks: bool,
+    lookup: Arc<dyn Lookup>,
 }
 
 impl GuardedResolver {
-    pub fn new(allow_private_networks: bool) -> Self {
-        Self { allow_private_networks }
+    pub fn new(allow_private_networks: bool, lookup: Arc<dyn Lookup>) -> Self {
+        Self { allow_private_networks, lookup }
     }
 
-    /// The addresses of `host`, refused as a whole when one of them is not public: a name that
-    /// mixes public and private answers is an attack or a mistake, not an endpoint.
-    pub async fn resolve_host(&self, host: &str) -> std::io::Result<Vec<SocketAddr>> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
-        if self.allow_private_networks {
-            return Ok(addrs);
-        }
-        for addr in &addrs {
-            if let Some(kind) = forbidden(addr.ip()) {
-                let refused = RefusedAddress { host: host.to_owned(), addr: addr.ip(), kind };
-                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, refused));
+    /// The addresses of `host`, refused as a whole when one of them is in a special-purpose
+    /// range: a name that mixes public and private answers is an attack or a mistake, not an
+    /// endpoint. Nothing is connected to before this answers.
+    pub async fn resolve_host(&self, host: &str) -> io::Result<Vec<SocketAddr>> {
+        let addrs = self.lookup.lookup(host).await?;
+        if !self.allow_private_networks {
+            for &addr in &addrs {
+                if let Some(range) = special_range(addr) {
+                    let refused = RefusedAddress { host: host.to_owned(), addr, range: *range };
+                    return Err(io::Error::new(io::ErrorKind::PermissionDenied, refused));
+                }
             }
         }
-        Ok(addrs)
+        // Port 0: the client puts the URL's port in.
+        Ok(addrs.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect())
     }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let resolver = *self;
+        let resolver = self.clone();
         Box::pin(async move {
             let addrs = resolver.resolve_host(name.as_str()).await?;
             Ok(Box::new(addrs.into_iter()) as Addrs)
@@ -203,57 +176,36 @@ impl Resolve for GuardedResolver {
 mod tests {
     use super::*;
 
-    fn kind(ip: &str) -> Option<AddressKind> {
-        forbidden(ip.parse().unwrap())
+    const STRICT: TargetPolicy = TargetPolicy { allow_private_networks: false, allow_insecure_http: false };
+
+    #[test]
+    fn http_needs_the_insecure_http_setting_and_other_schemes_are_refused() {
+        assert_eq!(validate_url("http://example.com/", STRICT), Err(UrlError::InsecureHttp));
+        let insecure = TargetPolicy { allow_insecure_http: true, ..STRICT };
+        assert!(validate_url("http://example.com/", insecure).is_ok());
+        assert!(validate_url("https://example.com/", STRICT).is_ok());
+        assert_eq!(validate_url("ws://example.com/", insecure), Err(UrlError::Scheme("ws".into())));
     }
 
     #[test]
-    fn every_inside_range_is_classified() {
-        for (ip, expected) in [
-            ("127.0.0.1", AddressKind::Loopback),
-            ("127.255.0.9", AddressKind::Loopback),
-            ("0.0.0.0", AddressKind::Unspecified),
-            ("0.1.2.3", AddressKind::Unspecified),
-            ("10.1.2.3", AddressKind::Private),
-            ("172.16.0.1", AddressKind::Private),
-            ("172.31.255.255", AddressKind::Private),
-            ("192.168.1.1", AddressKind::Private),
-            ("169.254.169.254", AddressKind::LinkLocal),
-            ("100.64.0.1", AddressKind::SharedCgnat),
-            ("100.127.255.255", AddressKind::SharedCgnat),
-            ("255.255.255.255", AddressKind::Broadcast),
-            ("224.0.0.1", AddressKind::Multicast),
-            ("::1", AddressKind::Loopback),
-            ("::", AddressKind::Unspecified),
-            ("fc00::1", AddressKind::UniqueLocal),
-            ("fd12:3456::1", AddressKind::UniqueLocal),
-            ("fe80::1", AddressKind::LinkLocal),
-            ("fec0::1", AddressKind::SiteLocal),
-            ("ff02::1", AddressKind::Multicast),
-            ("::ffff:127.0.0.1", AddressKind::Loopback),
-            ("::ffff:10.0.0.1", AddressKind::Private),
-            ("::ffff:169.254.169.254", AddressKind::LinkLocal),
-            ("64:ff9b::192.168.0.1", AddressKind::Private),
-        ] {
-            assert_eq!(kind(ip), Some(expected), "{ip}");
-        }
-    }
-
-    #[test]
-    fn public_addresses_pass() {
-        for ip in
-            ["8.8.8.8", "172.32.0.1", "100.128.0.1", "100.63.255.255", "2606:4700::1111", "::ffff:1.1.1.1"]
+    fn literal_special_addresses_and_localhost_names_are_refused() {
+        for url in
+            ["https://10.0.0.1/", "https://[2001:db8::1]/", "https://api.localhost./", "https://0x7f000001/"]
         {
-            assert_eq!(kind(ip), None, "{ip}");
+            assert!(matches!(validate_url(url, STRICT), Err(UrlError::NotPublic { .. })), "{url}");
         }
+        let open = TargetPolicy { allow_private_networks: true, ..STRICT };
+        assert!(validate_url("https://10.0.0.1/", open).is_ok());
     }
 
     #[tokio::test]
     async fn the_resolver_refuses_a_name_that_resolves_inside() {
-        let refused = GuardedResolver::new(false).resolve_host("localhost").await.unwrap_err();
-        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+        let refused =
+            GuardedResolver::new(false, Arc::new(SystemLookup)).resolve_host("localhost").await.unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::PermissionDenied);
         assert!(refused.to_string().contains("loopback"), "{refused}");
-        let allowed = GuardedResolver::new(true).resolve_host("localhost").await.unwrap();
+        let allowed =
+            GuardedResolver::new(true, Arc::new(SystemLookup)).resolve_host("localhost").await.unwrap();
         assert!(allowed.iter().all(|a| a.ip().is_loopback()), "{allowed:?}");
     }
 }

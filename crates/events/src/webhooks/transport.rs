@@ -9,15 +9,16 @@
 //! 3xx is a failed attempt: following one would leave the checked address) and proxies from
 //! the environment are ignored.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_ledger::TraceParent;
-use coffer_store::{Delivery, Webhook};
+use coffer_store::Delivery;
 use reqwest::Client;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 
-use super::signature::{SigningSecret, sign};
-use super::target::{GuardedResolver, validate_url};
+use super::signature::{SigningSecret, sign_all};
+use super::target::{GuardedResolver, Lookup, TargetPolicy, validate_url};
 
 /// What an attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,33 +35,40 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Transport {
     client: Client,
-    allow_private_networks: bool,
+    policy: TargetPolicy,
 }
 
 impl Transport {
-    pub fn new(allow_private_networks: bool, request_timeout: Duration) -> Result<Self, reqwest::Error> {
+    /// A client whose every name goes through `lookup` and then the address check.
+    pub fn new(
+        policy: TargetPolicy,
+        request_timeout: Duration,
+        lookup: Arc<dyn Lookup>,
+    ) -> Result<Self, reqwest::Error> {
         let client = Client::builder()
-            .dns_resolver(GuardedResolver::new(allow_private_networks))
+            .dns_resolver(GuardedResolver::new(policy.allow_private_networks, lookup))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(request_timeout)
             .user_agent(concat!("Coffer-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { client, allow_private_networks })
+        Ok(Self { client, policy })
     }
 
-    /// Posts `delivery` to `webhook`, signed at `timestamp` (unix seconds).
-    pub async fn post(&self, delivery: &Delivery, webhook: &Webhook, timestamp: i64) -> Outcome {
-        let url = match validate_url(&webhook.url, self.allow_private_networks) {
+    /// Posts `delivery` to `url`, signed at `timestamp` (unix seconds) with each of `secrets`.
+    pub async fn post(
+        &self,
+        delivery: &Delivery,
+        url: &str,
+        secrets: &[SigningSecret],
+        timestamp: i64,
+    ) -> Outcome {
+        let url = match validate_url(url, self.policy) {
             Ok(url) => url,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
-        let secret = match SigningSecret::parse(&webhook.secret) {
-            Ok(secret) => secret,
-            Err(e) => return Outcome::Failed(format!("the endpoint's secret is unusable: {e}")),
-        };
         let id = delivery.id.to_string();
-        let signature = sign(&secret, &id, timestamp, delivery.payload.as_bytes());
+        let signature = sign_all(secrets, &id, timestamp, delivery.payload.as_bytes());
         let mut request = self
             .client
             .post(url)

@@ -251,6 +251,13 @@ ALTER TABLE dead_letters ADD COLUMN traceparent TEXT;
 -- leaves the old token valid for an overlap.
 ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
 "#,
+    r#"
+-- Webhook secret rotation (issue 13): the secret before the last rotation signs deliveries
+-- too until it expires. Secrets themselves are sealed by the webhook engine (AEAD); rows
+-- written before that hold them in clear and are sealed when a server starts.
+ALTER TABLE webhooks ADD COLUMN previous_secret TEXT;
+ALTER TABLE webhooks ADD COLUMN previous_secret_expires_at INTEGER;
+"#,
 ];
 
 /// The schema version this binary writes.

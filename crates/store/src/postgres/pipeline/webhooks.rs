@@ -16,14 +16,16 @@ use uuid::Uuid;
 use super::super::{PgStore, codec, pg_error};
 use super::{commit_error, count_u32, first_of_each, row_limit};
 use crate::{
-    AttemptResult, Delivery, DeliveryAttempt, DeliveryStatus, StoreResult, Webhook, WebhookEvent, Webhooks,
+    AttemptResult, Delivery, DeliveryAttempt, DeliveryStatus, StoreResult, Webhook, WebhookEvent,
+    WebhookSecrets, Webhooks,
 };
 
 /// Queries name deliveries `d` and endpoints `w`; the decoders below read columns in this order.
 const DELIVERY_COLUMNS: &str = "d.id, d.webhook_id, d.event_id, d.event_type, d.payload, d.status, \
                                 d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, \
                                 d.created_at, d.updated_at";
-const WEBHOOK_COLUMNS: &str = "w.id, w.url, w.event_types, w.secret, w.created_at";
+const WEBHOOK_COLUMNS: &str =
+    "w.id, w.url, w.event_types, w.secret, w.created_at, w.previous_secret, w.previous_secret_expires_at";
 /// Where the endpoint's columns start in a row of both.
 const WEBHOOK_AT: usize = 12;
 
@@ -52,18 +54,21 @@ impl Webhooks for PgStore {
         // The insert does nothing when the id is taken; the row read back is then the first one.
         let sql = format!(
             "WITH inserted AS ( \
-                 INSERT INTO webhooks (id, url, event_types, secret, created_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (id) DO NOTHING RETURNING * \
+                 INSERT INTO webhooks (id, url, event_types, secret, created_at, previous_secret, \
+                                       previous_secret_expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING RETURNING * \
              ) \
              SELECT {WEBHOOK_COLUMNS} FROM inserted w \
              UNION ALL SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.id = $1"
         );
-        let params: [&(dyn ToSql + Sync); 5] = [
+        let params: [&(dyn ToSql + Sync); 7] = [
             &webhook.id,
             &webhook.url,
             &webhook.event_types,
             &webhook.secret,
             &webhook.created_at.as_micros(),
+            &webhook.previous_secret,
+            &webhook.previous_secret_expires_at.map(Timestamp::as_micros),
         ];
         let row = self.client().await?.query_one(&sql, &params).await.map_err(pg_error)?;
         self::webhook(&row, 0)
@@ -79,6 +84,31 @@ impl Webhooks for PgStore {
         let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.id = $1");
         let row = self.client().await?.query_opt(&sql, &[&id]).await.map_err(pg_error)?;
         row.map(|row| webhook(&row, 0)).transpose()
+    }
+
+    async fn replace_webhook_secrets(
+        &self,
+        id: Uuid,
+        expected: &str,
+        secrets: WebhookSecrets,
+    ) -> StoreResult<bool> {
+        let changed = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE webhooks SET secret = $3, previous_secret = $4, previous_secret_expires_at = $5 \
+                 WHERE id = $1 AND secret = $2",
+                &[
+                    &id,
+                    &expected,
+                    &secrets.secret,
+                    &secrets.previous_secret,
+                    &secrets.previous_secret_expires_at.map(Timestamp::as_micros),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(changed == 1)
     }
 
     /// Its deliveries go with it (`ON DELETE CASCADE`).
@@ -273,6 +303,8 @@ fn webhook(row: &Row, at: usize) -> StoreResult<Webhook> {
         event_types: codec::get(row, at + 2)?,
         secret: codec::get(row, at + 3)?,
         created_at: Timestamp::from_micros(codec::get(row, at + 4)?),
+        previous_secret: codec::get(row, at + 5)?,
+        previous_secret_expires_at: codec::get::<Option<i64>>(row, at + 6)?.map(Timestamp::from_micros),
     })
 }
 

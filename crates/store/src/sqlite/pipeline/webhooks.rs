@@ -11,10 +11,12 @@ use uuid::Uuid;
 use super::{SqliteStore, count, mark_processed, sql_limit};
 use crate::sqlite::codec::{invalid, small, timestamp, uuid};
 use crate::{
-    AttemptResult, Delivery, DeliveryAttempt, DeliveryStatus, StoreResult, Webhook, WebhookEvent, Webhooks,
+    AttemptResult, Delivery, DeliveryAttempt, DeliveryStatus, StoreResult, Webhook, WebhookEvent,
+    WebhookSecrets, Webhooks,
 };
 
-const WEBHOOK_COLUMNS: &str = "w.id, w.url, w.event_types, w.secret, w.created_at";
+const WEBHOOK_COLUMNS: &str =
+    "w.id, w.url, w.event_types, w.secret, w.created_at, w.previous_secret, w.previous_secret_expires_at";
 const DELIVERY_COLUMNS: &str = "d.id, d.webhook_id, d.event_id, d.event_type, d.payload, d.status, \
                                 d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, \
                                 d.created_at, d.updated_at";
@@ -38,6 +40,16 @@ impl Webhooks for SqliteStore {
                 c.prepare_cached(&sql)?.query_row([id.as_bytes()], |row| webhook(row, 0)).optional()
             })
             .await
+    }
+
+    async fn replace_webhook_secrets(
+        &self,
+        id: Uuid,
+        expected: &str,
+        secrets: WebhookSecrets,
+    ) -> StoreResult<bool> {
+        let expected = expected.to_owned();
+        self.write(move |c| replace_secrets(c, id, &expected, &secrets)).await
     }
 
     async fn delete_webhook(&self, id: Uuid) -> StoreResult<bool> {
@@ -94,18 +106,43 @@ fn create(conn: &Connection, webhook: &Webhook) -> rusqlite::Result<Webhook> {
     let event_types =
         serde_json::to_string(&webhook.event_types).expect("a list of strings always serializes");
     conn.prepare_cached(
-        "INSERT INTO webhooks (id, url, event_types, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5) \
-         ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO webhooks (id, url, event_types, secret, created_at, previous_secret, \
+                               previous_secret_expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
     )?
     .execute(params![
         webhook.id.as_bytes(),
         webhook.url,
         event_types,
         webhook.secret,
-        webhook.created_at.as_micros()
+        webhook.created_at.as_micros(),
+        webhook.previous_secret,
+        webhook.previous_secret_expires_at.map(Timestamp::as_micros),
     ])?;
     let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.id = ?1");
     conn.prepare_cached(&sql)?.query_row([webhook.id.as_bytes()], |row| self::webhook(row, 0))
+}
+
+/// The compare and set of [`Webhooks::replace_webhook_secrets`].
+fn replace_secrets(
+    conn: &Connection,
+    id: Uuid,
+    expected: &str,
+    secrets: &WebhookSecrets,
+) -> rusqlite::Result<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE webhooks SET secret = ?3, previous_secret = ?4, previous_secret_expires_at = ?5 \
+             WHERE id = ?1 AND secret = ?2",
+        )?
+        .execute(params![
+            id.as_bytes(),
+            expected,
+            secrets.secret,
+            secrets.previous_secret,
+            secrets.previous_secret_expires_at.map(Timestamp::as_micros),
+        ])?;
+    Ok(changed == 1)
 }
 
 /// Every endpoint, oldest first (id breaks ties of the same microsecond).
@@ -260,6 +297,8 @@ fn webhook(row: &Row<'_>, at: usize) -> rusqlite::Result<Webhook> {
         event_types,
         secret: row.get(at + 3)?,
         created_at: timestamp(row, at + 4)?,
+        previous_secret: row.get(at + 5)?,
+        previous_secret_expires_at: row.get::<_, Option<i64>>(at + 6)?.map(Timestamp::from_micros),
     })
 }
 
