@@ -24,7 +24,7 @@ use http::request::Parts;
 use http::{Extensions, HeaderMap, header};
 use uuid::Uuid;
 
-use crate::auth_failures::{FailedAuths, Failure, client_bucket};
+use crate::auth_failures::{FailedAuths, Failure};
 use crate::error::{ApiError, ErrorCode};
 use crate::ratelimit::RateLimits;
 use crate::state::AppState;
@@ -102,7 +102,7 @@ impl Authenticator {
         headers: &HeaderMap,
         client: Option<IpAddr>,
     ) -> Result<Arc<Principal>, ApiError> {
-        let client = client.map(client_bucket);
+        let client = client.map(coffer_ratelimit::address_bucket);
         let client = client.as_deref();
         let token = bearer(headers).inspect_err(|_| self.failures.record(client, Failure::Missing))?;
         if !TokenKind::of(token).may_exist() {

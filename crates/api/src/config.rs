@@ -32,6 +32,14 @@ pub struct ApiConfig {
     /// look-up until the allowance recovers. IPv6 clients count per /64.
     pub auth_failures_per_second: NonZeroU32,
     pub auth_failure_burst: NonZeroU32,
+    /// `coffer serve`'s HTTP server: how long a client may take to send a request's headers.
+    pub header_read_timeout_ms: u64,
+    /// Connections served at once; past it new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+    /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list), in bytes.
+    pub max_header_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -46,6 +54,10 @@ impl Default for ApiConfig {
             max_event_streams: 256,
             auth_failures_per_second: NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
             auth_failure_burst: NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN),
+            header_read_timeout_ms: 10_000,
+            max_connections: 10_000,
+            http2_max_concurrent_streams: 256,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -67,6 +79,13 @@ impl ApiConfig {
             "max_event_streams must be at least 1"
         } else if self.request_timeout_ms == 0 {
             "request_timeout_ms must be at least 1"
+        } else if self.header_read_timeout_ms == 0
+            || self.max_connections == 0
+            || self.http2_max_concurrent_streams == 0
+        {
+            "header_read_timeout_ms, max_connections and http2_max_concurrent_streams must be at least 1"
+        } else if self.max_header_bytes < 1024 {
+            "max_header_bytes must be at least 1024"
         } else {
             return Ok(());
         };

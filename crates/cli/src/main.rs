@@ -1,6 +1,7 @@
 //! `coffer`: the one binary. It parses the configuration and wires the roles together; the work
 //! itself lives in the library crates.
 
+mod api_server;
 mod bench;
 mod bench_events;
 mod config;

@@ -1,19 +1,17 @@
 //! `coffer serve`: open the store, make sure an admin key exists, start the roles asked for (the
 //! API, the relay, the worker), run until a signal, then finish what is in flight.
 
-use std::future::IntoFuture;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use coffer_events::{SecretKeys, TargetPolicy, reseal};
 use coffer_gateway::tls::{ServingCertificate, TlsListener};
 use coffer_ledger::Timestamp;
 use coffer_store::Store;
 use tracing::{error, info, warn};
 
+use crate::api_server::{self, ServerLimits};
 use crate::config::{Config, Role};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -95,21 +93,26 @@ async fn serve_http(config: &Config, app: axum::Router) -> anyhow::Result<()> {
     let stopped = async {
         let _ = stop_rx.await;
     };
-    // Each request learns its client's address: failed authentications are limited per address.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let api = &config.api;
+    let limits = ServerLimits {
+        header_read_timeout: Duration::from_millis(api.header_read_timeout_ms),
+        max_connections: api.max_connections,
+        http2_max_concurrent_streams: api.http2_max_concurrent_streams,
+        max_header_bytes: api.max_header_bytes,
+    };
+    let drain = Duration::from_millis(config.shutdown_timeout_ms);
     let server = match tls {
         Some(certificate) => {
-            let listener = TlsListener::new(listener, certificate, TLS_HANDSHAKE_TIMEOUT)?.tap_io(|_| ());
-            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
+            let listener = TlsListener::new(listener, certificate, TLS_HANDSHAKE_TIMEOUT)?;
+            tokio::spawn(api_server::serve(listener, app, limits, stopped, drain))
         }
-        None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future()),
+        None => tokio::spawn(api_server::serve(listener, app, limits, stopped, drain)),
     };
     shutdown_signal().await;
     info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(());
-    match tokio::time::timeout(Duration::from_millis(config.shutdown_timeout_ms), server).await {
-        Ok(result) => result.context("server task failed")?.context("server failed")?,
-        Err(_) => warn!("in-flight requests did not finish in time"),
+    if !server.await.context("server task failed")? {
+        warn!("in-flight requests did not finish in time");
     }
     Ok(())
 }

@@ -30,9 +30,10 @@ impl EdgeLimits {
         }
     }
 
-    /// A client address's name among the limits (worked out once per connection).
+    /// A client address's name among the limits (worked out once per connection): IPv6 clients
+    /// share one allowance per /64, which they could otherwise walk to get a fresh one each time.
     pub fn ip_name(peer: IpAddr) -> String {
-        format!("ip:{peer}")
+        format!("ip:{}", coffer_ratelimit::address_bucket(peer))
     }
 
     /// The allowance of the client address named `ip_name`.

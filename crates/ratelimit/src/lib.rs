@@ -37,9 +37,31 @@ impl Rate {
         NonZeroU32::new(per_second).map(|rate| Self::new(rate, rate))
     }
 
+    /// How long an unused allowance takes to fill up again: after it, a limiter holds nothing
+    /// worth keeping.
+    pub fn refill_time(&self) -> std::time::Duration {
+        self.interval() * self.burst.get()
+    }
+
     /// The time between two requests at the steady rate.
     pub fn interval(&self) -> Duration {
         Duration::from_secs(1) / self.per_second.get()
+    }
+}
+
+/// The name a client address is limited under: an IPv6 client owns a whole /64 (one customer's
+/// network, where it may pick any address), so it is grouped by that; an IPv4-mapped address is
+/// its IPv4 address.
+pub fn address_bucket(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
@@ -56,5 +78,20 @@ pub enum Decision {
 impl Decision {
     pub fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_their_64() {
+        let bucket = |text: &str| address_bucket(text.parse().unwrap());
+        assert_eq!(bucket("2001:db8:1:2:aaaa::1"), bucket("2001:db8:1:2:ffff::9"));
+        assert_ne!(bucket("2001:db8:1:2::1"), bucket("2001:db8:1:3::1"));
+        assert_eq!(bucket("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(bucket("::ffff:192.0.2.1"), "192.0.2.1");
+        assert_eq!(bucket("192.0.2.1"), "192.0.2.1");
     }
 }
