@@ -306,6 +306,15 @@ mod tests {
             assert!(gateway.trusted_proxies.contains("192.0.2.1".parse().unwrap()));
             assert!(!gateway.trusted_proxies.contains("192.0.2.2".parse().unwrap()));
             assert!(gateway.validate().is_ok());
+            jail.set_env("COFFER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:9090");
+            let config = Config::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            assert!(config.gateway.validate().is_err(), "an admin listener needs a token");
+            jail.set_env("COFFER_GATEWAY_ADMIN_TOKEN", "too-short");
+            assert!(Config::load(None, Overrides::default()).is_err(), "a short admin token");
+            jail.set_env("COFFER_GATEWAY_ADMIN_TOKEN", "an-admin-token-of-forty-characters-00000");
+            let config = Config::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            assert!(config.gateway.validate().is_ok());
+            assert!(!format!("{:?}", config.gateway).contains("forty"), "the token is not printed");
             Ok(())
         });
     }
