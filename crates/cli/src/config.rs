@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use coffer_api::ApiConfig;
-use coffer_events::EventsConfig;
+use coffer_events::{EventsConfig, NatsConnection, Secret};
 use coffer_gateway::GatewayConfig;
 use coffer_store::StoreConfig;
 use figment::Figment;
@@ -55,6 +55,17 @@ pub struct Config {
     pub database_url: Option<String>,
     /// NATS URL; when set, events go through NATS JetStream instead of the in-process bus.
     pub nats_url: Option<String>,
+    /// This process's NATS user and password (both or neither). The shipped server
+    /// configurations have one user for the relay and one for workers (deploy/nats/).
+    pub nats_user: Option<String>,
+    pub nats_password: Option<Secret>,
+    /// The authorities (PEM) the NATS servers' certificates must chain to.
+    pub nats_tls_ca_path: Option<PathBuf>,
+    /// A client certificate and key (PEM) for servers that verify clients; both or neither.
+    pub nats_tls_cert_path: Option<PathBuf>,
+    pub nats_tls_key_path: Option<PathBuf>,
+    /// Refuse NATS servers that do not speak TLS.
+    pub nats_require_tls: bool,
     /// Redis URL: `coffer gateway` shares its rate limits through it (local limits without it,
     /// and while it is down).
     pub redis_url: Option<String>,
@@ -86,6 +97,12 @@ impl Default for Config {
             data_dir: PathBuf::from("./coffer-data"),
             database_url: None,
             nats_url: None,
+            nats_user: None,
+            nats_password: None,
+            nats_tls_ca_path: None,
+            nats_tls_cert_path: None,
+            nats_tls_key_path: None,
+            nats_require_tls: false,
             redis_url: None,
             webhook_allow_private_networks: false,
             bootstrap_token: None,
@@ -148,6 +165,12 @@ const ENV_KEYS: &[&str] = &[
     "data_dir",
     "database_url",
     "nats_url",
+    "nats_user",
+    "nats_password",
+    "nats_tls_ca_path",
+    "nats_tls_cert_path",
+    "nats_tls_key_path",
+    "nats_require_tls",
     "redis_url",
     "bootstrap_token",
     "webhook_allow_private_networks",
@@ -192,6 +215,18 @@ impl Config {
         Ok(config)
     }
 
+    /// How this process reaches NATS, when `nats_url` is set.
+    pub fn nats(&self) -> Option<NatsConnection> {
+        let url = self.nats_url.as_ref()?;
+        Some(NatsConnection {
+            url: url.clone(),
+            user: self.nats_user.clone().zip(self.nats_password.clone()),
+            tls_ca_path: self.nats_tls_ca_path.clone(),
+            tls_client: self.nats_tls_cert_path.clone().zip(self.nats_tls_key_path.clone()),
+            require_tls: self.nats_require_tls,
+        })
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
@@ -208,6 +243,12 @@ impl Config {
             && !(url.starts_with("nats://") || url.starts_with("tls://"))
         {
             bail!("nats_url must be a nats:// or tls:// URL");
+        }
+        if self.nats_user.is_some() != self.nats_password.is_some() {
+            bail!("nats_user and nats_password must be set together");
+        }
+        if self.nats_tls_cert_path.is_some() != self.nats_tls_key_path.is_some() {
+            bail!("nats_tls_cert_path and nats_tls_key_path must be set together");
         }
         self.events.validate().map_err(anyhow::Error::msg)?;
         if let Some(url) = &self.database_url

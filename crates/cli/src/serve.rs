@@ -23,8 +23,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let pipeline = crate::pipeline::start(&config, store.clone()).await?;
     info!(roles = ?config.roles, bus = if config.nats_url.is_some() { "jetstream" } else { "in-process" }, "roles started");
     if config.roles.contains(&Role::Api) {
+        let dead_letters = pipeline.dead_letters.clone().context("the api role opens the dead letters")?;
         let services = coffer_api::Services {
-            dead_letters: pipeline.dead_letters.clone(),
+            dead_letters,
             webhook_allow_private_networks: config.webhook_allow_private_networks,
         };
         let app = coffer_api::router_with(store.clone(), config.api.clone(), metrics, services);
