@@ -66,13 +66,17 @@ pub struct Services {
     /// Whether webhook URLs may point at loopback and private addresses (tests, private
     /// deployments); refused by default against server-side request forgery.
     pub webhook_allow_private_networks: bool,
+    /// Whether `/metrics` is served here. Off when the process serves it on a listener of its
+    /// own ([`metrics_router`]): then this listener answers it 404 like any unknown path, so
+    /// the public API does not show the process's internals.
+    pub metrics_on_api: bool,
 }
 
 /// The whole API over `store` with the in-process bus's services. `metrics` renders
 /// `/metrics`; get it from [`install_metrics`].
 pub fn router(store: Arc<dyn Store>, config: ApiConfig, metrics: PrometheusHandle) -> Router {
     let dead_letters = Arc::new(StoreDeadLetters(store.clone()));
-    let services = Services { dead_letters, webhook_allow_private_networks: false };
+    let services = Services { dead_letters, webhook_allow_private_networks: false, metrics_on_api: true };
     router_with(store, config, metrics, services)
 }
 
@@ -88,7 +92,7 @@ pub fn router_with(
     let limits = RateLimits::new(config.rate_limit_per_second, config.rate_limit_burst);
     let auth = Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits);
     let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
-    let Services { dead_letters, webhook_allow_private_networks } = services;
+    let Services { dead_letters, webhook_allow_private_networks, metrics_on_api } = services;
     let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));
     let outbox_tail = OutboxTail::new(store.clone());
     let state = AppState::new(Shared {
@@ -98,7 +102,7 @@ pub fn router_with(
         webhook_allow_private_networks,
         config,
         auth,
-        metrics,
+        metrics: metrics_on_api.then_some(metrics),
         streams,
         openapi_json,
     });
@@ -111,6 +115,13 @@ pub fn router_with(
         .with_state(state)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(from_fn_with_state(timeout, observe::layer))
+}
+
+/// `/metrics` alone, for a listener of its own (`metrics_listen`): what a Prometheus server
+/// scrapes, kept off the address clients reach.
+pub fn metrics_router(metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(move || async move { routes::render_metrics(&metrics) }))
 }
 
 /// A panic is a bug; the client still gets a problem, never a dropped connection.

@@ -22,7 +22,8 @@ pub struct Shared {
     pub dead_letters: Arc<dyn DeadLetterQueue>,
     pub config: ApiConfig,
     pub auth: Authenticator,
-    pub metrics: PrometheusHandle,
+    /// What `/metrics` renders; none when it is served on a listener of its own.
+    pub metrics: Option<PrometheusHandle>,
     /// Whether webhook URLs may point at loopback and private addresses.
     pub webhook_allow_private_networks: bool,
     /// One permit per open event stream: their number is bounded.

@@ -48,6 +48,10 @@ pub struct Config {
     /// neither (`COFFER_TLS_CERT_PATH`, `COFFER_TLS_KEY_PATH`).
     pub tls_cert_path: Option<PathBuf>,
     pub tls_key_path: Option<PathBuf>,
+    /// When set, `/metrics` is served here alone and no longer on `listen` (which answers it
+    /// 404): scrapes stay on an internal address, and a process without the api role has
+    /// metrics too.
+    pub metrics_listen: Option<SocketAddr>,
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
     /// PostgreSQL connection string (several hosts allowed); when set, the store is PostgreSQL
@@ -94,6 +98,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls_cert_path: None,
             tls_key_path: None,
+            metrics_listen: None,
             data_dir: PathBuf::from("./coffer-data"),
             database_url: None,
             nats_url: None,
@@ -162,6 +167,7 @@ const ENV_KEYS: &[&str] = &[
     "listen",
     "tls_cert_path",
     "tls_key_path",
+    "metrics_listen",
     "data_dir",
     "database_url",
     "nats_url",

@@ -80,6 +80,7 @@ pub async fn spawn_with_services(config: ApiConfig, allow_private_networks: bool
     let services = coffer_api::Services {
         dead_letters: Arc::new(coffer_events::StoreDeadLetters(store.clone())),
         webhook_allow_private_networks: allow_private_networks,
+        metrics_on_api: true,
     };
     let router = coffer_api::router_with(store.clone(), config, coffer_api::install_metrics(), services);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
