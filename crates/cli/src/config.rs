@@ -73,6 +73,9 @@ pub struct Config {
     /// Redis URL: `coffer gateway` shares its rate limits through it (local limits without it,
     /// and while it is down).
     pub redis_url: Option<String>,
+    /// The authorities (PEM) a `rediss://` server's certificate must chain to; unset, the
+    /// system's.
+    pub redis_tls_ca_path: Option<PathBuf>,
     /// Lets webhook URLs point at loopback and private addresses (refused by default against
     /// server-side request forgery): for tests and closed networks.
     pub webhook_allow_private_networks: bool,
@@ -109,6 +112,7 @@ impl Default for Config {
             nats_tls_key_path: None,
             nats_require_tls: false,
             redis_url: None,
+            redis_tls_ca_path: None,
             webhook_allow_private_networks: false,
             bootstrap_token: None,
             log_format: LogFormat::Auto,
@@ -178,6 +182,7 @@ const ENV_KEYS: &[&str] = &[
     "nats_tls_key_path",
     "nats_require_tls",
     "redis_url",
+    "redis_tls_ca_path",
     "bootstrap_token",
     "webhook_allow_private_networks",
     "log_format",
