@@ -92,6 +92,10 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    // One rustls crypto provider for the whole process, ring, as every TLS setup of Coffer's
+    // names explicitly: libraries that build their TLS with rustls's process-wide default (the
+    // redis client) need one chosen, and this binary links more than one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let load_with = |overrides| Config::load(cli.config.as_deref(), overrides);
     let load = |listen, data_dir| load_with(Overrides { listen, data_dir, ..Default::default() });

@@ -55,13 +55,15 @@ enum Connection {
     },
 }
 
-/// The redis client builds its TLS settings with rustls's process-wide provider, which a binary
-/// linking more than one provider does not have by itself. When the process has chosen none,
-/// ring is chosen, the provider Coffer uses everywhere else.
-fn choose_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Another thread may have chosen meanwhile; then that choice stands.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+/// The redis client builds its TLS settings with rustls's process-wide crypto provider, which
+/// the binary chooses (the `coffer` binary installs ring at start). Without one rustls would
+/// panic at the first connection; this says so at start instead.
+fn crypto_provider_chosen() -> Result<(), RedisError> {
+    match rustls::crypto::CryptoProvider::get_default() {
+        Some(_) => Ok(()),
+        None => {
+            Err(RedisError("rediss:// needs a process-wide rustls crypto provider; none is installed".into()))
+        }
     }
 }
 
@@ -84,7 +86,7 @@ impl RedisLimits {
         }
         .map_err(|e| RedisError(e.to_string()))?;
         if url.starts_with("rediss://") {
-            choose_crypto_provider();
+            crypto_provider_chosen()?;
         }
         let connection = Mutex::new(Connection::Down { retry_at: Instant::now() });
         Ok(Self { client, script: Script::new(GCRA), prefix: prefix.to_owned(), connection, timeout })

@@ -61,6 +61,8 @@ impl Drop for TlsRedis {
 
 #[tokio::test]
 async fn rediss_reaches_a_tls_redis_whose_certificate_it_trusts_and_no_other() {
+    // What the coffer binary does at start: the redis client's TLS uses the process's provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let (ca, stranger) = (test_ca(), test_ca());
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
