@@ -168,8 +168,12 @@ async fn only_the_relay_user_puts_events_in_the_stream_and_the_pipeline_runs_ove
     // Nobody without a user, and nobody without TLS.
     let anonymous = nats.connect(None).await;
     assert!(anonymous.is_err(), "an anonymous client was let in");
+    let mut greeting = String::new();
+    let mut raw = std::io::BufReader::new(std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap());
+    std::io::BufRead::read_line(&mut raw, &mut greeting).unwrap();
+    assert!(greeting.contains("\"tls_required\":true"), "the server lets clients in without TLS: {greeting}");
     let plain = NatsConnection { require_tls: false, ..nats.connection(Some(RELAY)) }.options().unwrap();
-    assert!(plain.connect(nats.url()).await.is_ok(), "TLS is offered, so the client takes it");
+    assert!(plain.connect(nats.url()).await.is_ok(), "TLS is required, so the client takes it unasked");
 
     // The relay's user makes the stream and publishes into it.
     let (relay, _) = nats.connect(Some(RELAY)).await.expect("the relay's user connects over TLS");

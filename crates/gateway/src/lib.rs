@@ -96,7 +96,12 @@ impl Gateway {
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
         };
         let admin = match config.admin_listen {
-            Some(addr) => Some((bind(addr).await?, admin_token(&config)?)),
+            Some(addr) => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(admin_listen = %addr, "the admin listener is reachable beyond this host: its token is all that guards it");
+                }
+                Some((bind(addr).await?, admin_token(&config)?))
+            }
             None => None,
         };
         let pool = Arc::new(pool::Pool::new(&config));
