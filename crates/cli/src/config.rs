@@ -372,6 +372,28 @@ mod tests {
     }
 
     #[test]
+    fn nats_credentials_and_tls_come_in_pairs_and_the_password_is_never_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COFFER_NATS_URL", "nats://nats-1:4222,nats://nats-2:4222");
+            jail.set_env("COFFER_NATS_USER", "coffer-relay");
+            assert!(Config::load(None, Overrides::default()).is_err(), "a user without a password");
+            jail.set_env("COFFER_NATS_PASSWORD", "hunter2-but-longer");
+            jail.set_env("COFFER_NATS_TLS_CERT_PATH", "client.pem");
+            assert!(Config::load(None, Overrides::default()).is_err(), "a certificate without its key");
+            jail.set_env("COFFER_NATS_TLS_KEY_PATH", "client.key");
+            jail.set_env("COFFER_NATS_TLS_CA_PATH", "ca.pem");
+            jail.set_env("COFFER_NATS_REQUIRE_TLS", "true");
+            let config = Config::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            let nats = config.nats().expect("nats_url is set");
+            assert_eq!(nats.user.as_ref().map(|(user, _)| user.as_str()), Some("coffer-relay"));
+            assert_eq!(nats.tls_ca_path.as_deref(), Some(Path::new("ca.pem")));
+            assert!(nats.tls_client.is_some() && nats.require_tls);
+            assert!(!format!("{config:?} {nats:?}").contains("hunter2"), "the password is not printed");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn roles_come_as_a_list_or_as_one_comma_separated_string() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("roles.toml", "roles = [\"relay\"]\n")?;

@@ -55,13 +55,11 @@ fn certificates(dir: &Path) {
 }
 
 /// Node `i`'s shipped config, rewritten to run on this machine, written as
-/// `dir/cluster/node<i>.conf` beside the accounts file it includes.
+/// `dir/cluster/node<i>.conf`; it includes `dir/coffer-accounts.conf` ([`accounts`]).
 fn node_config(i: usize, clients: &[u16], routes: &[u16], dir: &Path, keep_sync: bool) -> PathBuf {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats");
     let shipped = std::fs::read_to_string(deploy.join(format!("cluster/node{}.conf", i + 1)))
         .expect("the shipped cluster config");
-    let accounts = std::fs::read_to_string(deploy.join("coffer-accounts.conf")).unwrap();
-    std::fs::write(dir.join("coffer-accounts.conf"), accounts).unwrap();
     let mut config = shipped
         .replace("listen: 0.0.0.0:4222", &format!("listen: 127.0.0.1:{}", clients[i]))
         .replace("listen: 0.0.0.0:6222", &format!("listen: 127.0.0.1:{}", routes[i]))
@@ -81,6 +79,13 @@ fn node_config(i: usize, clients: &[u16], routes: &[u16], dir: &Path, keep_sync:
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, config.lines().filter(keep).collect::<Vec<_>>().join("\n")).unwrap();
     path
+}
+
+/// The shipped users, where every node's config includes them: written once, before any node
+/// starts (a node reading the file while it is written again would find no users).
+fn accounts(dir: &Path) {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats");
+    std::fs::copy(deploy.join("coffer-accounts.conf"), dir.join("coffer-accounts.conf")).unwrap();
 }
 
 /// How Coffer reaches the cluster as `user`: TLS required, the test's CA.
@@ -109,6 +114,7 @@ async fn an_r3_stream_on_the_shipped_cluster_loses_nothing_when_a_node_dies() {
     };
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
+    accounts(dir.path());
     let (clients, routes): (Vec<u16>, Vec<u16>) = (0..3).map(|_| (free_port(), free_port())).unzip();
     let mut nodes: Vec<Option<Node>> = (0..3)
         .map(|i| {
@@ -176,18 +182,21 @@ async fn an_r3_stream_on_the_shipped_cluster_loses_nothing_when_a_node_dies() {
     }
     // Read back from a survivor through a durable pull consumer, as a worker reads: what the
     // stream holds, in its order.
+    // A new consumer of an R3 stream with a member gone waits for the survivors to elect its
+    // leader, which may outlast one API call's timeout: ask again, within a bound.
     let stream = js.get_stream(&settings.name).await.unwrap();
-    let consumer = stream
-        .get_or_create_consumer(
-            "cluster-check",
-            jetstream::consumer::pull::Config {
-                durable_name: Some("cluster-check".into()),
-                filter_subject: format!("{}.>", settings.subject_prefix),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some("cluster-check".into()),
+        filter_subject: format!("{}.>", settings.subject_prefix),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let consumer = loop {
+        match stream.get_or_create_consumer("cluster-check", config.clone()).await {
+            Ok(consumer) => break consumer,
+            Err(e) => assert!(Instant::now() < deadline, "no consumer on the survivors: {e}"),
+        }
+    };
     let mut messages = consumer.messages().await.unwrap();
     let mut ids = Vec::new();
     while ids.len() < outbox.len() {
