@@ -76,7 +76,8 @@ enum Command {
         /// Address clients connect to (env COFFER_GATEWAY_LISTEN).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
-        /// Address of the gateway's own endpoints, /gateway/* (env COFFER_GATEWAY_ADMIN_LISTEN).
+        /// Address of the gateway's own endpoints, /gateway/* (env COFFER_GATEWAY_ADMIN_LISTEN);
+        /// needs an admin token (COFFER_GATEWAY_ADMIN_TOKEN or COFFER_GATEWAY_ADMIN_TOKEN_FILE).
         #[arg(long)]
         admin_listen: Option<std::net::SocketAddr>,
         /// The api replicas, comma-separated http:// URLs (env COFFER_GATEWAY_UPSTREAMS).
