@@ -71,6 +71,10 @@ pub struct Services {
     pub webhook_targets: TargetPolicy,
     /// The keys that seal webhook signing secrets at rest; the first one seals.
     pub webhook_keys: Arc<SecretKeys>,
+    /// Whether `/metrics` is served here. Off when the process serves it on a listener of its
+    /// own ([`metrics_router`]): then this listener answers it 404 like any unknown path, so
+    /// the public API does not show the process's internals.
+    pub metrics_on_api: bool,
 }
 
 /// The whole API over `store` with the in-process bus's services. `metrics` renders
@@ -83,6 +87,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig, metrics: PrometheusHandl
         dead_letters,
         webhook_targets: TargetPolicy::default(),
         webhook_keys: Arc::new(SecretKeys::ephemeral()),
+        metrics_on_api: true,
     };
     router_with(store, config, metrics, services)
 }
@@ -101,7 +106,7 @@ pub fn router_with(
     let auth =
         Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits, failures);
     let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
-    let Services { dead_letters, webhook_targets, webhook_keys } = services;
+    let Services { dead_letters, webhook_targets, webhook_keys, metrics_on_api } = services;
     let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));
     let outbox_tail = OutboxTail::new(store.clone());
     let state = AppState::new(Shared {
@@ -112,7 +117,7 @@ pub fn router_with(
         webhook_keys,
         config,
         auth,
-        metrics,
+        metrics: metrics_on_api.then_some(metrics),
         streams,
         openapi_json,
     });
@@ -125,6 +130,13 @@ pub fn router_with(
         .with_state(state)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(from_fn_with_state(timeout, observe::layer))
+}
+
+/// `/metrics` alone, for a listener of its own (`metrics_listen`): what a Prometheus server
+/// scrapes, kept off the address clients reach.
+pub fn metrics_router(metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(move || async move { routes::render_metrics(&metrics) }))
 }
 
 /// A panic is a bug; the client still gets a problem, never a dropped connection.

@@ -22,7 +22,8 @@ pub struct Shared {
     pub dead_letters: Arc<dyn DeadLetterQueue>,
     pub config: ApiConfig,
     pub auth: Authenticator,
-    pub metrics: PrometheusHandle,
+    /// What `/metrics` renders; none when it is served on a listener of its own.
+    pub metrics: Option<PrometheusHandle>,
     /// Where webhook URLs may point: special-purpose addresses, plain http.
     pub webhook_targets: TargetPolicy,
     /// The keys webhook signing secrets are sealed with at rest.

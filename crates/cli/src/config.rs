@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use coffer_api::ApiConfig;
-use coffer_events::EventsConfig;
+use coffer_events::{EventsConfig, NatsConnection, Secret};
 use coffer_gateway::GatewayConfig;
 use coffer_store::StoreConfig;
 use figment::Figment;
@@ -48,6 +48,10 @@ pub struct Config {
     /// neither (`COFFER_TLS_CERT_PATH`, `COFFER_TLS_KEY_PATH`).
     pub tls_cert_path: Option<PathBuf>,
     pub tls_key_path: Option<PathBuf>,
+    /// When set, `/metrics` is served here alone and no longer on `listen` (which answers it
+    /// 404): scrapes stay on an internal address, and a process without the api role has
+    /// metrics too.
+    pub metrics_listen: Option<SocketAddr>,
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
     /// PostgreSQL connection string (several hosts allowed); when set, the store is PostgreSQL
@@ -55,9 +59,23 @@ pub struct Config {
     pub database_url: Option<String>,
     /// NATS URL; when set, events go through NATS JetStream instead of the in-process bus.
     pub nats_url: Option<String>,
+    /// This process's NATS user and password (both or neither). The shipped server
+    /// configurations have one user for the relay and one for workers (deploy/nats/).
+    pub nats_user: Option<String>,
+    pub nats_password: Option<Secret>,
+    /// The authorities (PEM) the NATS servers' certificates must chain to.
+    pub nats_tls_ca_path: Option<PathBuf>,
+    /// A client certificate and key (PEM) for servers that verify clients; both or neither.
+    pub nats_tls_cert_path: Option<PathBuf>,
+    pub nats_tls_key_path: Option<PathBuf>,
+    /// Refuse NATS servers that do not speak TLS.
+    pub nats_require_tls: bool,
     /// Redis URL: `coffer gateway` shares its rate limits through it (local limits without it,
     /// and while it is down).
     pub redis_url: Option<String>,
+    /// The authorities (PEM) a `rediss://` server's certificate must chain to; unset, the
+    /// system's.
+    pub redis_tls_ca_path: Option<PathBuf>,
     /// Lets webhook URLs point at loopback and private addresses (refused by default against
     /// server-side request forgery): for tests and closed networks.
     pub webhook_allow_private_networks: bool,
@@ -92,10 +110,18 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls_cert_path: None,
             tls_key_path: None,
+            metrics_listen: None,
             data_dir: PathBuf::from("./coffer-data"),
             database_url: None,
             nats_url: None,
+            nats_user: None,
+            nats_password: None,
+            nats_tls_ca_path: None,
+            nats_tls_cert_path: None,
+            nats_tls_key_path: None,
+            nats_require_tls: false,
             redis_url: None,
+            redis_tls_ca_path: None,
             webhook_allow_private_networks: false,
             webhook_allow_insecure_http: false,
             webhook_secret_keys: SecretKeyList::default(),
@@ -174,10 +200,18 @@ const ENV_KEYS: &[&str] = &[
     "listen",
     "tls_cert_path",
     "tls_key_path",
+    "metrics_listen",
     "data_dir",
     "database_url",
     "nats_url",
+    "nats_user",
+    "nats_password",
+    "nats_tls_ca_path",
+    "nats_tls_cert_path",
+    "nats_tls_key_path",
+    "nats_require_tls",
     "redis_url",
+    "redis_tls_ca_path",
     "bootstrap_token",
     "webhook_allow_private_networks",
     "webhook_allow_insecure_http",
@@ -224,6 +258,18 @@ impl Config {
         Ok(config)
     }
 
+    /// How this process reaches NATS, when `nats_url` is set.
+    pub fn nats(&self) -> Option<NatsConnection> {
+        let url = self.nats_url.as_ref()?;
+        Some(NatsConnection {
+            url: url.clone(),
+            user: self.nats_user.clone().zip(self.nats_password.clone()),
+            tls_ca_path: self.nats_tls_ca_path.clone(),
+            tls_client: self.nats_tls_cert_path.clone().zip(self.nats_tls_key_path.clone()),
+            require_tls: self.nats_require_tls,
+        })
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
@@ -240,6 +286,12 @@ impl Config {
             && !(url.starts_with("nats://") || url.starts_with("tls://"))
         {
             bail!("nats_url must be a nats:// or tls:// URL");
+        }
+        if self.nats_user.is_some() != self.nats_password.is_some() {
+            bail!("nats_user and nats_password must be set together");
+        }
+        if self.nats_tls_cert_path.is_some() != self.nats_tls_key_path.is_some() {
+            bail!("nats_tls_cert_path and nats_tls_key_path must be set together");
         }
         self.events.validate().map_err(anyhow::Error::msg)?;
         if let Some(url) = &self.database_url
@@ -412,6 +464,37 @@ mod tests {
             assert!(gateway.trusted_proxies.contains("192.0.2.1".parse().unwrap()));
             assert!(!gateway.trusted_proxies.contains("192.0.2.2".parse().unwrap()));
             assert!(gateway.validate().is_ok());
+            jail.set_env("COFFER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:9090");
+            let config = Config::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            assert!(config.gateway.validate().is_err(), "an admin listener needs a token");
+            jail.set_env("COFFER_GATEWAY_ADMIN_TOKEN", "too-short");
+            assert!(Config::load(None, Overrides::default()).is_err(), "a short admin token");
+            jail.set_env("COFFER_GATEWAY_ADMIN_TOKEN", "an-admin-token-of-forty-characters-00000");
+            let config = Config::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            assert!(config.gateway.validate().is_ok());
+            assert!(!format!("{:?}", config.gateway).contains("forty"), "the token is not printed");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn nats_credentials_and_tls_come_in_pairs_and_the_password_is_never_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COFFER_NATS_URL", "nats://nats-1:4222,nats://nats-2:4222");
+            jail.set_env("COFFER_NATS_USER", "coffer-relay");
+            assert!(Config::load(None, Overrides::default()).is_err(), "a user without a password");
+            jail.set_env("COFFER_NATS_PASSWORD", "hunter2-but-longer");
+            jail.set_env("COFFER_NATS_TLS_CERT_PATH", "client.pem");
+            assert!(Config::load(None, Overrides::default()).is_err(), "a certificate without its key");
+            jail.set_env("COFFER_NATS_TLS_KEY_PATH", "client.key");
+            jail.set_env("COFFER_NATS_TLS_CA_PATH", "ca.pem");
+            jail.set_env("COFFER_NATS_REQUIRE_TLS", "true");
+            let config = Config::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            let nats = config.nats().expect("nats_url is set");
+            assert_eq!(nats.user.as_ref().map(|(user, _)| user.as_str()), Some("coffer-relay"));
+            assert_eq!(nats.tls_ca_path.as_deref(), Some(Path::new("ca.pem")));
+            assert!(nats.tls_client.is_some() && nats.require_tls);
+            assert!(!format!("{config:?} {nats:?}").contains("hunter2"), "the password is not printed");
             Ok(())
         });
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use coffer_events::{Bus, JetStreamBus};
+use coffer_events::{Bus, JetStreamBus, StreamRole};
 use coffer_store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -30,13 +30,14 @@ pub async fn run(config: &Config, command: EventsCommand) -> anyhow::Result<()> 
     if from < 1 {
         bail!("--from must be a position of 1 or more");
     }
-    let Some(url) = &config.nats_url else {
+    let Some(nats) = config.nats() else {
         bail!(
             "nats_url is not set: the in-process bus reads the outbox itself, there is nothing to republish"
         );
     };
     let store: Arc<dyn Store> = crate::store::open(config).await?;
-    let bus = JetStreamBus::connect(url, &config.events.stream_settings())
+    // Republishing is the relay's work, done with the relay's NATS user.
+    let bus = JetStreamBus::connect_with(&nats, &config.events.stream_settings(), StreamRole::Manage)
         .await
         .context("cannot reach NATS JetStream (nats_url)")?;
     let progress = ProgressBar::new_spinner().with_style(

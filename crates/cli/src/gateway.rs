@@ -22,7 +22,10 @@ pub async fn run(
     config.gateway.validate().context("invalid gateway configuration")?;
     let timeout = std::time::Duration::from_millis(config.gateway.redis_timeout_ms);
     let limits = match &config.redis_url {
-        Some(url) => coffer_gateway::Limits::shared(url, "coffer-gateway", timeout).context("redis_url")?,
+        Some(url) => {
+            let ca = config.redis_tls_ca_path.as_deref();
+            coffer_gateway::Limits::shared_with_ca(url, "coffer-gateway", timeout, ca).context("redis_url")?
+        }
         None => coffer_gateway::Limits::local(),
     };
     let keys = match config.gateway.check_tokens {

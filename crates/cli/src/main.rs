@@ -78,7 +78,8 @@ enum Command {
         /// Address clients connect to (env COFFER_GATEWAY_LISTEN).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
-        /// Address of the gateway's own endpoints, /gateway/* (env COFFER_GATEWAY_ADMIN_LISTEN).
+        /// Address of the gateway's own endpoints, /gateway/* (env COFFER_GATEWAY_ADMIN_LISTEN);
+        /// needs an admin token (COFFER_GATEWAY_ADMIN_TOKEN or COFFER_GATEWAY_ADMIN_TOKEN_FILE).
         #[arg(long)]
         admin_listen: Option<std::net::SocketAddr>,
         /// The api replicas, comma-separated http:// URLs (env COFFER_GATEWAY_UPSTREAMS).
@@ -94,6 +95,10 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    // One rustls crypto provider for the whole process, ring, as every TLS setup of Coffer's
+    // names explicitly: libraries that build their TLS with rustls's process-wide default (the
+    // redis client) need one chosen, and this binary links more than one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let load_with = |overrides| Config::load(cli.config.as_deref(), overrides);
     let load = |listen, data_dir| load_with(Overrides { listen, data_dir, ..Default::default() });

@@ -10,7 +10,7 @@ use anyhow::Context;
 use coffer_events::{
     Consumer, DeadLetterQueue, DeadLetterStream, Dispatcher, EventsConfig, Handler, JetStreamBus,
     JetStreamSource, JetStreamSourceSettings, LedgerVolumes, OutboxSource, Relay, SecretKeys,
-    StoreDeadLetters, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, WEBHOOKS_CONSUMER, WebhookFanout,
+    StoreDeadLetters, StreamRole, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, WEBHOOKS_CONSUMER, WebhookFanout,
     WebhookSettings, watch_depth,
 };
 use coffer_ledger::Timestamp;
@@ -25,8 +25,8 @@ pub const RELAY_NAME: &str = "jetstream";
 
 /// The running background roles.
 pub struct Pipeline {
-    /// Where the API finds the dead letters.
-    pub dead_letters: Arc<dyn DeadLetterQueue>,
+    /// Where the API finds the dead letters (none in a relay-only process).
+    pub dead_letters: Option<Arc<dyn DeadLetterQueue>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -57,7 +57,7 @@ pub async fn start(
             .context("cannot start the webhook dispatcher")?;
         tasks.push(tokio::spawn(dispatcher.run(stopped.clone())));
     }
-    let dead_letters: Arc<dyn DeadLetterQueue> = match &config.nats_url {
+    let dead_letters: Option<Arc<dyn DeadLetterQueue>> = match config.nats() {
         None => {
             if config.roles.contains(&Role::Worker) {
                 for (name, types, handler) in consumers(&store) {
@@ -74,11 +74,17 @@ pub async fn start(
                     stopped.clone(),
                 )));
             }
-            Arc::new(StoreDeadLetters(store.clone()))
+            Some(Arc::new(StoreDeadLetters(store.clone())))
         }
-        Some(url) => {
+        Some(nats) => {
             let settings = events.stream_settings();
-            let bus = JetStreamBus::connect(url, &settings)
+            // The relay keeps the stream's settings; a process without it only reads the stream,
+            // as the worker user of deploy/nats/ may.
+            let role = match config.roles.contains(&Role::Relay) {
+                true => StreamRole::Manage,
+                false => StreamRole::Use,
+            };
+            let bus = JetStreamBus::connect_with(&nats, &settings, role)
                 .await
                 .context("cannot reach NATS JetStream (nats_url)")?;
             if config.roles.contains(&Role::Relay) {
@@ -105,10 +111,14 @@ pub async fn start(
                     tasks.push(tokio::spawn(consumer.run(stopped.clone())));
                 }
             }
-            Arc::new(DeadLetterStream::open(bus.context(), &settings).await?)
+            // A relay alone has no use for the dead letters, and its user no access to them.
+            match config.roles.iter().any(|role| matches!(role, Role::Api | Role::Worker)) {
+                true => Some(Arc::new(DeadLetterStream::open(bus.context(), &settings).await?)),
+                false => None,
+            }
         }
     };
-    if config.roles.contains(&Role::Worker) {
+    if let (true, Some(dead_letters)) = (config.roles.contains(&Role::Worker), &dead_letters) {
         let depth = watch_depth(dead_letters.clone(), Duration::from_secs(10), stopped.clone());
         tasks.push(tokio::spawn(depth));
     }

@@ -22,14 +22,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Installed before the roles start, so that their first measurements are kept.
     let metrics = coffer_api::install_metrics();
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, coffer_api::metrics_router(metrics.clone())).await?),
+        None => None,
+    };
     let webhook_keys = Arc::new(webhook_keys(&config, store.as_ref()).await?);
     let pipeline = crate::pipeline::start(&config, store.clone(), webhook_keys.clone()).await?;
     info!(roles = ?config.roles, bus = if config.nats_url.is_some() { "jetstream" } else { "in-process" }, "roles started");
     if config.roles.contains(&Role::Api) {
+        let dead_letters = pipeline.dead_letters.clone().context("the api role opens the dead letters")?;
         let services = coffer_api::Services {
-            dead_letters: pipeline.dead_letters.clone(),
+            dead_letters,
             webhook_targets: webhook_targets(&config),
             webhook_keys,
+            metrics_on_api: config.metrics_listen.is_none(),
         };
         let app = coffer_api::router_with(store.clone(), config.api.clone(), metrics, services);
         serve_http(&config, app).await?;
@@ -38,6 +44,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!("shutting down");
     }
     pipeline.shutdown().await;
+    if let Some(listener) = metrics_listener {
+        listener.abort();
+    }
     store.shutdown().await;
     info!("stopped");
     Ok(())
@@ -71,6 +80,22 @@ async fn webhook_keys(config: &Config, store: &dyn Store) -> anyhow::Result<Secr
         );
     }
     Ok(keys)
+}
+
+/// Serves `app` (`/metrics` alone) on `addr` (`metrics_listen`), in the background until stopped.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    app: axum::Router,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
+    info!(metrics_listen = %addr, "metrics are served on their own listener");
+    Ok(tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            error!(error = %err, "the metrics listener failed");
+        }
+    }))
 }
 
 /// How long a client may take over its TLS handshake.

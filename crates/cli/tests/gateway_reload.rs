@@ -11,8 +11,7 @@ use serde_json::Value;
 
 /// The upstream URLs the gateway lists.
 async fn listed(gateway: &GatewayProcess) -> Vec<String> {
-    let list: Vec<Value> =
-        reqwest::get(format!("{}/gateway/upstreams", gateway.admin)).await.unwrap().json().await.unwrap();
+    let list: Vec<Value> = gateway.upstreams().await;
     list.iter().map(|u| u["url"].as_str().unwrap().to_owned()).collect()
 }
 

@@ -12,7 +12,16 @@ use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 use coffer_store::OutboxEvent;
 
-use crate::encode;
+use crate::{NatsConnection, encode};
+
+/// What a process may do to the events stream's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRole {
+    /// The relay: creates the stream and brings it to the configured settings.
+    Manage,
+    /// A reader (worker, api): takes the stream as it is.
+    Use,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -68,27 +77,50 @@ pub struct JetStreamBus {
 }
 
 impl JetStreamBus {
-    /// Connects, and creates the stream (file storage, the duplicate window, the replicas) or
-    /// brings an existing one to these settings.
+    /// Connects anonymously to `url` (a comma-separated list for a cluster) and manages the
+    /// stream, as [`JetStreamBus::connect_with`] does for a relay.
     pub async fn connect(url: &str, settings: &StreamSettings) -> Result<Self, BusError> {
-        // A cluster is given as a comma-separated list of servers; the client fails over among
-        // them. The URL stays out of the error: it may hold credentials.
-        let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-        let client = async_nats::connect(servers)
-            .await
-            .map_err(|e| BusError::Unavailable(format!("cannot connect to NATS: {e}")))?;
-        let context = jetstream::new(client);
-        context
-            .create_or_update_stream(stream::Config {
-                name: settings.name.clone(),
-                subjects: vec![format!("{}.>", settings.subject_prefix)],
-                storage: stream::StorageType::File,
-                duplicate_window: settings.duplicate_window,
-                num_replicas: settings.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| BusError::Unavailable(format!("stream {}: {e}", settings.name)))?;
+        Self::connect_with(&NatsConnection::to(url), settings, StreamRole::Manage).await
+    }
+
+    /// Connects, and with [`StreamRole::Manage`] creates the stream (file storage, the
+    /// duplicate window, the replicas) or brings an existing one to these settings. With
+    /// [`StreamRole::Use`] an existing stream is taken as it is, and only a missing one is
+    /// created: a worker's user may read the stream but not reconfigure it (see
+    /// `deploy/nats/`), so it leaves the stream's settings to the relay.
+    pub async fn connect_with(
+        nats: &NatsConnection,
+        settings: &StreamSettings,
+        role: StreamRole,
+    ) -> Result<Self, BusError> {
+        let context = jetstream::new(nats.connect().await?);
+        let config = stream::Config {
+            name: settings.name.clone(),
+            subjects: vec![format!("{}.>", settings.subject_prefix)],
+            storage: stream::StorageType::File,
+            duplicate_window: settings.duplicate_window,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        };
+        let stream_error =
+            |e: &dyn std::fmt::Display| BusError::Unavailable(format!("stream {}: {e}", settings.name));
+        match role {
+            StreamRole::Manage => {
+                context.create_or_update_stream(config).await.map_err(|e| stream_error(&e))?;
+            }
+            StreamRole::Use => match context.get_stream(&settings.name).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {
+                    // Not there yet (the relay has not started): make it, if this user may.
+                    context.create_stream(config).await.map_err(|e| {
+                        stream_error(&format!(
+                            "{e} (a worker's NATS user may not create it: start the relay first)"
+                        ))
+                    })?;
+                }
+                Err(e) => return Err(stream_error(&e)),
+            },
+        }
         Ok(Self { context, prefix: settings.subject_prefix.clone() })
     }
 
@@ -100,6 +132,15 @@ impl JetStreamBus {
     pub fn context(&self) -> &jetstream::Context {
         &self.context
     }
+}
+
+/// Whether the server answered that the stream does not exist (rather than not answering).
+fn is_not_found(error: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(e)
+            if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }
 
 #[async_trait]

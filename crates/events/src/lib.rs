@@ -6,6 +6,7 @@
 
 mod bus;
 mod config;
+mod connection;
 mod consumer;
 mod dlq;
 mod envelope;
@@ -13,8 +14,9 @@ mod projection;
 mod relay;
 mod webhooks;
 
-pub use bus::{Bus, BusError, JetStreamBus, StreamSettings};
+pub use bus::{Bus, BusError, JetStreamBus, StreamRole, StreamSettings};
 pub use config::EventsConfig;
+pub use connection::{NatsConnection, Secret};
 pub use consumer::{
     Consumer, DEAD_LETTERED, Delivery, Handler, HandlerError, JetStreamSource, JetStreamSourceSettings, LAG,
     OutboxSource, REDELIVERIES, RetryPolicy, Source,

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
+use crate::admin::AdminToken;
+
 use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use serde::{Deserialize, Serialize};
@@ -27,6 +29,8 @@ pub enum ConfigError {
     OutOfRange { field: &'static str, reason: &'static str },
     #[error("gateway.trusted_proxies: {0:?} is neither an IP address nor a network (10.0.0.0/8)")]
     BadTrustedProxy(String),
+    #[error("gateway.admin_token_file: {0}")]
+    AdminTokenFile(String),
 }
 
 /// One upstream: `http://host:port` or `https://host:port`, no path, no query. The host may be a
@@ -222,7 +226,14 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Where the gateway's own endpoints (`/gateway/upstreams`, `/gateway/metrics`,
     /// `/gateway/healthz`) are served; off unless set, so the edge does not show its topology.
+    /// Every request there needs `admin_token` (see `admin`); a loopback address keeps it off
+    /// the network as well.
     pub admin_listen: Option<SocketAddr>,
+    /// The bearer token the admin endpoints require (at least 32 characters), given inline or
+    /// as the first line of `admin_token_file` (a mounted secret); one of them, not both, is
+    /// required with `admin_listen`.
+    pub admin_token: Option<AdminToken>,
+    pub admin_token_file: Option<PathBuf>,
     pub upstreams: Upstreams,
     /// Time allowed to open a TCP connection to an upstream.
     pub connect_timeout_ms: u64,
@@ -309,6 +320,8 @@ impl Default for GatewayConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: None,
+            admin_token: None,
+            admin_token_file: None,
             upstreams: Upstreams::default(),
             connect_timeout_ms: 1_000,
             upstream_timeout_ms: 30_000,
@@ -380,6 +393,18 @@ impl GatewayConfig {
             return Err(ConfigError::OutOfRange {
                 field: "tls_cert_path",
                 reason: "and gateway.tls_key_path must be set together",
+            });
+        }
+        if self.admin_listen.is_some() && self.admin_token.is_none() && self.admin_token_file.is_none() {
+            return Err(ConfigError::OutOfRange {
+                field: "admin_listen",
+                reason: "needs gateway.admin_token or gateway.admin_token_file: the admin endpoints are never open",
+            });
+        }
+        if self.admin_token.is_some() && self.admin_token_file.is_some() {
+            return Err(ConfigError::OutOfRange {
+                field: "admin_token",
+                reason: "and gateway.admin_token_file must not both be set",
             });
         }
         if self.eject_max_ms < self.eject_ms {

@@ -8,9 +8,11 @@
 //! address and API key), `pool` (health and choice of upstream, the circuit breaker),
 //! `discovery` (upstream names resolved into one upstream per address), `health` (active checks), `retry` (what may be repeated, the budget), `headers` (what a proxy
 //! rewrites), `body` (holding, handing off and logging bodies), `proxy` (the handler),
-//! `problem` (the gateway's own error answers), `observe` (access log and metrics).
+//! `problem` (the gateway's own error answers), `observe` (access log and metrics), `admin`
+//! (the gateway's own endpoints and the token that guards them).
 //! This file binds the listeners and runs them until a drain.
 
+mod admin;
 mod auth;
 mod body;
 mod client;
@@ -32,15 +34,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+pub use admin::{AdminToken, MIN_TOKEN_LEN as MIN_ADMIN_TOKEN_LEN};
 pub use coffer_ratelimit::Limits;
 pub use coffer_store::KeyDirectory;
 pub use config::{ConfigError, GatewayConfig, TrustedProxies, UpstreamUrl, Upstreams, list_setting};
@@ -62,7 +61,7 @@ pub enum GatewayError {
 pub struct Gateway {
     config: GatewayConfig,
     listener: server::Listener,
-    admin: Option<TcpListener>,
+    admin: Option<(TcpListener, AdminToken)>,
     shared: Arc<proxy::Shared>,
     discovery: Arc<discovery::Discovery>,
     metrics: PrometheusHandle,
@@ -97,7 +96,12 @@ impl Gateway {
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
         };
         let admin = match config.admin_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(admin_listen = %addr, "the admin listener is reachable beyond this host: its token is all that guards it");
+                }
+                Some((bind(addr).await?, admin_token(&config)?))
+            }
             None => None,
         };
         let pool = Arc::new(pool::Pool::new(&config));
@@ -145,7 +149,7 @@ impl Gateway {
 
     /// Where the admin endpoints are, if they are served.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then drains: the listeners close, requests in flight
@@ -163,8 +167,8 @@ impl Gateway {
             Duration::from_millis(config.check_interval_ms),
             Duration::from_millis(config.check_timeout_ms),
         );
-        let admin = admin.map(|admin| {
-            let app = admin_router(shared.clone(), UpstreamControl(discovery.clone()), metrics);
+        let admin = admin.map(|(admin, token)| {
+            let app = admin::router(&token, shared.clone(), UpstreamControl(discovery.clone()), metrics);
             tokio::spawn(axum::serve(admin, app).into_future())
         });
         let scheme = if listener.tls.is_some() { "https" } else { "http" };
@@ -202,39 +206,14 @@ impl UpstreamControl {
     }
 }
 
-/// The gateway's own endpoints, on their own listener.
-fn admin_router(shared: Arc<proxy::Shared>, control: UpstreamControl, metrics: PrometheusHandle) -> Router {
-    Router::new()
-        .route("/gateway/healthz", get(|| async { "ok" }))
-        .route("/gateway/readyz", get(readyz))
-        .route("/gateway/upstreams", get(upstreams).put(move |body| replace_upstreams(control, body)))
-        .route("/gateway/metrics", get(move || async move { metrics.render() }))
-        .with_state(shared)
-}
-
-async fn readyz(State(shared): State<Arc<proxy::Shared>>) -> Response {
-    if shared.pool.any_healthy() {
-        "ready".into_response()
-    } else {
-        (http::StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream").into_response()
-    }
-}
-
-async fn upstreams(State(shared): State<Arc<proxy::Shared>>) -> Response {
-    axum::Json(shared.pool.view()).into_response()
-}
-
-/// `PUT /gateway/upstreams` with the new list (a JSON list of URLs, or one comma-separated
-/// string): upstreams that stay keep their state, new ones join, removed ones drain.
-async fn replace_upstreams(control: UpstreamControl, body: axum::body::Bytes) -> Response {
-    let replaced = match serde_json::from_slice::<Upstreams>(&body) {
-        Ok(list) => control.replace(&list).await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match replaced {
-        Ok((added, removed)) => {
-            axum::Json(serde_json::json!({"added": added, "removed": removed})).into_response()
-        }
-        Err(reason) => problem::invalid_upstream_list(&reason),
+/// The admin token from the configuration: inline, or read from its file at start.
+fn admin_token(config: &GatewayConfig) -> Result<AdminToken, ConfigError> {
+    match (&config.admin_token, &config.admin_token_file) {
+        (Some(token), _) => Ok(token.clone()),
+        (None, Some(path)) => AdminToken::read(path),
+        (None, None) => Err(ConfigError::OutOfRange {
+            field: "admin_listen",
+            reason: "needs gateway.admin_token or gateway.admin_token_file",
+        }),
     }
 }

@@ -81,6 +81,17 @@ pub fn invalid_upstream_list(reason: &str) -> Response {
     problem_response(StatusCode::BAD_REQUEST, "invalid_request", "The upstream list is invalid", reason)
 }
 
+/// The admin listener's answer to a request without its token (RFC 6750: `WWW-Authenticate:
+/// Bearer`). It says nothing about which endpoints exist.
+pub fn admin_unauthorized() -> Response {
+    problem_response(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Authentication is required",
+        "send the gateway's admin token as Authorization: Bearer <token>",
+    )
+}
+
 impl GatewayProblem {
     pub fn status(self) -> StatusCode {
         match self {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Request;
-use coffer_gateway::{Gateway, GatewayConfig, KeyDirectory, Limits, Resolve, UpstreamUrl, Upstreams, tls};
+use coffer_gateway::{
+    AdminToken, Gateway, GatewayConfig, KeyDirectory, Limits, Resolve, UpstreamUrl, Upstreams, tls,
+};
 use coffer_store::{KeyId, NewApiKey, Scope, SqliteStore, Store, StoreConfig, TokenHash};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -102,6 +104,9 @@ fn dead_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
+/// The admin listener's token in these tests.
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghij";
+
 struct Running {
     base: String,
     admin: String,
@@ -133,6 +138,7 @@ impl Running {
         let mut config = GatewayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            admin_token: Some(AdminToken::try_from(ADMIN_TOKEN.to_owned()).unwrap()),
             upstreams: Upstreams(urls),
             ..GatewayConfig::default()
         };
@@ -154,8 +160,12 @@ impl Running {
     }
 
     async fn upstreams(&self) -> Vec<Value> {
-        let answer = reqwest::get(format!("{}/gateway/upstreams", self.admin)).await.unwrap();
-        answer.json::<Vec<Value>>().await.unwrap()
+        self.admin_get("/gateway/upstreams").await.json::<Vec<Value>>().await.unwrap()
+    }
+
+    /// `GET` of an admin endpoint, with the admin token.
+    async fn admin_get(&self, path: &str) -> reqwest::Response {
+        client().get(format!("{}{path}", self.admin)).bearer_auth(ADMIN_TOKEN).send().await.unwrap()
     }
 }
 
@@ -233,8 +243,7 @@ async fn an_upstream_down_at_start_is_routed_around_and_reported() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let metrics =
-        reqwest::get(format!("{}/gateway/metrics", gateway.admin)).await.unwrap().text().await.unwrap();
+    let metrics = gateway.admin_get("/gateway/metrics").await.text().await.unwrap();
     let gauge = format!("coffer_gateway_upstream_healthy{{upstream=\"http://{dead}\"}} 0");
     assert!(metrics.contains(&gauge), "{metrics}");
     // Every request is counted by its status, and timed. The recorder is the process's, which
@@ -312,7 +321,7 @@ async fn no_healthy_upstream_is_a_503_problem() {
     assert_eq!(response.headers()["retry-after"], "1");
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["code"], "unavailable");
-    let ready = reqwest::get(format!("{}/gateway/readyz", gateway.admin)).await.unwrap();
+    let ready = gateway.admin_get("/gateway/readyz").await;
     assert_eq!(ready.status(), 503);
 }
 
@@ -820,7 +829,13 @@ async fn an_upstream_removed_from_the_list_drains_its_requests_and_takes_no_new_
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let admin = format!("{}/gateway/upstreams", gateway.admin);
-    let replaced = client().put(&admin).json(&json!([format!("http://{fast}")])).send().await.unwrap();
+    let replaced = client()
+        .put(&admin)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!([format!("http://{fast}")]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(replaced.status(), 200);
     assert_eq!(replaced.json::<Value>().await.unwrap(), json!({"added": 1, "removed": 1}));
     let listed = gateway.upstreams().await;
@@ -843,10 +858,66 @@ async fn an_upstream_removed_from_the_list_drains_its_requests_and_takes_no_new_
     for bad in
         [json!([]), json!("ftp://x:1"), json!([format!("http://{fast}"), format!("http://{fast}")]), json!(7)]
     {
-        let refused = client().put(&admin).json(&bad).send().await.unwrap();
+        let refused = client().put(&admin).bearer_auth(ADMIN_TOKEN).json(&bad).send().await.unwrap();
         assert_eq!(refused.status(), 400, "{bad}");
     }
     assert_eq!(gateway.upstreams().await.len(), 1, "a refused list changes nothing");
+}
+
+#[tokio::test]
+async fn the_admin_endpoints_answer_only_to_the_admin_token() {
+    let (upstream, _) = echo(Duration::ZERO).await;
+    let gateway = Running::start(&[upstream], |_| {}).await;
+    let list = format!("{}/gateway/upstreams", gateway.admin);
+    let elsewhere = json!([format!("http://{}", dead_port())]);
+    // The right length with the last character changed, another scheme, and nothing at all.
+    let wrong = format!("{}X", &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]);
+    let refusals = [
+        client().get(&list),
+        client().get(&list).bearer_auth(&wrong),
+        client().get(&list).basic_auth("admin", Some(ADMIN_TOKEN)),
+        client().put(&list).json(&elsewhere),
+        client().put(&list).bearer_auth(&wrong).json(&elsewhere),
+        client().get(format!("{}/gateway/metrics", gateway.admin)),
+        client().get(format!("{}/gateway/readyz", gateway.admin)),
+        client().get(format!("{}/no/such/path", gateway.admin)),
+    ];
+    for request in refusals {
+        let refused = request.send().await.unwrap();
+        assert_eq!(refused.status(), 401, "{}", refused.url());
+        assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+        assert_eq!(refused.headers()["content-type"], "application/problem+json");
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!((problem["status"].as_u64(), problem["code"].as_str()), (Some(401), Some("unauthorized")));
+    }
+    let listed = gateway.upstreams().await;
+    assert_eq!(listed.len(), 1, "a refused PUT changed nothing: {listed:?}");
+    assert_eq!(listed[0]["url"], format!("http://{upstream}"));
+    assert_eq!(gateway.admin_get("/gateway/readyz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_admin_listener_does_not_start_without_a_long_enough_token() {
+    let (upstream, _) = echo(Duration::ZERO).await;
+    let config = |token: Option<AdminToken>, file: Option<std::path::PathBuf>| GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        admin_token: token,
+        admin_token_file: file,
+        upstreams: Upstreams(vec![UpstreamUrl::try_from(format!("http://{upstream}")).unwrap()]),
+        ..GatewayConfig::default()
+    };
+    let refused = Gateway::bind(config(None, None)).await.err().expect("no token, no admin listener");
+    assert!(refused.to_string().contains("admin_token"), "{refused}");
+    assert!(AdminToken::try_from("x".repeat(31)).is_err(), "31 characters are too few");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, "too-short\n").unwrap();
+    let refused = Gateway::bind(config(None, Some(file.clone()))).await.err().expect("a short token file");
+    assert!(refused.to_string().contains("32 characters"), "{refused}");
+    std::fs::write(&file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let gateway = Gateway::bind(config(None, Some(file))).await.expect("a token file is read");
+    assert!(gateway.admin_addr().is_some());
 }
 
 /// Listeners on one port of three loopback addresses: the replicas behind one name.

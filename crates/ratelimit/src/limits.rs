@@ -6,6 +6,7 @@
 //! lets through up to `processes × rate`: a limit that holds locally beats no limit, and beats
 //! refusing everything.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::{Decision, LocalLimits, Rate, RedisLimits};
@@ -27,7 +28,18 @@ impl Limits {
     /// Cluster-wide limits on the Redis at `url` (keys under `prefix`), falling back to local
     /// ones. Fails only on a malformed URL.
     pub fn shared(url: &str, prefix: &str, timeout: Duration) -> Result<Self, crate::RedisError> {
-        Ok(Self { local: LocalLimits::new(), redis: Some(RedisLimits::new(url, prefix, timeout)?) })
+        Self::shared_with_ca(url, prefix, timeout, None)
+    }
+
+    /// The same; a `rediss://` server's certificate must chain to the authorities in `ca`.
+    /// Fails on a malformed URL or a CA file that cannot be read.
+    pub fn shared_with_ca(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        ca: Option<&Path>,
+    ) -> Result<Self, crate::RedisError> {
+        Ok(Self { local: LocalLimits::new(), redis: Some(RedisLimits::new(url, prefix, timeout, ca)?) })
     }
 
     pub async fn check(&self, key: &str, rate: Rate) -> Decision {

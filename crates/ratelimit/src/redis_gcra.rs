@@ -3,13 +3,15 @@
 //!
 //! The script keeps per key the "theoretical arrival time" (TAT) of the next request, in
 //! microseconds of the Redis server's clock (`TIME`) — one clock for every process, whatever
-//! their own clocks say. A request is allowed when the TAT it would push to is no further than
-//! the burst tolerance ahead of now; the key expires once the TAT has passed.
+//! their own clocks say. A request is allowed when the TAT as it stands is no further than
+//! the burst tolerance ahead of now; the key expires once the TAT has passed. A fresh key thus
+//! takes its whole burst at once, as the local (governor) limits give it.
 
+use std::path::Path;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::{Client, Script, TlsCertificates};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -22,11 +24,11 @@ local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local next_tat = tat + interval
-local allowed_at = next_tat - tolerance
+local allowed_at = tat - tolerance
 if allowed_at > now then
   return allowed_at - now
 end
+local next_tat = tat + interval
 redis.call('SET', KEYS[1], next_tat, 'PX', math.floor((next_tat - now) / 1000) + 1)
 return 0
 ";
@@ -53,14 +55,39 @@ enum Connection {
     },
 }
 
+/// The redis client builds its TLS settings with rustls's process-wide crypto provider, which
+/// the binary chooses (the `coffer` binary installs ring at start). Without one rustls would
+/// panic at the first connection; this says so at start instead.
+fn crypto_provider_chosen() -> Result<(), RedisError> {
+    match rustls::crypto::CryptoProvider::get_default() {
+        Some(_) => Ok(()),
+        None => {
+            Err(RedisError("rediss:// needs a process-wide rustls crypto provider; none is installed".into()))
+        }
+    }
+}
+
 /// How long after a failed connection attempt the next one is made.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
 impl RedisLimits {
     /// Limits on the Redis at `url`, each call bounded by `timeout`. Does not connect yet, so a
-    /// Redis that is down at start does not stop the caller from starting.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, RedisError> {
-        let client = Client::open(url).map_err(|e| RedisError(e.to_string()))?;
+    /// Redis that is down at start does not stop the caller from starting. A `rediss://` URL
+    /// speaks TLS, and the server's certificate must chain to the authorities in `ca` (a PEM
+    /// file), or without it to the system's.
+    pub fn new(url: &str, prefix: &str, timeout: Duration, ca: Option<&Path>) -> Result<Self, RedisError> {
+        let client = match ca {
+            None => Client::open(url),
+            Some(path) => {
+                let root_cert = std::fs::read(path)
+                    .map_err(|e| RedisError(format!("cannot read {}: {e}", path.display())))?;
+                Client::build_with_tls(url, TlsCertificates { client_tls: None, root_cert: Some(root_cert) })
+            }
+        }
+        .map_err(|e| RedisError(e.to_string()))?;
+        if url.starts_with("rediss://") {
+            crypto_provider_chosen()?;
+        }
         let connection = Mutex::new(Connection::Down { retry_at: Instant::now() });
         Ok(Self { client, script: Script::new(GCRA), prefix: prefix.to_owned(), connection, timeout })
     }

@@ -78,6 +78,24 @@ async fn a_limit_holds_cluster_wide_across_two_processes_sharing_redis() {
     assert_near(got, 2.0 * (3.0 * 200.0 + 20.0), "two local limiters");
 }
 
+#[tokio::test]
+async fn a_fresh_key_takes_its_whole_burst_at_once_as_locally() {
+    if !local_redis().await {
+        return;
+    }
+    let (shared, local) = (Limits::shared(&redis_url(), &unique_prefix(), TIMEOUT).unwrap(), Limits::local());
+    for burst in [1, 3] {
+        let rate = Rate::new(std::num::NonZeroU32::MIN, burst.try_into().unwrap());
+        for limits in [&shared, &local] {
+            let key = format!("burst-{burst}");
+            for n in 0..burst {
+                assert!(limits.check(&key, rate).await.is_allowed(), "request {n} of a burst of {burst}");
+            }
+            assert!(!limits.check(&key, rate).await.is_allowed(), "one past a burst of {burst}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_stopped_local_limits_apply_and_traffic_keeps_flowing() {
     let Some(mut redis) = RedisServer::start() else { return };

@@ -13,6 +13,8 @@ mod stream;
 mod transfers;
 mod webhooks;
 
+pub use ops::render_metrics;
+
 use axum::extract::MatchedPath;
 use axum::response::{IntoResponse, Response};
 use coffer_ledger::{Command, Outcome, Record, Submission};

@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::json;
 use crate::dto::Health;
@@ -35,7 +36,16 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut response = state.metrics.render().into_response();
+    match &state.metrics {
+        Some(metrics) => render_metrics(metrics),
+        // Served on `metrics_listen` instead: here it is a path like any unknown one.
+        None => super::not_found().await.into_response(),
+    }
+}
+
+/// The metrics in the Prometheus text format, on whichever listener serves them.
+pub fn render_metrics(metrics: &PrometheusHandle) -> Response {
+    let mut response = metrics.render().into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

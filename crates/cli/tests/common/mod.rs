@@ -165,6 +165,9 @@ impl Stopped {
     }
 }
 
+/// The admin token every test gateway is started with (`COFFER_GATEWAY_ADMIN_TOKEN`).
+pub const GATEWAY_ADMIN_TOKEN: &str = "test-gateway-admin-token-0123456789";
+
 /// The real `coffer gateway` binary; killed when dropped.
 pub struct GatewayProcess {
     child: Child,
@@ -192,6 +195,7 @@ impl GatewayProcess {
         let child = command
             .env("COFFER_LOG_LEVEL", "info")
             .env("COFFER_LOG_FORMAT", "json")
+            .env("COFFER_GATEWAY_ADMIN_TOKEN", GATEWAY_ADMIN_TOKEN)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
@@ -204,7 +208,7 @@ impl GatewayProcess {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let ready = reqwest::get(format!("{}/gateway/readyz", gateway.admin)).await;
+            let ready = gateway.admin_get("/gateway/readyz").await;
             if ready.is_ok_and(|r| r.status().is_success()) {
                 return gateway;
             }
@@ -215,14 +219,24 @@ impl GatewayProcess {
 
     /// Whether the gateway reports `upstream` healthy.
     pub async fn healthy(&self, upstream: &str) -> bool {
-        let list: Vec<Value> =
-            reqwest::get(format!("{}/gateway/upstreams", self.admin)).await.unwrap().json().await.unwrap();
+        let list: Vec<Value> = self.upstreams().await;
         let entry = list.iter().find(|u| u["url"] == upstream).expect("the upstream is listed");
         entry["healthy"] == true
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/gateway/metrics", self.admin)).await.unwrap().text().await.unwrap()
+        self.admin_get("/gateway/metrics").await.unwrap().text().await.unwrap()
+    }
+
+    /// The upstream list the admin listener shows.
+    pub async fn upstreams(&self) -> Vec<Value> {
+        self.admin_get("/gateway/upstreams").await.unwrap().json().await.unwrap()
+    }
+
+    /// `GET` of an admin endpoint, with the admin token.
+    pub async fn admin_get(&self, path: &str) -> reqwest::Result<reqwest::Response> {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        client.get(format!("{}{path}", self.admin)).bearer_auth(GATEWAY_ADMIN_TOKEN).send().await
     }
 }
 

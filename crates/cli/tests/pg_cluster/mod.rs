@@ -17,6 +17,8 @@
 //! started with; they keep these names after a failover.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod single;
+
 use std::fs;
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

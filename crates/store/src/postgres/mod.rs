@@ -14,6 +14,7 @@ mod keys;
 mod pipeline;
 mod read;
 mod schema;
+mod tls;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -45,7 +46,7 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
             StoreError::Invalid(format!("database error {}: {}", db.code().code(), db.message()))
         }
         Some(db) => StoreError::Unavailable(format!("database error {}: {}", db.code().code(), db.message())),
-        None => StoreError::Unavailable(format!("database unreachable: {e}")),
+        None => StoreError::Unavailable(format!("database unreachable: {}", with_causes(&e))),
     }
 }
 
@@ -60,7 +61,22 @@ fn refuses_the_data(code: &tokio_postgres::error::SqlState) -> bool {
 }
 
 pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!("no database connection: {e}"))
+    StoreError::Unavailable(format!("no database connection: {}", with_causes(&e)))
+}
+
+/// An error and what caused it: tokio-postgres says "error performing TLS handshake" and keeps
+/// the reason (an unknown authority, a certificate for another name) in its source.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let said = inner.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 /// How often old idempotency answers are purged.
@@ -77,8 +93,12 @@ pub struct PgStore {
 
 /// Builds the pool for `url` (`postgres://…`, several hosts allowed) with the configured timeouts.
 fn pool(url: &str, config: &StoreConfig) -> StoreResult<Pool> {
-    let mut pg = tokio_postgres::Config::from_str(url)
+    let tls = tls::from_url(url)?;
+    let mut pg = tokio_postgres::Config::from_str(&tls.url)
         .map_err(|e| StoreError::Unavailable(format!("invalid database URL: {e}")))?;
+    if let Some(mode) = tls.mode {
+        pg.ssl_mode(mode);
+    }
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
     }
@@ -100,11 +120,11 @@ fn pool(url: &str, config: &StoreConfig) -> StoreResult<Pool> {
     if pg.get_application_name().is_none() {
         pg.application_name("coffer");
     }
-    let manager = Manager::from_config(
-        pg,
-        tokio_postgres::NoTls,
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
-    );
+    let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    let manager = match tls.connector {
+        Some(connector) => Manager::from_config(pg, connector, recycling),
+        None => Manager::from_config(pg, tokio_postgres::NoTls, recycling),
+    };
     let connect = Duration::from_millis(config.connect_timeout_ms);
     Pool::builder(manager)
         // The batches in flight, reads and keys, and background work.
