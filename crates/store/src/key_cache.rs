@@ -54,6 +54,17 @@ impl KeyCache {
         self.cached(hash).map(|found| found.filter(|key| key.is_live(Timestamp::now())))
     }
 
+    /// Whether `hash` was a live key's when last read, however long ago (while the cache still
+    /// holds it): such a token is worth reading again even from a client address that is out
+    /// of failed authentications, since only a valid token can have got here.
+    pub fn was_valid(&self, hash: &TokenHash) -> bool {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        entries.get(&prefix(hash)).is_some_and(|entry| {
+            let same: bool = entry.hash.0.ct_eq(&hash.0).into();
+            same && entry.key.is_some()
+        })
+    }
+
     async fn fetch(&self, hash: TokenHash) -> StoreResult<Option<Arc<ApiKey>>> {
         let key = self.directory.key_by_token(hash).await?;
         let key = key.filter(|k| k.revoked_at.is_none()).map(Arc::new);
