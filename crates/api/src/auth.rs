@@ -67,6 +67,7 @@ pub async fn bootstrap(store: &dyn Store, token: Option<&str>) -> StoreResult<Op
         rate_limit_per_second: None,
         expires_at: None,
         token_hash: TokenHash::of(&token),
+        custom_token: TokenKind::of(&token) == TokenKind::Custom,
     };
     let created = store.bootstrap_key(key).await?;
     Ok((created && generated).then_some(token))
@@ -105,9 +106,18 @@ impl Authenticator {
         let client = client.map(coffer_ratelimit::address_bucket);
         let client = client.as_deref();
         let token = bearer(headers).inspect_err(|_| self.failures.record(client, Failure::Missing))?;
-        if !TokenKind::of(token).may_exist() {
-            self.failures.record(client, Failure::Malformed);
-            return Err(unauthorized("the API key is not a token Coffer issued"));
+        if !self.keys.may_exist(token).await? {
+            // Refused without a look-up, yet still a guess: an address out of allowance is
+            // answered 429 whatever it presents, so guessing never pays.
+            self.failures.check(client)?;
+            if TokenKind::of(token) == TokenKind::Forged {
+                self.failures.record(client, Failure::Malformed);
+                return Err(unauthorized(
+                    "the API key is not a token Coffer issued (mistyped or cut short?)",
+                ));
+            }
+            self.failures.record(client, Failure::Unknown);
+            return Err(unauthorized(INVALID_KEY));
         }
         let hash = TokenHash::of(token);
         let key = match self.keys.cached_key(&hash) {
@@ -123,7 +133,7 @@ impl Authenticator {
         };
         let Some(key) = key else {
             self.failures.record(client, Failure::Unknown);
-            return Err(unauthorized("the API key is not valid, was revoked or expired"));
+            return Err(unauthorized(INVALID_KEY));
         };
         self.limits.check(&key)?;
         Ok(Arc::new(Principal { key, token: hash }))
@@ -142,6 +152,8 @@ impl Authenticator {
         self.limits.forget(id);
     }
 }
+
+const INVALID_KEY: &str = "the API key is not valid, was revoked or expired";
 
 fn unauthorized(detail: &'static str) -> ApiError {
     ApiError::new(ErrorCode::Unauthorized, detail)
@@ -212,16 +224,35 @@ mod tests {
     use std::num::NonZeroU32;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// One key, and a count of the look-ups of other tokens that reached the "store".
+    /// Two keys (one with an issued token, one with an operator's own), and counts of what
+    /// reached the "store": look-ups of other tokens, reads of the operator-chosen hashes.
     struct CountingKeys {
         token: String,
+        custom: String,
         lookups: AtomicUsize,
+        custom_reads: AtomicUsize,
+    }
+
+    impl CountingKeys {
+        fn new() -> Self {
+            Self {
+                token: generate_token(),
+                custom: "an-operators-own-bootstrap-token-of-40-chars".into(),
+                lookups: AtomicUsize::new(0),
+                custom_reads: AtomicUsize::new(0),
+            }
+        }
     }
 
     #[async_trait::async_trait]
     impl KeyDirectory for CountingKeys {
+        async fn custom_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
+            self.custom_reads.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![TokenHash::of(&self.custom)])
+        }
+
         async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
-            let known = hash == TokenHash::of(&self.token);
+            let known = hash == TokenHash::of(&self.token) || hash == TokenHash::of(&self.custom);
             if !known {
                 self.lookups.fetch_add(1, Ordering::SeqCst);
             }
@@ -245,15 +276,17 @@ mod tests {
 
     #[tokio::test]
     async fn junk_never_reaches_the_store_and_a_guessing_address_is_cut_off() {
-        let keys = Arc::new(CountingKeys { token: generate_token(), lookups: AtomicUsize::new(0) });
+        let keys = Arc::new(CountingKeys::new());
         let n = |n| NonZeroU32::new(n).unwrap();
         let auth = Authenticator::new(
             keys.clone(),
-            Duration::from_millis(10),
+            Duration::from_millis(50),
             RateLimits::new(n(1000), n(1000)),
             FailedAuths::new(n(1), n(3)),
         );
-        let (attacker, honest) = (Some("192.0.2.66".parse().unwrap()), Some("192.0.2.1".parse().unwrap()));
+        let attacker = Some("192.0.2.66".parse().unwrap());
+        let guesser = Some("192.0.2.99".parse().unwrap());
+        let honest = Some("192.0.2.1".parse().unwrap());
         assert!(auth.authenticate(&bearing(&keys.token), attacker).await.is_ok());
 
         // Tokens with Coffer's prefix and a wrong checksum or shape: refused from their text.
@@ -265,21 +298,36 @@ mod tests {
         }
         assert_eq!(keys.lookups.load(Ordering::SeqCst), 0, "a forged token was looked up");
 
-        // Other unknown tokens are looked up until the address runs out of failures.
-        for i in 0..10 {
-            let _ = auth.authenticate(&bearing(&format!("guess-{i}")), attacker).await;
+        // Tokens without the prefix: compared with the operator-chosen ones, read once per TTL.
+        for i in 0..50 {
+            let err = auth.authenticate(&bearing(&format!("guess-{i}")), guesser).await.err().unwrap();
+            let expected = if i < 4 { ErrorCode::Unauthorized } else { ErrorCode::RateLimited };
+            assert_eq!(err.code, expected, "guess {i}");
         }
-        assert_eq!(keys.lookups.load(Ordering::SeqCst), 0, "the forged ones used up the allowance");
-        let err = auth.authenticate(&bearing("guess-again"), attacker).await.err().unwrap();
+        assert_eq!(keys.lookups.load(Ordering::SeqCst), 0, "an unprefixed guess was looked up");
+        assert_eq!(keys.custom_reads.load(Ordering::SeqCst), 1);
+        assert!(auth.authenticate(&bearing(&keys.custom), honest).await.is_ok());
+
+        // Coffer's old tokens (prefix, no checksum) are looked up until the address runs out of
+        // failures; the forged and unprefixed ones above used up the attacker's allowance.
+        let legacy = |i: u8| format!("coffer_{}", format!("{i:02x}").repeat(32));
+        assert_eq!(TokenKind::of(&legacy(1)), TokenKind::Legacy);
+        let err = auth.authenticate(&bearing(&legacy(1)), attacker).await.err().unwrap();
         assert_eq!(err.code, ErrorCode::RateLimited);
+        assert_eq!(keys.lookups.load(Ordering::SeqCst), 0);
         // The verified key still works from there, even once its cache entry is stale, and other
         // addresses may still look up.
         assert!(auth.authenticate(&bearing(&keys.token), attacker).await.is_ok());
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(auth.authenticate(&bearing(&keys.token), attacker).await.is_ok());
-        let err = auth.authenticate(&bearing("guess-elsewhere"), honest).await.err().unwrap();
+        let err = auth.authenticate(&bearing(&legacy(2)), honest).await.err().unwrap();
         assert_eq!(err.code, ErrorCode::Unauthorized);
         assert_eq!(keys.lookups.load(Ordering::SeqCst), 1);
+        // Once stale, the operator-chosen hashes are read again, once.
+        for i in 0..5 {
+            let _ = auth.authenticate(&bearing(&format!("late-guess-{i}")), guesser).await;
+        }
+        assert_eq!(keys.custom_reads.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -400,3 +400,33 @@ async fn a_flood_of_bad_tokens_is_refused_and_throttled_without_failing_anyone()
         assert!(metrics.contains(&line), "{line} missing from /metrics");
     }
 }
+
+/// Tokens without Coffer's prefix can only be an operator's bootstrap token: the store names
+/// those keys' hashes, and the server refuses any other such token without looking it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_operators_own_tokens_are_taken_without_the_prefix() {
+    let Some(app) = spawn().await else { return };
+    let admin_hash = coffer_store::TokenHash::of(ADMIN);
+    assert_eq!(app.store.custom_token_hashes().await.unwrap(), vec![admin_hash]);
+    let (_, issued) = app.key(&["admin"], None).await;
+    assert_eq!(
+        app.store.custom_token_hashes().await.unwrap(),
+        vec![admin_hash],
+        "an issued token is not custom"
+    );
+
+    for guess in ["admin-test-tokem", "x", &"y".repeat(64)] {
+        let r = app.get_as(guess, "/v1/ledgers").await;
+        r.assert_problem(401, "unauthorized");
+        assert!(r.body["detail"].as_str().unwrap().contains("not valid"), "{}", r.text);
+    }
+    assert_eq!(app.get_as(ADMIN, "/v1/ledgers").await.status, 200);
+
+    // Revoking the bootstrap key takes its hash out of the list, and the token stops at once here.
+    let keys = app.get_as(&issued, "/v1/keys").await;
+    let bootstrap = keys.body["data"].as_array().unwrap().iter().find(|k| k["name"] == "bootstrap").unwrap();
+    let path = format!("/v1/keys/{}", bootstrap["id"].as_str().unwrap());
+    assert_eq!(app.send("DELETE", &path, Some(&issued), None, &[]).await.status, 204);
+    assert!(app.store.custom_token_hashes().await.unwrap().is_empty());
+    app.get_as(ADMIN, "/v1/ledgers").await.assert_problem(401, "unauthorized");
+}

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_store::{ApiKey, KeyCache, KeyDirectory, TokenHash, TokenKind, bearer_token};
+use coffer_store::{ApiKey, KeyCache, KeyDirectory, TokenHash, bearer_token};
 use http::HeaderMap;
 
 use crate::problem::GatewayProblem;
@@ -27,11 +27,13 @@ impl EdgeAuth {
     /// (the edge does not let unchecked tokens through while the key table is unreachable).
     pub async fn check(&self, headers: &HeaderMap) -> Result<Arc<ApiKey>, GatewayProblem> {
         let token = bearer(headers).ok_or(GatewayProblem::Unauthorized)?;
-        // A token with Coffer's prefix but not its checksum is refused from its text alone.
-        if !TokenKind::of(token).may_exist() {
-            return Err(GatewayProblem::Unauthorized);
-        }
-        match self.keys.find(TokenHash::of(token)).await {
+        // A token that cannot be a key's (see `KeyCache::may_exist`) is refused without a read.
+        let key = match self.keys.may_exist(token).await {
+            Ok(true) => self.keys.find(TokenHash::of(token)).await,
+            Ok(false) => Ok(None),
+            Err(err) => Err(err),
+        };
+        match key {
             Ok(Some(key)) => Ok(key),
             Ok(None) => Err(GatewayProblem::Unauthorized),
             Err(err) => {

@@ -128,6 +128,10 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
 pub trait KeyDirectory: Send + Sync + 'static {
     /// The key (revoked or not) whose token hashes to `hash`.
     async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>>;
+
+    /// The token hashes of the unrevoked keys whose token an operator chose (a bootstrap
+    /// token): the only keys an unprefixed token can belong to.
+    async fn custom_token_hashes(&self) -> StoreResult<Vec<TokenHash>>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +144,10 @@ pub struct NewApiKey {
     /// When the key stops working by itself; `None`: never.
     pub expires_at: Option<Timestamp>,
     pub token_hash: TokenHash,
+    /// The token is an operator's own ([`TokenKind::Custom`], only a bootstrap token can be),
+    /// not one Coffer issued. Such keys are few, and servers hold their hashes in memory so that
+    /// any other unprefixed token is refused without a look-up ([`KeyDirectory::custom_token_hashes`]).
+    pub custom_token: bool,
 }
 
 impl NewApiKey {

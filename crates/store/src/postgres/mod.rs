@@ -157,12 +157,20 @@ impl KeyDirectory for Pool {
     async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
         keys::by_token(&self.get().await.map_err(pool_error)?, hash).await
     }
+
+    async fn custom_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
+        keys::custom_token_hashes(&self.get().await.map_err(pool_error)?).await
+    }
 }
 
 #[async_trait]
 impl KeyDirectory for PgStore {
     async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
         self.keys.key_by_token(hash).await
+    }
+
+    async fn custom_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
+        self.keys.custom_token_hashes().await
     }
 }
 

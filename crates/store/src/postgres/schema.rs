@@ -209,6 +209,13 @@ ALTER TABLE api_keys ADD COLUMN expires_at BIGINT;
 ALTER TABLE webhooks ADD COLUMN previous_secret TEXT;
 ALTER TABLE webhooks ADD COLUMN previous_secret_expires_at BIGINT;
 "#,
+    r#"
+-- Keys whose token an operator chose (a bootstrap token) rather than Coffer issued (issue 13):
+-- servers keep their few hashes in memory and refuse any other unprefixed token without a
+-- look-up. Keys bootstrapped before this column may have such a token.
+ALTER TABLE api_keys ADD COLUMN custom_token BOOLEAN NOT NULL DEFAULT false;
+UPDATE api_keys SET custom_token = true WHERE name = 'bootstrap';
+"#,
 ];
 
 /// The schema version this binary writes.

@@ -44,8 +44,8 @@ fn key(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
 
 pub(crate) fn create(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusqlite::Result<ApiKey> {
     conn.execute(
-        "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at, expires_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at, expires_at, \
+         custom_token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             key.id.0.as_bytes(),
             key.name,
@@ -53,7 +53,8 @@ pub(crate) fn create(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusql
             key.rate_limit_per_second,
             key.token_hash.0,
             now.as_micros(),
-            key.expires_at.map(Timestamp::as_micros)
+            key.expires_at.map(Timestamp::as_micros),
+            key.custom_token
         ],
     )?;
     Ok(key.stored(now))
@@ -63,8 +64,8 @@ pub(crate) fn create(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusql
 /// database cannot both bootstrap.
 pub(crate) fn bootstrap(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusqlite::Result<bool> {
     let inserted = conn.execute(
-        "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at, expires_at) \
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM api_keys)",
+        "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at, expires_at, \
+         custom_token) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE NOT EXISTS (SELECT 1 FROM api_keys)",
         params![
             key.id.0.as_bytes(),
             key.name,
@@ -72,7 +73,8 @@ pub(crate) fn bootstrap(conn: &Connection, key: NewApiKey, now: Timestamp) -> ru
             key.rate_limit_per_second,
             key.token_hash.0,
             now.as_micros(),
-            key.expires_at.map(Timestamp::as_micros)
+            key.expires_at.map(Timestamp::as_micros),
+            key.custom_token
         ],
     )?;
     Ok(inserted == 1)
@@ -81,6 +83,12 @@ pub(crate) fn bootstrap(conn: &Connection, key: NewApiKey, now: Timestamp) -> ru
 pub(crate) fn by_token(conn: &Connection, hash: TokenHash) -> rusqlite::Result<Option<ApiKey>> {
     let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM api_keys WHERE token_hash = ?1"))?;
     stmt.query_row([hash.0], key).optional()
+}
+
+pub(crate) fn custom_token_hashes(conn: &Connection) -> rusqlite::Result<Vec<TokenHash>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT token_hash FROM api_keys WHERE custom_token AND revoked_at IS NULL")?;
+    stmt.query_map([], |row| row.get::<_, [u8; 32]>(0).map(TokenHash))?.collect()
 }
 
 pub(crate) fn list(conn: &Connection) -> rusqlite::Result<Vec<ApiKey>> {

@@ -86,12 +86,20 @@ impl KeyDirectory for Arc<ReadPool> {
     async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
         self.run(move |c| keys::by_token(c, hash)).await
     }
+
+    async fn custom_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
+        self.run(keys::custom_token_hashes).await
+    }
 }
 
 #[async_trait]
 impl KeyDirectory for SqliteStore {
     async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
         self.reads.key_by_token(hash).await
+    }
+
+    async fn custom_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
+        self.reads.custom_token_hashes().await
     }
 }
 

@@ -258,6 +258,13 @@ ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
 ALTER TABLE webhooks ADD COLUMN previous_secret TEXT;
 ALTER TABLE webhooks ADD COLUMN previous_secret_expires_at INTEGER;
 "#,
+    r#"
+-- Keys whose token an operator chose (a bootstrap token) rather than Coffer issued (issue 13):
+-- servers keep their few hashes in memory and refuse any other unprefixed token without a
+-- look-up. Keys bootstrapped before this column may have such a token.
+ALTER TABLE api_keys ADD COLUMN custom_token INTEGER NOT NULL DEFAULT 0;
+UPDATE api_keys SET custom_token = 1 WHERE name = 'bootstrap';
+"#,
 ];
 
 /// The schema version this binary writes.
