@@ -67,7 +67,7 @@ pub async fn bootstrap(store: &dyn Store, token: Option<&str>) -> StoreResult<Op
         rate_limit_per_second: None,
         expires_at: None,
         token_hash: TokenHash::of(&token),
-        custom_token: TokenKind::of(&token) == TokenKind::Custom,
+        bare_token: TokenKind::of(&token) != TokenKind::Issued,
     };
     let created = store.bootstrap_key(key).await?;
     Ok((created && generated).then_some(token))
@@ -230,7 +230,7 @@ mod tests {
         token: String,
         custom: String,
         lookups: AtomicUsize,
-        custom_reads: AtomicUsize,
+        bare_reads: AtomicUsize,
     }
 
     impl CountingKeys {
@@ -239,15 +239,15 @@ mod tests {
                 token: generate_token(),
                 custom: "an-operators-own-bootstrap-token-of-40-chars".into(),
                 lookups: AtomicUsize::new(0),
-                custom_reads: AtomicUsize::new(0),
+                bare_reads: AtomicUsize::new(0),
             }
         }
     }
 
     #[async_trait::async_trait]
     impl KeyDirectory for CountingKeys {
-        async fn custom_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
-            self.custom_reads.fetch_add(1, Ordering::SeqCst);
+        async fn bare_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
+            self.bare_reads.fetch_add(1, Ordering::SeqCst);
             Ok(vec![TokenHash::of(&self.custom)])
         }
 
@@ -298,21 +298,23 @@ mod tests {
         }
         assert_eq!(keys.lookups.load(Ordering::SeqCst), 0, "a forged token was looked up");
 
-        // Tokens without the prefix: compared with the operator-chosen ones, read once per TTL.
+        // Tokens without a checksum, with or without the prefix: compared with the bare tokens'
+        // hashes, read once per TTL.
+        let legacy = |i: u8| format!("coffer_{}", format!("{i:02x}").repeat(32));
+        assert_eq!(TokenKind::of(&legacy(1)), TokenKind::Legacy);
         for i in 0..50 {
-            let err = auth.authenticate(&bearing(&format!("guess-{i}")), guesser).await.err().unwrap();
+            let token = if i % 2 == 0 { format!("guess-{i}") } else { legacy(i) };
+            let err = auth.authenticate(&bearing(&token), guesser).await.err().unwrap();
             let expected = if i < 4 { ErrorCode::Unauthorized } else { ErrorCode::RateLimited };
             assert_eq!(err.code, expected, "guess {i}");
         }
-        assert_eq!(keys.lookups.load(Ordering::SeqCst), 0, "an unprefixed guess was looked up");
-        assert_eq!(keys.custom_reads.load(Ordering::SeqCst), 1);
+        assert_eq!(keys.lookups.load(Ordering::SeqCst), 0, "a guess without a checksum was looked up");
+        assert_eq!(keys.bare_reads.load(Ordering::SeqCst), 1);
         assert!(auth.authenticate(&bearing(&keys.custom), honest).await.is_ok());
 
-        // Coffer's old tokens (prefix, no checksum) are looked up until the address runs out of
-        // failures; the forged and unprefixed ones above used up the attacker's allowance.
-        let legacy = |i: u8| format!("coffer_{}", format!("{i:02x}").repeat(32));
-        assert_eq!(TokenKind::of(&legacy(1)), TokenKind::Legacy);
-        let err = auth.authenticate(&bearing(&legacy(1)), attacker).await.err().unwrap();
+        // Checksummed tokens of no key are looked up until the address runs out of failures;
+        // the forged ones above used up the attacker's allowance.
+        let err = auth.authenticate(&bearing(&generate_token()), attacker).await.err().unwrap();
         assert_eq!(err.code, ErrorCode::RateLimited);
         assert_eq!(keys.lookups.load(Ordering::SeqCst), 0);
         // The verified key still works from there, even once its cache entry is stale, and other
@@ -320,14 +322,14 @@ mod tests {
         assert!(auth.authenticate(&bearing(&keys.token), attacker).await.is_ok());
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(auth.authenticate(&bearing(&keys.token), attacker).await.is_ok());
-        let err = auth.authenticate(&bearing(&legacy(2)), honest).await.err().unwrap();
+        let err = auth.authenticate(&bearing(&generate_token()), honest).await.err().unwrap();
         assert_eq!(err.code, ErrorCode::Unauthorized);
         assert_eq!(keys.lookups.load(Ordering::SeqCst), 1);
-        // Once stale, the operator-chosen hashes are read again, once.
+        // Once stale, the bare tokens' hashes are read again, once.
         for i in 0..5 {
             let _ = auth.authenticate(&bearing(&format!("late-guess-{i}")), guesser).await;
         }
-        assert_eq!(keys.custom_reads.load(Ordering::SeqCst), 2);
+        assert_eq!(keys.bare_reads.load(Ordering::SeqCst), 2);
     }
 
     #[test]

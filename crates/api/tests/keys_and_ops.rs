@@ -407,10 +407,10 @@ async fn a_flood_of_bad_tokens_is_refused_and_throttled_without_failing_anyone()
 async fn only_the_operators_own_tokens_are_taken_without_the_prefix() {
     let Some(app) = spawn().await else { return };
     let admin_hash = coffer_store::TokenHash::of(ADMIN);
-    assert_eq!(app.store.custom_token_hashes().await.unwrap(), vec![admin_hash]);
+    assert_eq!(app.store.bare_token_hashes().await.unwrap(), vec![admin_hash]);
     let (_, issued) = app.key(&["admin"], None).await;
     assert_eq!(
-        app.store.custom_token_hashes().await.unwrap(),
+        app.store.bare_token_hashes().await.unwrap(),
         vec![admin_hash],
         "an issued token is not custom"
     );
@@ -427,6 +427,6 @@ async fn only_the_operators_own_tokens_are_taken_without_the_prefix() {
     let bootstrap = keys.body["data"].as_array().unwrap().iter().find(|k| k["name"] == "bootstrap").unwrap();
     let path = format!("/v1/keys/{}", bootstrap["id"].as_str().unwrap());
     assert_eq!(app.send("DELETE", &path, Some(&issued), None, &[]).await.status, 204);
-    assert!(app.store.custom_token_hashes().await.unwrap().is_empty());
+    assert!(app.store.bare_token_hashes().await.unwrap().is_empty());
     app.get_as(ADMIN, "/v1/ledgers").await.assert_problem(401, "unauthorized");
 }

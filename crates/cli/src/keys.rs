@@ -93,7 +93,7 @@ async fn manage(keys: &Keys, command: KeysCommand) -> anyhow::Result<()> {
                     rate_limit_per_second,
                     expires_at: None,
                     token_hash: coffer_store::TokenHash::of(&token),
-                    custom_token: false,
+                    bare_token: false,
                 })
                 .await?;
             println!("id:    {}", key.id.0);

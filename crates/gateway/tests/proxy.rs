@@ -552,7 +552,7 @@ async fn key_table(dir: &std::path::Path) -> (Arc<dyn KeyDirectory>, String, Str
             rate_limit_per_second: None,
             expires_at: None,
             token_hash: TokenHash::of(&token),
-            custom_token: false,
+            bare_token: false,
         };
         let id = key.id;
         store.create_key(key).await.unwrap();

@@ -6,9 +6,8 @@
 //! revoked it ([`KeyCache::evict`]).
 //!
 //! A flood of *different* bad tokens would miss the cache every time, so a token is first judged
-//! without its key ([`KeyCache::may_exist`]): one with Coffer's prefix by its checksum, any other
-//! against the few operator-chosen tokens, whose hashes the cache holds and reads again once per
-//! TTL (one read however many requests want it).
+//! without its key ([`KeyCache::may_exist`]): a checksummed one by its checksum, any other against
+//! the hashes of the few keys whose token has none ([`BareTokens`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 use coffer_ledger::Timestamp;
 use subtle::ConstantTimeEq;
 
+use crate::bare_tokens::BareTokens;
 use crate::{ApiKey, KeyDirectory, KeyId, StoreResult, TokenHash, TokenKind};
 
 /// Cached tokens (valid or not) before the cache is pruned.
@@ -35,69 +35,28 @@ pub struct KeyCache {
     /// Keyed by the first half of the token's hash; the whole hash is then compared in constant
     /// time, so the map's own lookup never compares secret-derived bytes in full.
     entries: RwLock<HashMap<[u8; 16], Entry>>,
-    /// The hashes of the operator-chosen tokens, and when they were read.
-    custom: RwLock<Option<(Arc<[TokenHash]>, Instant)>>,
-    /// Held while those hashes are read again, so that a flood waits for one read.
-    refreshing_custom: tokio::sync::Mutex<()>,
+    bare: BareTokens,
 }
 
 impl KeyCache {
     pub fn new(directory: Arc<dyn KeyDirectory>, ttl: Duration) -> Self {
         Self {
-            directory,
+            directory: directory.clone(),
             ttl,
             entries: RwLock::new(HashMap::new()),
-            custom: RwLock::new(None),
-            refreshing_custom: tokio::sync::Mutex::new(()),
+            bare: BareTokens::new(directory.clone(), ttl),
         }
     }
 
-    /// Whether `token` may be a key's, so that its key is worth reading: a token with Coffer's
-    /// prefix when its shape and checksum hold, any other when it is one of the operator-chosen
-    /// tokens. An error only when those have never been read and cannot be now.
+    /// Whether `token` may be a key's, so that its key is worth reading: a checksummed token when
+    /// its checksum holds, any other when its hash is a bare token's ([`BareTokens`]). An error
+    /// only when those hashes have never been read and cannot be now.
     pub async fn may_exist(&self, token: &str) -> StoreResult<bool> {
         match TokenKind::of(token) {
-            TokenKind::Issued | TokenKind::Legacy => Ok(true),
+            TokenKind::Issued => Ok(true),
             TokenKind::Forged => Ok(false),
-            TokenKind::Custom => {
-                let hash = TokenHash::of(token);
-                let known = self.custom_hashes().await?;
-                // Compared in constant time, each: these are the hashes of live secrets.
-                Ok(known.iter().fold(false, |found, h| found | bool::from(h.0.ct_eq(&hash.0))))
-            }
+            TokenKind::Legacy | TokenKind::Custom => self.bare.contains(&TokenHash::of(token)).await,
         }
-    }
-
-    /// The operator-chosen tokens' hashes, read again when older than the TTL. A failed read
-    /// keeps the previous ones for another TTL (an outage neither locks the bootstrap key out
-    /// nor lets a flood retry the read on every request).
-    async fn custom_hashes(&self) -> StoreResult<Arc<[TokenHash]>> {
-        if let Some(fresh) = self.fresh_custom() {
-            return Ok(fresh);
-        }
-        let _one_reader = self.refreshing_custom.lock().await;
-        if let Some(fresh) = self.fresh_custom() {
-            return Ok(fresh);
-        }
-        match self.directory.custom_token_hashes().await {
-            Ok(hashes) => {
-                let hashes: Arc<[TokenHash]> = hashes.into();
-                *self.custom.write().unwrap_or_else(PoisonError::into_inner) =
-                    Some((hashes.clone(), Instant::now()));
-                Ok(hashes)
-            }
-            Err(err) => {
-                let mut custom = self.custom.write().unwrap_or_else(PoisonError::into_inner);
-                let (hashes, read) = custom.as_mut().ok_or(err)?;
-                *read = Instant::now();
-                Ok(hashes.clone())
-            }
-        }
-    }
-
-    fn fresh_custom(&self) -> Option<Arc<[TokenHash]>> {
-        let custom = self.custom.read().unwrap_or_else(PoisonError::into_inner);
-        custom.as_ref().filter(|(_, read)| read.elapsed() < self.ttl).map(|(hashes, _)| hashes.clone())
     }
 
     /// The live (unrevoked, unexpired) key whose token hashes to `hash`, or `None`.
@@ -157,7 +116,7 @@ impl KeyCache {
     }
 }
 
-fn prefix(hash: &TokenHash) -> [u8; 16] {
+pub(crate) fn prefix(hash: &TokenHash) -> [u8; 16] {
     let mut out = [0u8; 16];
     out.copy_from_slice(&hash.0[..16]);
     out

@@ -35,9 +35,11 @@ pub fn issue_token() -> String {
 pub enum TokenKind {
     /// Issued by Coffer, checksum intact: the store is asked.
     Issued,
-    /// Issued by Coffer before tokens carried a checksum (`coffer_` and 64 hex digits): asked.
+    /// Issued by Coffer before tokens carried a checksum (`coffer_` and 64 hex digits): asked
+    /// only when it is a bare token's (`KeyCache::may_exist`).
     Legacy,
-    /// Not of Coffer's making: only a bootstrap token an operator chose can be one. Asked.
+    /// Not of Coffer's making: only a bootstrap token an operator chose can be one. Asked only
+    /// when it is a bare token's.
     Custom,
     /// Claims to be Coffer's (the prefix) but is not of its shape or its checksum is wrong:
     /// refused without asking the store.
@@ -129,9 +131,10 @@ pub trait KeyDirectory: Send + Sync + 'static {
     /// The key (revoked or not) whose token hashes to `hash`.
     async fn key_by_token(&self, hash: TokenHash) -> StoreResult<Option<ApiKey>>;
 
-    /// The token hashes of the unrevoked keys whose token an operator chose (a bootstrap
-    /// token): the only keys an unprefixed token can belong to.
-    async fn custom_token_hashes(&self) -> StoreResult<Vec<TokenHash>>;
+    /// The token hashes of the unrevoked keys whose token carries no checksum (a bootstrap token
+    /// an operator chose, or one issued before tokens had a checksum): the only keys a token
+    /// without a valid checksum can belong to.
+    async fn bare_token_hashes(&self) -> StoreResult<Vec<TokenHash>>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,10 +147,11 @@ pub struct NewApiKey {
     /// When the key stops working by itself; `None`: never.
     pub expires_at: Option<Timestamp>,
     pub token_hash: TokenHash,
-    /// The token is an operator's own ([`TokenKind::Custom`], only a bootstrap token can be),
-    /// not one Coffer issued. Such keys are few, and servers hold their hashes in memory so that
-    /// any other unprefixed token is refused without a look-up ([`KeyDirectory::custom_token_hashes`]).
-    pub custom_token: bool,
+    /// The token carries no checksum: an operator's own ([`TokenKind::Custom`], only a bootstrap
+    /// token can be). Such keys are few, and servers hold their hashes in memory so that any
+    /// other token without a checksum is refused without a look-up
+    /// ([`KeyDirectory::bare_token_hashes`]).
+    pub bare_token: bool,
 }
 
 impl NewApiKey {

@@ -5,6 +5,7 @@
 //! writes balances, transfers and outbox rows in ONE transaction. Idempotency-Key answers are
 //! stored, durably, when the request that carried the key completes.
 
+mod bare_tokens;
 mod columns;
 mod config;
 mod coordination;

@@ -110,7 +110,7 @@ fn new_key(scopes: Vec<Scope>, hash: u8) -> NewApiKey {
         rate_limit_per_second: Some(50),
         expires_at: None,
         token_hash: TokenHash([hash; 32]),
-        custom_token: false,
+        bare_token: false,
     }
 }
 

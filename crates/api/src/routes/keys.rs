@@ -52,7 +52,7 @@ pub async fn create_key(
             rate_limit_per_second: body.rate_limit_per_second.map(|r| r.get()),
             expires_at: body.expires_at,
             token_hash: TokenHash::of(&token),
-            custom_token: false,
+            bare_token: false,
         })
         .await?;
     created(StatusCode::CREATED, key, token, |created| created)
@@ -120,7 +120,7 @@ pub async fn rotate_key(
             rate_limit_per_second: old.rate_limit_per_second,
             expires_at: old.expires_at,
             token_hash: TokenHash::of(&token),
-            custom_token: false,
+            bare_token: false,
         })
         .await?;
     let previous =

@@ -10,7 +10,7 @@ use crate::{ApiKey, KeyId, NewApiKey, Scope, StoreError, StoreResult, TokenHash}
 const COLUMNS: &str = "id, name, scopes, rate_limit_per_second, created_at, revoked_at, expires_at";
 
 const INSERT: &str = "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at, \
-                      expires_at, custom_token) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+                      expires_at, bare_token) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// Any number the other servers agree on: the advisory lock that makes bootstrapping one at a time.
 const BOOTSTRAP_LOCK: i64 = 0x636f_6b65_7973; // "cokeys"
@@ -59,7 +59,7 @@ async fn insert(
                 &key.token_hash.0.as_slice(),
                 &now.as_micros(),
                 &key.expires_at.map(Timestamp::as_micros),
-                &key.custom_token,
+                &key.bare_token,
             ],
         )
         .await
@@ -96,9 +96,9 @@ pub(super) async fn by_token(client: &Client, hash: TokenHash) -> StoreResult<Op
         .transpose()
 }
 
-pub(super) async fn custom_token_hashes(client: &Client) -> StoreResult<Vec<TokenHash>> {
+pub(super) async fn bare_token_hashes(client: &Client) -> StoreResult<Vec<TokenHash>> {
     let rows = client
-        .query("SELECT token_hash FROM api_keys WHERE custom_token AND revoked_at IS NULL", &[])
+        .query("SELECT token_hash FROM api_keys WHERE bare_token AND revoked_at IS NULL", &[])
         .await
         .map_err(pg_error)?;
     rows.iter()

@@ -158,8 +158,8 @@ impl KeyDirectory for Pool {
         keys::by_token(&self.get().await.map_err(pool_error)?, hash).await
     }
 
-    async fn custom_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
-        keys::custom_token_hashes(&self.get().await.map_err(pool_error)?).await
+    async fn bare_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
+        keys::bare_token_hashes(&self.get().await.map_err(pool_error)?).await
     }
 }
 
@@ -169,8 +169,8 @@ impl KeyDirectory for PgStore {
         self.keys.key_by_token(hash).await
     }
 
-    async fn custom_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
-        self.keys.custom_token_hashes().await
+    async fn bare_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
+        self.keys.bare_token_hashes().await
     }
 }
 

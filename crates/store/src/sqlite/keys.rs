@@ -45,7 +45,7 @@ fn key(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
 pub(crate) fn create(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusqlite::Result<ApiKey> {
     conn.execute(
         "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at, expires_at, \
-         custom_token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         bare_token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             key.id.0.as_bytes(),
             key.name,
@@ -54,7 +54,7 @@ pub(crate) fn create(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusql
             key.token_hash.0,
             now.as_micros(),
             key.expires_at.map(Timestamp::as_micros),
-            key.custom_token
+            key.bare_token
         ],
     )?;
     Ok(key.stored(now))
@@ -65,7 +65,7 @@ pub(crate) fn create(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusql
 pub(crate) fn bootstrap(conn: &Connection, key: NewApiKey, now: Timestamp) -> rusqlite::Result<bool> {
     let inserted = conn.execute(
         "INSERT INTO api_keys (id, name, scopes, rate_limit_per_second, token_hash, created_at, expires_at, \
-         custom_token) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE NOT EXISTS (SELECT 1 FROM api_keys)",
+         bare_token) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE NOT EXISTS (SELECT 1 FROM api_keys)",
         params![
             key.id.0.as_bytes(),
             key.name,
@@ -74,7 +74,7 @@ pub(crate) fn bootstrap(conn: &Connection, key: NewApiKey, now: Timestamp) -> ru
             key.token_hash.0,
             now.as_micros(),
             key.expires_at.map(Timestamp::as_micros),
-            key.custom_token
+            key.bare_token
         ],
     )?;
     Ok(inserted == 1)
@@ -85,9 +85,9 @@ pub(crate) fn by_token(conn: &Connection, hash: TokenHash) -> rusqlite::Result<O
     stmt.query_row([hash.0], key).optional()
 }
 
-pub(crate) fn custom_token_hashes(conn: &Connection) -> rusqlite::Result<Vec<TokenHash>> {
+pub(crate) fn bare_token_hashes(conn: &Connection) -> rusqlite::Result<Vec<TokenHash>> {
     let mut stmt =
-        conn.prepare_cached("SELECT token_hash FROM api_keys WHERE custom_token AND revoked_at IS NULL")?;
+        conn.prepare_cached("SELECT token_hash FROM api_keys WHERE bare_token AND revoked_at IS NULL")?;
     stmt.query_map([], |row| row.get::<_, [u8; 32]>(0).map(TokenHash))?.collect()
 }
 

@@ -87,8 +87,8 @@ impl KeyDirectory for Arc<ReadPool> {
         self.run(move |c| keys::by_token(c, hash)).await
     }
 
-    async fn custom_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
-        self.run(keys::custom_token_hashes).await
+    async fn bare_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
+        self.run(keys::bare_token_hashes).await
     }
 }
 
@@ -98,8 +98,8 @@ impl KeyDirectory for SqliteStore {
         self.reads.key_by_token(hash).await
     }
 
-    async fn custom_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
-        self.reads.custom_token_hashes().await
+    async fn bare_token_hashes(&self) -> StoreResult<Vec<TokenHash>> {
+        self.reads.bare_token_hashes().await
     }
 }
 

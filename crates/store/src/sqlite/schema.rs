@@ -259,11 +259,12 @@ ALTER TABLE webhooks ADD COLUMN previous_secret TEXT;
 ALTER TABLE webhooks ADD COLUMN previous_secret_expires_at INTEGER;
 "#,
     r#"
--- Keys whose token an operator chose (a bootstrap token) rather than Coffer issued (issue 13):
--- servers keep their few hashes in memory and refuse any other unprefixed token without a
--- look-up. Keys bootstrapped before this column may have such a token.
-ALTER TABLE api_keys ADD COLUMN custom_token INTEGER NOT NULL DEFAULT 0;
-UPDATE api_keys SET custom_token = 1 WHERE name = 'bootstrap';
+-- Keys whose token carries no checksum (issue 13): an operator's own bootstrap token, or one
+-- issued before tokens had a checksum. Servers keep these few hashes in memory and refuse any
+-- other token the checksum cannot vouch for without a look-up. Any key made before this column
+-- may have such a token.
+ALTER TABLE api_keys ADD COLUMN bare_token INTEGER NOT NULL DEFAULT 0;
+UPDATE api_keys SET bare_token = 1;
 "#,
 ];
 
