@@ -3,18 +3,16 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use coffer_ledger::Timestamp;
 use coffer_store::{ApiKey, KeyId, NewApiKey, Scope, TokenHash};
-use http::{StatusCode, header};
+use http::StatusCode;
 use uuid::Uuid;
 
-use super::json;
+use super::{json, shown_once};
 use crate::auth::{AdminScope, Caller, generate_token};
 use crate::dto::{CreateKey, CreatedKey, KeyView, List, NoQuery, RotateKey, RotatedKey};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, JsonBody, Optional};
-use crate::idempotency::StoreInstead;
 use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
 use crate::state::AppState;
 
@@ -67,14 +65,8 @@ fn created<T: serde::Serialize>(
     wrap: impl Fn(CreatedKey) -> T,
 ) -> Result<Response, ApiError> {
     let key = KeyView::from(key);
-    let shown = serde_json::to_vec(&wrap(CreatedKey { key: key.clone(), token: Some(token) }));
-    let stored = serde_json::to_vec(&wrap(CreatedKey { key, token: None }));
-    let (Ok(shown), Ok(stored)) = (shown, stored) else {
-        return Err(ApiError::internal("key serialization"));
-    };
-    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], shown).into_response();
-    response.extensions_mut().insert(StoreInstead(Bytes::from(stored)));
-    Ok(response)
+    let shown = wrap(CreatedKey { key: key.clone(), token: Some(token) });
+    Ok(shown_once(status, &shown, &wrap(CreatedKey { key, token: None })))
 }
 
 /// Longest a rotated-out token may keep working.

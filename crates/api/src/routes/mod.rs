@@ -116,6 +116,18 @@ pub async fn method_not_allowed(matched: Option<MatchedPath>) -> Response {
 }
 
 /// A JSON response; serialization of our own types does not fail, but would be a 500, not a panic.
+/// An answer that shows a secret once: `shown` goes to the client, and `stored`, the same with
+/// the secret nulled, is what the idempotency layer keeps and a replay answers, so no token or
+/// signing secret is ever written to the idempotency table.
+pub fn shown_once<T: Serialize>(status: StatusCode, shown: &T, stored: &T) -> Response {
+    let Ok(stored) = serde_json::to_vec(stored) else {
+        return ApiError::internal("a response could not be serialized").into_response();
+    };
+    let mut response = json(status, shown);
+    response.extensions_mut().insert(crate::idempotency::StoreInstead(stored.into()));
+    response
+}
+
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::json;
+use super::{json, shown_once};
 use crate::auth::{AdminScope, Caller};
 use crate::dto::{NoQuery, page_limit};
 use crate::error::{ApiError, ErrorCode};
@@ -65,7 +65,7 @@ pub struct CreateWebhook {
 }
 
 /// An endpoint as listed (without its secret).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct WebhookView {
     pub id: Uuid,
     pub url: String,
@@ -77,12 +77,13 @@ pub struct WebhookView {
 }
 
 /// A new endpoint, with the secret that signs its deliveries: shown only this once.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CreatedWebhook {
     #[serde(flatten)]
     pub webhook: WebhookView,
-    /// `whsec_…`: verify `webhook-signature` with it (Standard Webhooks).
-    pub secret: String,
+    /// `whsec_…`: verify `webhook-signature` with it (Standard Webhooks). Null in the replay of
+    /// an Idempotency-Key: the secret is never written down (rotate it to get a new one).
+    pub secret: Option<String>,
 }
 
 /// A secret rotation's options.
@@ -96,14 +97,15 @@ pub struct RotateSecret {
 }
 
 /// A rotated endpoint: its new secret, shown only this once, and when the old one stops signing.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RotatedWebhook {
     #[serde(flatten)]
     pub webhook: WebhookView,
     /// The new `whsec_…` secret. Until `previous_secret_expires_at` (null with an overlap of 0)
     /// every delivery carries a signature with each secret (`v1,<new> v1,<old>`), so switching
-    /// receivers has no gap.
-    pub secret: String,
+    /// receivers has no gap. Null in the replay of an Idempotency-Key: the secret is never
+    /// written down.
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -241,8 +243,9 @@ pub async fn create_webhook(
         tracing::error!(webhook = %stored.id, error = %e, "a webhook's secret cannot be opened");
         ApiError::internal("a webhook's secret cannot be opened with the configured keys")
     })?;
-    let secret = secret.as_str().to_owned();
-    Ok(json(StatusCode::CREATED, &CreatedWebhook { webhook: view(stored), secret }))
+    let shown = CreatedWebhook { webhook: view(stored), secret: Some(secret.as_str().to_owned()) };
+    let kept = CreatedWebhook { secret: None, ..shown.clone() };
+    Ok(shown_once(StatusCode::CREATED, &shown, &kept))
 }
 
 /// Rotate an endpoint's signing secret (admin). The answer holds the new secret, shown only
@@ -275,9 +278,10 @@ pub async fn rotate_webhook_secret(
             }
             RotateError::Store(e) => e.into(),
         })?;
-    let secret = rotated.secret.as_str().to_owned();
-    let answer = RotatedWebhook { webhook: view(rotated.webhook), secret };
-    Ok(json(StatusCode::OK, &answer))
+    let shown =
+        RotatedWebhook { webhook: view(rotated.webhook), secret: Some(rotated.secret.as_str().to_owned()) };
+    let kept = RotatedWebhook { secret: None, ..shown.clone() };
+    Ok(shown_once(StatusCode::OK, &shown, &kept))
 }
 
 /// List the webhook endpoints, oldest first (admin).
