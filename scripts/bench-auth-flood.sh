@@ -4,8 +4,13 @@
 # tokens, on one server and one fresh database each. Prints both figures, their ratio, and every
 # 5xx either client saw. The target: honest throughput at least 80 % of the quiet run, no 5xx.
 #
+# FLOOD_TOKENS=checksummed sends tokens of Coffer's shape with a valid checksum, which the server
+# must look up; FLOOD_SOURCES=N spreads the flood over N loopback source addresses, each with its
+# own allowance of failed authentications.
+#
 #   scripts/bench-auth-flood.sh
 #   BENCH_SECONDS=30 FLOOD_RATE=5000 scripts/bench-auth-flood.sh
+#   FLOOD_TOKENS=checksummed FLOOD_SOURCES=250 scripts/bench-auth-flood.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p coffer
@@ -13,6 +18,8 @@ bin=target/release/coffer
 seconds=${BENCH_SECONDS:-15}
 clients=${BENCH_CONNECTIONS:-64}
 flood=${FLOOD_RATE:-5000}
+flood_tokens=${FLOOD_TOKENS:-random}
+flood_sources=${FLOOD_SOURCES:-}
 admin_url=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 base=${admin_url%/*}
 db=coffer_bench_flood
@@ -40,8 +47,9 @@ run() { # NAME ARGS...: one coffer bench run on a fresh database, its report in 
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 echo "date:    $(date -u +%Y-%m-%dT%H:%MZ), $seconds s per run, $clients honest connections, flood $flood req/s"
+echo "flood:   $flood_tokens tokens from ${flood_sources:-one} source address(es)"
 run quiet
-run flooded --flood-per-second "$flood"
+run flooded --flood-per-second "$flood" --flood-tokens "$flood_tokens" ${flood_sources:+--flood-sources "$flood_sources"}
 python3 - "$work/quiet.json" "$work/flooded.json" <<'PY'
 import json, sys
 quiet, flooded = (json.load(open(p)) for p in sys.argv[1:])

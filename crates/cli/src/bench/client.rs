@@ -34,9 +34,31 @@ pub struct Connection {
 
 impl Connection {
     pub async fn open(target: &Target) -> anyhow::Result<Self> {
-        let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .with_context(|| format!("cannot connect to {}:{}", target.host, target.port))?;
+        Self::open_from(target, None).await
+    }
+
+    /// A connection from the local address `source` (one of many loopback addresses, so the
+    /// server sees many clients), or from the one the system picks.
+    pub async fn open_from(target: &Target, source: Option<std::net::IpAddr>) -> anyhow::Result<Self> {
+        let cannot = || format!("cannot connect to {}:{}", target.host, target.port);
+        let stream = match source {
+            None => tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await,
+            Some(source) => {
+                let server = tokio::net::lookup_host((target.host.as_str(), target.port))
+                    .await
+                    .with_context(cannot)?
+                    .find(|addr| addr.is_ipv4() == source.is_ipv4())
+                    .with_context(cannot)?;
+                let socket = if source.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind((source, 0).into()).with_context(|| format!("cannot bind to {source}"))?;
+                socket.connect(server).await
+            }
+        }
+        .with_context(cannot)?;
         stream.set_nodelay(true)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);

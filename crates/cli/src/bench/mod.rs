@@ -57,6 +57,14 @@ pub struct BenchArgs {
     /// what they got is reported apart.
     #[arg(long)]
     flood_per_second: Option<u32>,
+    /// What the flood's tokens are: `random` text, or `checksummed` tokens of Coffer's own shape
+    /// with a valid checksum (no key's, but the server must look each one up).
+    #[arg(long, value_enum, default_value_t = flood::FloodTokens::Random, requires = "flood_per_second")]
+    flood_tokens: flood::FloodTokens,
+    /// Spread the flood over this many loopback source addresses (127.0.1.1 on), one connection
+    /// each (at least 16 connections), as a botnet would: the server limits failures per address.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000), requires = "flood_per_second")]
+    flood_sources: Option<u16>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -71,7 +79,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let bar = progress_bar(&args);
     let started = Instant::now();
     let flood_stop = Arc::new(AtomicBool::new(false));
-    let floods = args.flood_per_second.map(|rate| flood::start(&target, rate, flood_stop.clone()));
+    let floods = args.flood_per_second.map(|rate| {
+        let plan = flood::Plan { per_second: rate, tokens: args.flood_tokens, sources: args.flood_sources };
+        flood::start(&target, plan, flood_stop.clone())
+    });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..args.connections {
         let (target, workload, sent, stop) = (target.clone(), workload.clone(), sent.clone(), stop.clone());
