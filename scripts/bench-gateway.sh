@@ -104,8 +104,8 @@ ready replica "$api_port"
 # what two cores can send. No Redis: each gateway limits on its own.
 gateway_port=$(free_port)
 env -u COFFER_REDIS_URL "${store_env[@]}" COFFER_LOG_LEVEL=warn \
-  COFFER_GATEWAY_RATE_LIMIT_PER_SECOND=1000000 COFFER_GATEWAY_RATE_LIMIT_BURST=1000000 \
-  COFFER_GATEWAY_IP_RATE_LIMIT_PER_SECOND=1000000 COFFER_GATEWAY_IP_RATE_LIMIT_BURST=1000000 \
+  COFFER_GATEWAY__RATE_LIMIT_PER_SECOND=1000000 COFFER_GATEWAY__RATE_LIMIT_BURST=1000000 \
+  COFFER_GATEWAY__IP_RATE_LIMIT_PER_SECOND=1000000 COFFER_GATEWAY__IP_RATE_LIMIT_BURST=1000000 \
   $(on_cpus proxy) "$bin" gateway --listen "127.0.0.1:$gateway_port" --upstreams "http://127.0.0.1:$api_port" >/dev/null &
 gateway_pid=$!; pids+=("$gateway_pid")
 ready gateway "$gateway_port"

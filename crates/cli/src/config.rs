@@ -13,6 +13,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod env_names;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -193,44 +195,6 @@ impl GatewayOverrides {
     }
 }
 
-/// The top-level keys an environment variable may set. Other `COFFER_*` variables (the test
-/// suite's, say) are not configuration and are left alone rather than refused.
-const ENV_KEYS: &[&str] = &[
-    "roles",
-    "listen",
-    "tls_cert_path",
-    "tls_key_path",
-    "metrics_listen",
-    "data_dir",
-    "database_url",
-    "nats_url",
-    "nats_user",
-    "nats_password",
-    "nats_tls_ca_path",
-    "nats_tls_cert_path",
-    "nats_tls_key_path",
-    "nats_require_tls",
-    "redis_url",
-    "redis_tls_ca_path",
-    "bootstrap_token",
-    "webhook_allow_private_networks",
-    "webhook_allow_insecure_http",
-    "webhook_secret_keys",
-    "webhook_secret_key_file",
-    "log_format",
-    "log_level",
-    "shutdown_timeout_ms",
-    "store",
-    "api",
-    "events",
-];
-
-/// Whether an environment key (lower-cased, prefix stripped) sets `known` or one of its fields.
-fn is_under(key: &str, known: &str) -> bool {
-    key.strip_prefix(known)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with("__"))
-}
-
 impl Config {
     /// Reads the configuration: `file` (or `COFFER_CONFIG`), then the environment, then `overrides`.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
@@ -241,21 +205,48 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        let env = Env::prefixed("COFFER_")
-            .split("__")
-            .filter(|key| ENV_KEYS.iter().any(|known| is_under(&key.as_str().to_ascii_lowercase(), known)));
-        // `COFFER_GATEWAY_LISTEN` sets `gateway.listen` (one underscore, as the issue names
-        // them); the filter above leaves these out because `gateway_listen` is no top-level key.
-        let gateway_env =
-            Env::prefixed("COFFER_GATEWAY_").split("__").map(|key| format!("gateway.{key}").into());
+        let keys = Self::keys();
+        for (variable, _) in std::env::vars_os() {
+            if let Some(variable) = variable.to_str() {
+                keys.key_of(variable).map_err(anyhow::Error::msg)?;
+            }
+        }
+        // Every variable was checked above: here each is only mapped to its key.
+        let env = Env::raw().filter_map(move |name| {
+            keys.key_of(&name.as_str().to_ascii_uppercase()).ok().flatten().map(Into::into)
+        });
         let config: Config = figment
             .merge(env)
-            .merge(gateway_env)
             .merge(Serialized::defaults(overrides))
             .extract()
             .context("invalid configuration")?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The keys the file and the environment may set.
+    fn keys() -> env_names::Keys {
+        env_names::Keys {
+            top: env_names::fields_of::<Config>(),
+            sections: vec![
+                ("store", env_names::fields_of::<StoreConfig>()),
+                ("api", env_names::fields_of::<ApiConfig>()),
+                ("events", env_names::fields_of::<EventsConfig>()),
+                ("gateway", env_names::fields_of::<GatewayConfig>()),
+            ],
+        }
+    }
+
+    /// The same configuration with every secret masked, for printing: the bootstrap token, and
+    /// the password a URL may carry (`postgres://coffer:…@db/coffer`). The other secrets'
+    /// types print masked already.
+    pub fn masked(&self) -> Config {
+        let mut masked = self.clone();
+        masked.bootstrap_token = masked.bootstrap_token.map(|_| MASK.to_owned());
+        for url in [&mut masked.database_url, &mut masked.nats_url, &mut masked.redis_url] {
+            *url = url.as_deref().map(mask_password);
+        }
+        masked
     }
 
     /// How this process reaches NATS, when `nats_url` is set.
@@ -319,10 +310,49 @@ impl Config {
                 self.listen
             );
         }
+        check_log_level(&self.log_level)?;
         self.store.validate()?;
         self.api.validate()?;
         Ok(())
     }
+}
+
+const MASK: &str = "<masked>";
+
+/// `url` with the password of its user information masked; several hosts
+/// (`postgres://u:p@h1,h2/db`) are one authority here, as they are to PostgreSQL.
+fn mask_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let authority_end = url[scheme_end..].find(['/', '?', '#']).map_or(url.len(), |i| scheme_end + i);
+    let Some(at) = url[scheme_end..authority_end].rfind('@').map(|i| scheme_end + i) else {
+        return url.to_owned();
+    };
+    match url[scheme_end..at].find(':').map(|i| scheme_end + i) {
+        Some(colon) => format!("{}{MASK}{}", &url[..=colon], &url[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// A `tracing` filter whose every directive ends in a level: `info`, `coffer_store=debug,warn`.
+/// A bare word that is no level (`loud`) would be taken for a module's name and silence every
+/// other log line, so it is refused.
+fn check_log_level(filter: &str) -> anyhow::Result<()> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let directives: Vec<&str> = filter.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    if directives.is_empty() {
+        bail!("log_level is empty: use one of {}, or target=level", LEVELS.join(", "));
+    }
+    for directive in directives {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            bail!(
+                "log_level {filter:?}: {directive:?} is no level; use one of {}, or target=level",
+                LEVELS.join(", ")
+            );
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("log_level {filter:?}"))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -416,6 +446,63 @@ mod tests {
             }
             jail.set_env("COFFER_API__MAX_EVENT_STREAMS", "0");
             assert!(Config::load(None, Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_section_follows_one_rule_and_a_misspelt_variable_stops_the_start() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COFFER_STORE__BATCH_WAIT_US", "9");
+            jail.set_env("COFFER_GATEWAY__LISTEN", "127.0.0.1:7001");
+            jail.set_env("COFFER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:7002");
+            jail.set_env("COFFER_TEST_ANYTHING", "the test suite's own");
+            let config = Config::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.store.batch_wait_us, 9);
+            assert_eq!(config.gateway.listen.port(), 7001, "two underscores, as every section");
+            assert_eq!(config.gateway.admin_listen.map(|a| a.port()), Some(7002), "the old name");
+            jail.set_env("COFFER_STORE_BATCH_WAIT_US", "9");
+            let refused = Config::load(None, Overrides::default()).unwrap_err().to_string();
+            assert!(refused.contains("did you mean COFFER_STORE__BATCH_WAIT_US?"), "{refused}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_printed_configuration_shows_no_secret() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COFFER_BOOTSTRAP_TOKEN", "t0ken-of-the-operator");
+            jail.set_env(
+                "COFFER_DATABASE_URL",
+                "postgres://coffer:pa55word@db-1:5432,db-2:5432/coffer?sslmode=require",
+            );
+            jail.set_env("COFFER_REDIS_URL", "rediss://:r3dis@cache:6380/0");
+            jail.set_env("COFFER_NATS_URL", "nats://bus:4222");
+            let config = Config::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            let printed = format!("{:#?}", config.masked());
+            for secret in ["t0ken", "pa55word", "r3dis"] {
+                assert!(!printed.contains(secret), "{secret} in {printed}");
+            }
+            assert!(
+                printed.contains("postgres://coffer:<masked>@db-1:5432,db-2:5432/coffer?sslmode=require")
+            );
+            assert!(printed.contains("nats://bus:4222"), "a URL without a password is shown whole");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_log_level_is_parsed_at_start() {
+        figment::Jail::expect_with(|jail| {
+            for good in ["info", "coffer_store=debug,warn", "OFF"] {
+                jail.set_env("COFFER_LOG_LEVEL", good);
+                assert!(Config::load(None, Overrides::default()).is_ok(), "{good}");
+            }
+            for bad in ["loud", "coffer_store=loud", "", "info,[x"] {
+                jail.set_env("COFFER_LOG_LEVEL", bad);
+                let refused = Config::load(None, Overrides::default());
+                assert!(refused.is_err(), "{bad:?} was accepted");
+            }
             Ok(())
         });
     }

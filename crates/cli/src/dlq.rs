@@ -3,18 +3,18 @@
 //! for every deployment — the embedded store is locked by its server, and JetStream's dead
 //! letters are the server's to reach — and the same authentication as everything else.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+use crate::server_args::refusal;
+use crate::table;
+
 #[derive(Args)]
 pub struct DlqArgs {
-    /// The server's base URL.
-    #[arg(long, env = "COFFER_URL", default_value = "http://127.0.0.1:8080", global = true)]
-    url: String,
-    /// An admin API token.
-    #[arg(long, env = "COFFER_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
+    /// The server and an admin API token.
+    #[command(flatten)]
+    server: crate::server_args::ServerArgs,
     #[command(subcommand)]
     command: DlqCommand,
 }
@@ -26,23 +26,36 @@ enum DlqCommand {
         /// Only this consumer's.
         #[arg(long)]
         consumer: Option<String>,
+        /// At most this many (1 to 1000).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Print the server's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
-    /// Show one dead letter with its event.
-    Show { id: String },
+    /// Show one dead letter with its event, as JSON.
+    Show {
+        /// The dead letter's id, as `list` shows it.
+        id: String,
+    },
     /// Hand a dead letter back to its consumer.
-    Replay { id: String },
+    Replay {
+        /// The dead letter's id, as `list` shows it.
+        id: String,
+    },
     /// Delete a dead letter for good.
-    Discard { id: String },
+    Discard {
+        /// The dead letter's id, as `list` shows it.
+        id: String,
+    },
 }
 
 pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
-    let Some(token) = args.token else { bail!("an admin token is needed: --token or COFFER_TOKEN") };
-    let base = format!("{}/v1/admin/dead-letters", args.url.trim_end_matches('/'));
+    let token = args.server.token()?;
+    let base = format!("{}/v1/admin/dead-letters", args.server.base());
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
     let request = match &args.command {
-        DlqCommand::List { consumer, limit } => {
+        DlqCommand::List { consumer, limit, .. } => {
             let mut query = vec![("limit", limit.to_string())];
             query.extend(consumer.iter().map(|c| ("consumer", c.clone())));
             client.get(&base).query(&query)
@@ -51,21 +64,51 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
         DlqCommand::Replay { id } => client.post(format!("{base}/{id}/replay")),
         DlqCommand::Discard { id } => client.delete(format!("{base}/{id}")),
     };
-    let response =
-        request.bearer_auth(token).send().await.with_context(|| format!("cannot reach {}", args.url))?;
+    let response = request
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the server at {}", args.server.base()))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     if !status.is_success() {
-        bail!("the server answered {status}: {body}");
+        return Err(refusal(status, &body));
     }
     match args.command {
         DlqCommand::Replay { id } => println!("dead letter {id} handed back to its consumer"),
         DlqCommand::Discard { id } => println!("dead letter {id} discarded"),
-        _ => {
-            let json: Value =
-                serde_json::from_str(&body).context("the server answered something other than JSON")?;
-            println!("{}", serde_json::to_string_pretty(&json)?);
-        }
+        DlqCommand::List { json: false, .. } => print_table(&parse(&body)?),
+        _ => println!("{}", serde_json::to_string_pretty(&parse(&body)?)?),
     }
     Ok(())
+}
+
+fn parse(body: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(body).context("the server answered something other than JSON")
+}
+
+/// One dead letter a line: the error cut to one line, so the table stays a table.
+fn print_table(list: &Value) {
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let rows: Vec<Vec<String>> = list["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let error = text(&d["error"]).lines().next().unwrap_or_default().to_owned();
+            let event = text(&d["event"]["type"]);
+            vec![
+                text(&d["id"]),
+                text(&d["consumer"]),
+                d["attempts"].to_string(),
+                text(&d["failed_at"]),
+                event,
+                error,
+            ]
+        })
+        .collect();
+    table::print(&["ID", "CONSUMER", "ATTEMPTS", "FAILED AT", "EVENT", "ERROR"], &rows);
+    if list["next_cursor"].is_string() {
+        eprintln!("(more: raise --limit, or page with the API's cursor)");
+    }
 }

@@ -16,16 +16,28 @@ pub enum KeysCommand {
         /// read, write or admin; repeat for several.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        /// A name to recognise the key by in listings.
         #[arg(long)]
         name: Option<String>,
         /// Requests per second for this key (default: the server's).
         #[arg(long)]
         rate_limit_per_second: Option<u32>,
+        /// Make a new, empty store when the data dir holds none (without it, a missing store
+        /// is an error: a mistyped directory should not get a store of its own).
+        #[arg(long)]
+        create: bool,
     },
     /// List keys (never their tokens).
-    List,
+    List {
+        /// One JSON object a key instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a key at once.
-    Revoke { id: uuid::Uuid },
+    Revoke {
+        /// The key's id, as `list` shows it.
+        id: uuid::Uuid,
+    },
 }
 
 /// Where the keys are: a SQLite data dir, written beside a running server without its lock, or
@@ -63,7 +75,11 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         Some(url) => Keys::Database(
             PgStore::connect(url, config.store.clone()).await.context("cannot open the PostgreSQL store")?,
         ),
-        None => Keys::DataDir(config.data_dir.clone()),
+        None => {
+            let create = matches!(command, KeysCommand::Create { create: true, .. });
+            crate::store::require_existing(&config.data_dir, create)?;
+            Keys::DataDir(config.data_dir.clone())
+        }
     };
     let result = manage(&keys, command).await;
     if let Keys::Database(store) = &keys {
@@ -74,7 +90,7 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
 
 async fn manage(keys: &Keys, command: KeysCommand) -> anyhow::Result<()> {
     match command {
-        KeysCommand::Create { scopes, name, rate_limit_per_second } => {
+        KeysCommand::Create { scopes, name, rate_limit_per_second, .. } => {
             let scopes = scopes
                 .iter()
                 .map(|s| {
@@ -99,19 +115,29 @@ async fn manage(keys: &Keys, command: KeysCommand) -> anyhow::Result<()> {
             println!("id:    {}", key.id.0);
             println!("token: {token}");
         }
-        KeysCommand::List => {
-            for key in keys.list().await? {
-                let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
-                let state = if key.revoked_at.is_some() { "revoked" } else { "active" };
-                println!(
-                    "{}  {:<8} {:<18} {}  created {}",
-                    key.id.0,
-                    state,
-                    scopes.join(","),
-                    key.name.as_deref().unwrap_or("-"),
-                    key.created_at.to_rfc3339()
-                );
+        KeysCommand::List { json } => {
+            let keys = keys.list().await?;
+            if json {
+                for key in &keys {
+                    println!("{}", serde_json::to_string(&key_json(key))?);
+                }
+                return Ok(());
             }
+            let rows: Vec<Vec<String>> = keys
+                .iter()
+                .map(|key| {
+                    let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+                    let state = if key.revoked_at.is_some() { "revoked" } else { "active" };
+                    vec![
+                        key.id.0.to_string(),
+                        state.to_owned(),
+                        scopes.join(","),
+                        key.created_at.to_rfc3339(),
+                        key.name.clone().unwrap_or_else(|| "-".to_owned()),
+                    ]
+                })
+                .collect();
+            crate::table::print(&["ID", "STATE", "SCOPES", "CREATED", "NAME"], &rows);
         }
         KeysCommand::Revoke { id } => {
             if !keys.revoke(KeyId(id)).await? {
@@ -121,4 +147,17 @@ async fn manage(keys: &Keys, command: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A key as `keys list --json` prints it: what the API's `GET /v1/keys` shows, never a token.
+fn key_json(key: &ApiKey) -> serde_json::Value {
+    serde_json::json!({
+        "id": key.id.0,
+        "name": key.name,
+        "scopes": key.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "rate_limit_per_second": key.rate_limit_per_second,
+        "created_at": key.created_at.to_rfc3339(),
+        "expires_at": key.expires_at.map(|t| t.to_rfc3339()),
+        "revoked_at": key.revoked_at.map(|t| t.to_rfc3339()),
+    })
 }

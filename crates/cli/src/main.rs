@@ -12,12 +12,14 @@ mod keys;
 mod logging;
 mod pipeline;
 mod serve;
+mod server_args;
 mod store;
+mod table;
 mod webhook_keys;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{Config, Overrides};
 
@@ -45,11 +47,21 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         roles: Option<Vec<config::Role>>,
     },
+    /// Check the configuration (file, environment, flags) and print it with secrets masked;
+    /// exit 1 on a problem, naming it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Create or upgrade the store's schema, then exit.
     Migrate {
         /// Directory of the embedded store (env COFFER_DATA_DIR).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Make a new store when the data dir holds none (PostgreSQL: the database must exist,
+        /// and migrate makes the schema in it).
+        #[arg(long)]
+        create: bool,
     },
     /// Manage API keys offline, directly in the store.
     Keys {
@@ -73,18 +85,33 @@ enum Command {
     },
     /// Load-test a running Coffer over HTTP and report throughput and latency.
     Bench(bench::BenchArgs),
-    /// Run the edge proxy in front of api replicas (default 127.0.0.1:8080).
+    /// Print a shell completion script: `coffer completions bash > /etc/bash_completion.d/coffer`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Run the edge proxy in front of api replicas (default 127.0.0.1:8000).
     Gateway {
-        /// Address clients connect to (env COFFER_GATEWAY_LISTEN).
+        /// Address clients connect to (env COFFER_GATEWAY__LISTEN).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
-        /// Address of the gateway's own endpoints, /gateway/* (env COFFER_GATEWAY_ADMIN_LISTEN);
-        /// needs an admin token (COFFER_GATEWAY_ADMIN_TOKEN or COFFER_GATEWAY_ADMIN_TOKEN_FILE).
+        /// Address of the gateway's own endpoints, /gateway/* (env COFFER_GATEWAY__ADMIN_LISTEN);
+        /// needs an admin token (COFFER_GATEWAY__ADMIN_TOKEN or COFFER_GATEWAY__ADMIN_TOKEN_FILE).
         #[arg(long)]
         admin_listen: Option<std::net::SocketAddr>,
-        /// The api replicas, comma-separated http:// URLs (env COFFER_GATEWAY_UPSTREAMS).
+        /// The api replicas, comma-separated http:// URLs (env COFFER_GATEWAY__UPSTREAMS).
         #[arg(long, value_delimiter = ',')]
         upstreams: Option<Vec<String>>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the configuration as `coffer serve` would, and print it.
+    Check {
+        /// Check it as `coffer gateway` would (which needs upstreams) instead.
+        #[arg(long)]
+        gateway: bool,
     },
 }
 
@@ -108,11 +135,23 @@ fn main() -> anyhow::Result<()> {
             logging::init(config.log_format, &config.log_level)?;
             runtime()?.block_on(serve::run(config))
         }
-        Command::Migrate { data_dir } => {
+        Command::Config { command: ConfigCommand::Check { gateway } } => {
+            let config = load(None, None)?;
+            if gateway {
+                config.gateway.validate()?;
+            }
+            println!("{:#?}", config.masked());
+            eprintln!("the configuration is valid");
+            Ok(())
+        }
+        Command::Migrate { data_dir, create } => {
             let config = load(None, data_dir)?;
             let version = match &config.database_url {
                 Some(url) => runtime()?.block_on(coffer_store::postgres_migrate(url))?,
-                None => i64::from(coffer_store::sqlite_admin::migrate(&config.data_dir)?),
+                None => {
+                    store::require_existing(&config.data_dir, create)?;
+                    i64::from(coffer_store::sqlite_admin::migrate(&config.data_dir)?)
+                }
             };
             println!("store at {} is at schema version {version}", store::describe(&config));
             Ok(())
@@ -132,6 +171,10 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(events::run(&config, command))
         }
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "coffer", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Gateway { listen, admin_listen, upstreams } => {
             let file = cli.config.clone();
             let load = move || {
@@ -147,4 +190,32 @@ fn main() -> anyhow::Result<()> {
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `coffer help <anything>` explains every flag and argument it accepts.
+    #[test]
+    fn every_flag_and_argument_has_help_text() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&command, "coffer", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
 }

@@ -26,3 +26,16 @@ pub fn describe(config: &Config) -> String {
         None => config.data_dir.display().to_string(),
     }
 }
+
+/// For the offline commands: the data dir must hold a store unless `create` says to make one,
+/// so that a command run in the wrong directory says so instead of making an empty store there.
+pub fn require_existing(data_dir: &std::path::Path, create: bool) -> anyhow::Result<()> {
+    if create || coffer_store::sqlite_admin::exists(data_dir) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "no store in {}: run this where the server keeps its data (--data-dir or COFFER_DATA_DIR), \
+         or pass --create to make a new one",
+        data_dir.display()
+    )
+}

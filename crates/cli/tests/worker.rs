@@ -238,6 +238,10 @@ async fn coffer_dlq_replays_a_dead_letter_to_its_consumer_exactly_once() {
     let (ok, listed) = dlq(&api, &["list", "--consumer", VOLUMES_CONSUMER]);
     assert!(ok, "{listed}");
     assert!(listed.contains(&letter.id.to_string()) && listed.contains("read-only"), "{listed}");
+    assert!(listed.starts_with("ID") && listed.contains("CONSUMER"), "a table with a header: {listed}");
+    let (ok, json) = dlq(&api, &["list", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|_| panic!("JSON: {json}"));
+    assert!(ok && json["data"][0]["id"] == letter.id.to_string(), "{json}");
     let (ok, shown) = dlq(&api, &["show", &letter.id.to_string()]);
     assert!(ok && shown.contains(&lost), "{shown}");
 
@@ -248,6 +252,10 @@ async fn coffer_dlq_replays_a_dead_letter_to_its_consumer_exactly_once() {
     assert!(!listed.contains(&letter.id.to_string()), "the letter is gone after its replay: {listed}");
     let (ok, again) = dlq(&api, &["replay", &letter.id.to_string()]);
     assert!(!ok && again.contains("404"), "a second replay finds nothing: {again}");
+    assert!(
+        again.contains("not_found") && !again.contains("\"type\""),
+        "detail and code, not the body: {again}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(volume(&http).await, (1, "700".into()), "applied exactly once");
 

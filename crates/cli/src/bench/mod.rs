@@ -20,12 +20,9 @@ use self::workload::Workload;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Base URL of the server.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// API token with the admin scope (it creates a ledger).
-    #[arg(long, env = "COFFER_TOKEN")]
-    token: String,
+    /// The server and an API token with the admin scope (the run creates a ledger).
+    #[command(flatten)]
+    server: crate::server_args::ServerArgs,
     /// Concurrent connections, each with one request in flight.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -71,7 +68,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.connections == 0 || args.accounts < 2 || !(1..=8189).contains(&args.batch) {
         bail!("need --connections ≥ 1, --accounts ≥ 2 and 1 ≤ --batch ≤ 8189");
     }
-    let target = Target::parse(&args.url, &args.token)?;
+    let target = Target::parse(&args.server.url, args.server.token()?)?;
     let workload = Arc::new(Workload::set_up(&target, &args).await?);
 
     let sent = Arc::new(AtomicU64::new(0));

@@ -10,6 +10,12 @@ use coffer_ledger::Timestamp;
 use super::{db_error, keys, schema};
 use crate::{ApiKey, KeyId, NewApiKey, StoreResult};
 
+/// Whether `dir` holds a store, so that the offline commands can refuse to make one by mistake
+/// in the wrong directory.
+pub fn exists(dir: &Path) -> bool {
+    schema::db_path(dir).is_file()
+}
+
 /// Creates the database if needed and brings it to this binary's schema; answers the version.
 pub fn migrate(dir: &Path) -> StoreResult<u32> {
     schema::open_writer(dir)?;
