@@ -55,6 +55,7 @@ pub use config::{ApiConfig, InvalidConfig};
 pub use error::{ApiError, ErrorCode, FieldError, PROBLEM_JSON, Problem};
 pub use idempotency::derived_id;
 pub use observe::install_metrics;
+pub use routes::ServerAbout;
 
 use auth::Authenticator;
 use auth_failures::FailedAuths;
@@ -75,6 +76,8 @@ pub struct Services {
     /// own ([`metrics_router`]): then this listener answers it 404 like any unknown path, so
     /// the public API does not show the process's internals.
     pub metrics_on_api: bool,
+    /// What this process is, for `GET /v1/admin/status`.
+    pub about: ServerAbout,
 }
 
 /// The whole API over `store` with the in-process bus's services. `metrics` renders
@@ -88,6 +91,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig, metrics: PrometheusHandl
         webhook_targets: TargetPolicy::default(),
         webhook_keys: Arc::new(SecretKeys::ephemeral()),
         metrics_on_api: true,
+        about: ServerAbout::default(),
     };
     router_with(store, config, metrics, services)
 }
@@ -106,7 +110,7 @@ pub fn router_with(
     let auth =
         Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits, failures);
     let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
-    let Services { dead_letters, webhook_targets, webhook_keys, metrics_on_api } = services;
+    let Services { dead_letters, webhook_targets, webhook_keys, metrics_on_api, about } = services;
     let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));
     let outbox_tail = OutboxTail::new(store.clone());
     let state = AppState::new(Shared {
@@ -120,6 +124,7 @@ pub fn router_with(
         metrics: metrics_on_api.then_some(metrics),
         streams,
         openapi_json,
+        about,
     });
 
     routes

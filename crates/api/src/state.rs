@@ -34,6 +34,8 @@ pub struct Shared {
     pub outbox_tail: Arc<OutboxTail>,
     /// `/openapi.json`, serialized once at start.
     pub openapi_json: Bytes,
+    /// What this process is (store, bus, roles), for `GET /v1/admin/status`.
+    pub about: crate::routes::ServerAbout,
 }
 
 impl AppState {

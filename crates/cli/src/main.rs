@@ -13,6 +13,7 @@ mod logging;
 mod pipeline;
 mod serve;
 mod server_args;
+mod status;
 mod store;
 mod table;
 mod webhook_keys;
@@ -85,6 +86,8 @@ enum Command {
     },
     /// Load-test a running Coffer over HTTP and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// What a running server reports: version, store, bus, roles, readiness, queue depths.
+    Status(status::StatusArgs),
     /// Print a shell completion script: `coffer completions bash > /etc/bash_completion.d/coffer`.
     Completions {
         /// The shell to complete for.
@@ -171,6 +174,7 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(events::run(&config, command))
         }
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+        Command::Status(args) => runtime()?.block_on(status::run(args)),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "coffer", &mut std::io::stdout());
             Ok(())

@@ -36,6 +36,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             webhook_targets: webhook_targets(&config),
             webhook_keys,
             metrics_on_api: config.metrics_listen.is_none(),
+            about: about(&config),
         };
         let app = coffer_api::router_with(store.clone(), config.api.clone(), metrics, services);
         serve_http(&config, app).await?;
@@ -50,6 +51,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     store.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// What this process is, as `GET /v1/admin/status` reports it.
+fn about(config: &Config) -> coffer_api::ServerAbout {
+    coffer_api::ServerAbout {
+        store: if config.database_url.is_some() { "postgresql" } else { "sqlite" },
+        bus: if config.nats_url.is_some() { "jetstream" } else { "in-process" },
+        roles: config.roles.iter().map(|role| format!("{role:?}").to_lowercase()).collect(),
+        started: std::time::Instant::now(),
+    }
 }
 
 /// Where webhooks may be sent, as configured.

@@ -2,8 +2,12 @@
 //! directory, listings as tables or JSON, no secret in any help text, one rule for environment
 //! names, completions. The real binary, no service needed.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
+
+use common::{Server, TOKEN};
 
 fn coffer(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_coffer"))
@@ -99,5 +103,47 @@ fn completions_are_printed_for_each_shell() {
     {
         let (out, err) = text(&coffer(dir.path(), &["completions", shell], &[]));
         assert!(out.contains(mark) && out.contains("keys"), "{shell}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coffer_status_shows_what_the_running_server_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let url = format!("http://127.0.0.1:{}", server.port());
+    let here = dir.path();
+    let status = coffer(here, &["status"], &[("COFFER_URL", &url), ("COFFER_TOKEN", TOKEN)]);
+    let (out, err) = text(&status);
+    assert!(status.status.success(), "{err}");
+    let field = |name: &str| {
+        let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {out}"));
+        line[name.len()..].trim().to_owned()
+    };
+    assert_eq!(field("ready"), "yes");
+    assert_eq!(field("store"), "sqlite");
+    assert_eq!(field("bus"), "in-process");
+    assert_eq!(field("roles"), "api, relay, worker");
+    assert_eq!(field("dead letters"), "0");
+
+    let (json, _) = text(&coffer(here, &["status", "--json", "--url", &url, "--token", TOKEN], &[]));
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["ready"], true);
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+    assert!(json["queues"]["outbox_head"].is_i64(), "{json}");
+
+    for (env, says) in [
+        (vec![("COFFER_URL", url.as_str())], "an API token is needed"),
+        (vec![("COFFER_URL", url.as_str()), ("COFFER_TOKEN", "not-a-key")], "(unauthorized, HTTP 401)"),
+        (vec![("COFFER_URL", "http://127.0.0.1:1"), ("COFFER_TOKEN", TOKEN)], "cannot reach a server at"),
+    ] {
+        let refused = Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .current_dir(here)
+            .arg("status")
+            .env_remove("COFFER_TOKEN")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let (_, err) = text(&refused);
+        assert!(!refused.status.success() && err.contains(says), "{env:?}: {err}");
     }
 }

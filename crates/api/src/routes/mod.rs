@@ -9,11 +9,13 @@ mod ledgers;
 mod ops;
 mod projections;
 mod stats;
+pub(crate) mod status;
 mod stream;
 mod transfers;
 mod webhooks;
 
 pub use ops::render_metrics;
+pub use status::ServerAbout;
 
 use axum::extract::MatchedPath;
 use axum::response::{IntoResponse, Response};
@@ -60,6 +62,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/admin/dead-letters/{id}", &["get", "delete"]),
     ("/v1/admin/dead-letters/{id}/replay", &["post"]),
     ("/v1/admin/projections/ledger-volumes/rebuild", &["post"]),
+    ("/v1/admin/status", &["get"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),
@@ -96,6 +99,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(dead_letters::get_dead_letter, dead_letters::discard_dead_letter))
         .routes(routes!(dead_letters::replay_dead_letter))
         .routes(routes!(projections::rebuild_ledger_volumes))
+        .routes(routes!(status::status))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
