@@ -67,6 +67,11 @@ fn no_help_text_shows_a_secret() {
     }
     let (help, _) = text(&coffer(dir.path(), &["bench", "--help"], &[]));
     assert!(help.contains("COFFER_URL") && help.contains("COFFER_TOKEN"), "bench takes both: {help}");
+    // And acts on them: the server it tries is COFFER_URL's (nothing listens on port 1).
+    let env = [("COFFER_TOKEN", secret), ("COFFER_URL", "http://127.0.0.1:1")];
+    let tried = coffer(dir.path(), &["bench", "--seconds", "1"], &env);
+    let (_, err) = text(&tried);
+    assert!(!tried.status.success() && err.contains("127.0.0.1:1"), "{err}");
 }
 
 #[test]
