@@ -34,6 +34,8 @@ pub struct Shared {
     pub outbox_tail: Arc<OutboxTail>,
     /// `/openapi.json`, serialized once at start.
     pub openapi_json: Bytes,
+    /// Whether the process is shutting down.
+    pub shutdown: crate::Shutdown,
 }
 
 impl AppState {
