@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::extract::connect_info::ConnectInfo;
+use coffer_ledger::Timestamp;
 use coffer_store::{
     ApiKey, KeyCache, KeyDirectory, KeyId, NewApiKey, Scope, Store, StoreError, StoreResult, TokenHash,
     TokenKind, bearer_token, is_valid_token, issue_token,
@@ -69,8 +70,30 @@ pub async fn bootstrap(store: &dyn Store, token: Option<&str>) -> StoreResult<Op
         token_hash: TokenHash::of(&token),
         bare_token: TokenKind::of(&token) != TokenKind::Issued,
     };
+    let hash = key.token_hash;
     let created = store.bootstrap_key(key).await?;
+    if !created && !generated {
+        warn_if_ignored(store, hash).await?;
+    }
     Ok((created && generated).then_some(token))
+}
+
+/// The store already had keys, so a configured bootstrap token made none. When it is the token
+/// of a live admin key (the bootstrap key of an earlier start, say) nothing is wrong; otherwise
+/// an operator who expects it to work would meet 401s with no clue, so this says why.
+async fn warn_if_ignored(store: &dyn Store, hash: TokenHash) -> StoreResult<()> {
+    let works = store
+        .key_by_token(hash)
+        .await?
+        .is_some_and(|key| key.allows(Scope::Admin) && key.expires_at.is_none_or(|at| at > Timestamp::now()));
+    if !works {
+        tracing::warn!(
+            "bootstrap_token (COFFER_BOOTSTRAP_TOKEN) is set but ignored: the store already has API keys \
+             and this token is not an admin key here; use the admin token printed at the first start, \
+             or make one with `coffer keys create --scope admin`, and unset bootstrap_token"
+        );
+    }
+    Ok(())
 }
 
 /// An authenticated caller: its key, and its token's hash to check the key again later.

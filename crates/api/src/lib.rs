@@ -30,6 +30,7 @@ mod dto;
 mod error;
 mod extract;
 mod idempotency;
+mod lifecycle;
 mod observe;
 mod openapi;
 mod outbox_tail;
@@ -54,6 +55,7 @@ pub use auth::{MIN_EXPOSED_BOOTSTRAP_TOKEN_LEN, bootstrap, generate_token};
 pub use config::{ApiConfig, InvalidConfig};
 pub use error::{ApiError, ErrorCode, FieldError, PROBLEM_JSON, Problem};
 pub use idempotency::derived_id;
+pub use lifecycle::Shutdown;
 pub use observe::install_metrics;
 pub use routes::ServerAbout;
 
@@ -78,6 +80,9 @@ pub struct Services {
     pub metrics_on_api: bool,
     /// What this process is, for `GET /v1/admin/status`.
     pub about: ServerAbout,
+    /// Begun when the process starts to shut down: `/readyz` then answers 503 and the event
+    /// streams end with a `shutdown` event.
+    pub shutdown: Shutdown,
 }
 
 /// The whole API over `store` with the in-process bus's services. `metrics` renders
@@ -92,6 +97,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig, metrics: PrometheusHandl
         webhook_keys: Arc::new(SecretKeys::ephemeral()),
         metrics_on_api: true,
         about: ServerAbout::default(),
+        shutdown: Shutdown::default(),
     };
     router_with(store, config, metrics, services)
 }
@@ -110,7 +116,7 @@ pub fn router_with(
     let auth =
         Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits, failures);
     let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
-    let Services { dead_letters, webhook_targets, webhook_keys, metrics_on_api, about } = services;
+    let Services { dead_letters, webhook_targets, webhook_keys, metrics_on_api, about, shutdown } = services;
     let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));
     let outbox_tail = OutboxTail::new(store.clone());
     let state = AppState::new(Shared {
@@ -125,6 +131,7 @@ pub fn router_with(
         streams,
         openapi_json,
         about,
+        shutdown,
     });
 
     routes

@@ -36,6 +36,8 @@ pub struct Shared {
     pub openapi_json: Bytes,
     /// What this process is (store, bus, roles), for `GET /v1/admin/status`.
     pub about: crate::routes::ServerAbout,
+    /// Whether the process is shutting down.
+    pub shutdown: crate::Shutdown,
 }
 
 impl AppState {

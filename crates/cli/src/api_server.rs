@@ -23,8 +23,7 @@ use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 /// What one process lets its clients hold.
@@ -36,8 +35,16 @@ pub struct ServerLimits {
     pub max_header_bytes: usize,
 }
 
-/// Serves `router` on `listener` until `stop` completes, then stops accepting and gives the open
-/// connections at most `drain` to finish the requests in flight. Answers whether they did.
+/// How long a connection accepted during the drain is served before it is asked to close: a
+/// client whose load balancer has not yet seen `/readyz` fail still gets its answers, on
+/// connections that do not outlive the drain.
+const LATE_CONNECTION_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves `router` on `listener` until `stop` completes, then drains: open connections are
+/// closed once their requests in flight are answered (idle ones at once), new connections are
+/// still accepted and served for a short while (a load balancer takes a moment to see
+/// `/readyz` fail), and once no connection is left, or `drain` has passed, it returns. Answers
+/// whether every connection finished in time.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
@@ -62,21 +69,35 @@ where
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (draining_tx, draining) = watch::channel(false);
+    let open = Arc::new(watch::Sender::new(0usize));
+    let mut idle = open.subscribe();
     let mut stop = std::pin::pin!(stop);
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         // A free slot first: at the cap, connections wait in the kernel's backlog.
-        let permit = tokio::select! {
-            () = &mut stop => break,
-            permit = connections.clone().acquire_owned() => permit,
+        let next = async {
+            let permit = slots.clone().acquire_owned().await;
+            (permit, listener.accept().await)
         };
-        let Ok(permit) = permit else { break };
-        let (io, peer) = tokio::select! {
-            () = &mut stop => break,
-            accepted = listener.accept() => accepted,
+        let (permit, (io, peer)) = tokio::select! {
+            () = &mut stop, if deadline.is_none() => {
+                draining_tx.send_replace(true);
+                deadline = Some(tokio::time::Instant::now() + drain);
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                return false;
+            }
+            _ = idle.wait_for(|open| *open == 0), if deadline.is_some() => return true,
+            next = next => next,
         };
-        let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
+        let Ok(permit) = permit else { return deadline.is_none() };
+        let late = deadline.is_some();
+        let (builder, router, mut draining) = (builder.clone(), router.clone(), draining.clone());
+        open.send_modify(|open| *open += 1);
+        let open = OpenConnection(open.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
@@ -85,16 +106,38 @@ where
                     Ok::<_, Infallible>(router.oneshot(request).await.unwrap_or_else(|never| match never {}))
                 }
             });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+            let mut connection = std::pin::pin!(connection);
+            let asked_to_close = async {
+                // Also when the server is gone (the sender dropped): nothing waits for us then.
+                let _ = draining.wait_for(|draining| *draining).await;
+                if late {
+                    tokio::time::sleep(LATE_CONNECTION_GRACE).await;
+                }
+            };
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = asked_to_close => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
             // A client that hangs up or is timed out is routine, not an error of the server.
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
+            if let Err(err) = ended {
                 tracing::debug!(%peer, error = %err, "client connection ended with an error");
             }
-            drop(permit);
+            drop((permit, open));
         });
     }
-    drop(listener);
-    tokio::time::timeout(drain, graceful.shutdown()).await.is_ok()
+}
+
+/// Counts one open connection for as long as it lives.
+struct OpenConnection(Arc<watch::Sender<usize>>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.send_modify(|open| *open -= 1);
+    }
 }
 
 #[cfg(test)]

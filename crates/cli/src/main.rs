@@ -124,19 +124,47 @@ enum ConfigCommand {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+/// A mistake of the user's (a setting, a port in use, a database that refuses) is one line on
+/// standard error, `coffer: ` and the error with its causes, and exit code 1: never anyhow's
+/// report with a backtrace, whatever `RUST_BACKTRACE` says. A panic is a bug and keeps Rust's
+/// report, backtrace included when asked for.
+fn main() {
     // One rustls crypto provider for the whole process, ring, as every TLS setup of Coffer's
     // names explicitly: libraries that build their TLS with rustls's process-wide default (the
     // redis client) need one chosen, and this binary links more than one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    if let Err(err) = run(Cli::parse()) {
+        fail(&err);
+    }
+}
+
+/// Says what went wrong on one line and exits with code 1 at once: background tasks are not
+/// wound down, so nothing they would say on the way follows the line.
+fn fail(err: &anyhow::Error) -> ! {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    eprintln!("coffer: {err:#}");
+    std::process::exit(1)
+}
+
+/// Runs `work` on a new runtime; an error ends the process before the runtime (and the tasks
+/// it still holds) is dropped.
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let runtime = runtime()?;
+    match runtime.block_on(work) {
+        Ok(()) => Ok(()),
+        Err(err) => fail(&err),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let load_with = |overrides| Config::load(cli.config.as_deref(), overrides);
     let load = |listen, data_dir| load_with(Overrides { listen, data_dir, ..Default::default() });
     match cli.command {
         Command::Serve { listen, data_dir, roles } => {
             let config = load_with(Overrides { listen, data_dir, roles, ..Default::default() })?;
             logging::init(config.log_format, &config.log_level)?;
-            runtime()?.block_on(serve::run(config))
+            block_on(serve::run(config))
         }
         Command::Config { command: ConfigCommand::Check { gateway } } => {
             let config = load(None, None)?;
@@ -159,22 +187,20 @@ fn main() -> anyhow::Result<()> {
             println!("store at {} is at schema version {version}", store::describe(&config));
             Ok(())
         }
-        Command::Keys { data_dir, command } => {
-            runtime()?.block_on(keys::run(&load(None, data_dir)?, command))
-        }
-        Command::Dlq(args) => runtime()?.block_on(dlq::run(args)),
+        Command::Keys { data_dir, command } => block_on(keys::run(&load(None, data_dir)?, command)),
+        Command::Dlq(args) => block_on(dlq::run(args)),
         Command::BenchEvents(args) => {
             let config = load(None, None)?;
             logging::init(config.log_format, &config.log_level)?;
-            runtime()?.block_on(bench_events::run(&config, args))
+            block_on(bench_events::run(&config, args))
         }
         Command::Events { data_dir, command } => {
             let config = load(None, data_dir)?;
             logging::init(config.log_format, &config.log_level)?;
-            runtime()?.block_on(events::run(&config, command))
+            block_on(events::run(&config, command))
         }
-        Command::Bench(args) => runtime()?.block_on(bench::run(args)),
-        Command::Status(args) => runtime()?.block_on(status::run(args)),
+        Command::Bench(args) => block_on(bench::run(args)),
+        Command::Status(args) => block_on(status::run(args)),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "coffer", &mut std::io::stdout());
             Ok(())
@@ -187,7 +213,7 @@ fn main() -> anyhow::Result<()> {
             };
             let config = load()?;
             logging::init(config.log_format, &config.log_level)?;
-            runtime()?.block_on(gateway::run(config, load))
+            block_on(gateway::run(config, load))
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use coffer_events::{
-    Consumer, DeadLetterQueue, DeadLetterStream, Dispatcher, EventsConfig, Handler, JetStreamBus,
+    BusError, Consumer, DeadLetterQueue, DeadLetterStream, Dispatcher, EventsConfig, Handler, JetStreamBus,
     JetStreamSource, JetStreamSourceSettings, LedgerVolumes, OutboxSource, Relay, SecretKeys,
     StoreDeadLetters, StreamRole, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, WEBHOOKS_CONSUMER, WebhookFanout,
     WebhookSettings, watch_depth,
@@ -84,9 +84,11 @@ pub async fn start(
                 true => StreamRole::Manage,
                 false => StreamRole::Use,
             };
-            let bus = JetStreamBus::connect_with(&nats, &settings, role)
-                .await
-                .context("cannot reach NATS JetStream (nats_url)")?;
+            // Its error says where (hosts and ports, never a password) and what NATS said.
+            let bus = JetStreamBus::connect_with(&nats, &settings, role).await.map_err(|e| match e {
+                BusError::Unavailable(why) => anyhow::anyhow!("{why} (nats_url)"),
+                other => anyhow::Error::new(other).context("cannot reach NATS JetStream (nats_url)"),
+            })?;
             if config.roles.contains(&Role::Relay) {
                 let relay = Relay::new(store.clone(), Arc::new(bus.clone()), RELAY_NAME)
                     .with_lease(Duration::from_millis(events.relay_lease_ms));

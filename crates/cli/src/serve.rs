@@ -1,52 +1,87 @@
-//! `coffer serve`: open the store, make sure an admin key exists, start the roles asked for (the
-//! API, the relay, the worker), run until a signal, then finish what is in flight.
+//! `coffer serve`, in this order: check the configuration, bind every listener, then open the
+//! store, make sure an admin key exists and start the roles asked for (the API, the relay, the
+//! worker). A mistake found at any step stops the process before the next one, so a port in use
+//! neither creates a key nor starts a worker. Then it runs until a signal and finishes what is in
+//! flight; a second signal ends it at once.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use coffer_api::Shutdown;
 use coffer_events::{SecretKeys, TargetPolicy, reseal};
 use coffer_gateway::tls::{ServingCertificate, TlsListener};
 use coffer_ledger::Timestamp;
 use coffer_store::Store;
+use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::api_server::{self, ServerLimits};
 use crate::config::{Config, Role};
+use crate::pipeline::Pipeline;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let store: Arc<dyn Store> = crate::store::open(&config).await?;
-    if let Some(token) = coffer_api::bootstrap(store.as_ref(), config.bootstrap_token.as_deref()).await? {
-        // Printed once, on standard output and never in a log line.
-        println!("Created the first admin key. Its token, shown only now: {token}");
-    }
-    // Installed before the roles start, so that their first measurements are kept.
-    let metrics = coffer_api::install_metrics();
+    // 1. What can be checked without creating anything (`Config::load` checked the rest).
+    let tls = match (&config.tls_cert_path, &config.tls_key_path) {
+        (Some(cert), Some(key)) => Some(ServingCertificate::load(cert, key).with_context(|| {
+            format!("cannot load the TLS certificate {} and key {}", cert.display(), key.display())
+        })?),
+        _ => None,
+    };
+    let webhook_keys = match crate::webhook_keys::needed(&config) && crate::webhook_keys::configured(&config)
+    {
+        true => Some(crate::webhook_keys::load(&config)?),
+        false => None,
+    };
+    // 2. Every listener.
+    let api_listener = match config.roles.contains(&Role::Api) {
+        true => Some(bind(config.listen, "--listen or COFFER_LISTEN").await?),
+        false => None,
+    };
     let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(serve_metrics(addr, coffer_api::metrics_router(metrics.clone())).await?),
+        Some(addr) => Some(bind(addr, "metrics_listen or COFFER_METRICS_LISTEN").await?),
         None => None,
     };
-    let webhook_keys = Arc::new(webhook_keys(&config, store.as_ref()).await?);
-    let pipeline = crate::pipeline::start(&config, store.clone(), webhook_keys.clone()).await?;
+    // 3. From here a signal stops the process in order, and a second one at once.
+    let shutdown = watch_signals()?;
+    // Installed before the roles start, so that their first measurements are kept.
+    let metrics = coffer_api::install_metrics();
+    let metrics_server =
+        metrics_listener.map(|listener| serve_metrics(listener, coffer_api::metrics_router(metrics.clone())));
+    // 4. The store, the first admin key, the roles.
+    let started = tokio::select! {
+        started = start(&config, webhook_keys) => started?,
+        () = shutdown.begun() => {
+            info!("stopped during start-up");
+            return Ok(());
+        }
+    };
+    let Started { store, pipeline, webhook_keys } = started;
     info!(roles = ?config.roles, bus = if config.nats_url.is_some() { "jetstream" } else { "in-process" }, "roles started");
-    if config.roles.contains(&Role::Api) {
-        let dead_letters = pipeline.dead_letters.clone().context("the api role opens the dead letters")?;
-        let services = coffer_api::Services {
-            dead_letters,
-            webhook_targets: webhook_targets(&config),
-            webhook_keys,
-            metrics_on_api: config.metrics_listen.is_none(),
-            about: about(&config),
-        };
-        let app = coffer_api::router_with(store.clone(), config.api.clone(), metrics, services);
-        serve_http(&config, app).await?;
-    } else {
-        shutdown_signal().await;
-        info!("shutting down");
+    match api_listener {
+        Some(listener) => {
+            let dead_letters =
+                pipeline.dead_letters.clone().context("the api role opens the dead letters")?;
+            let services = coffer_api::Services {
+                dead_letters,
+                webhook_targets: webhook_targets(&config),
+                webhook_keys,
+                metrics_on_api: config.metrics_listen.is_none(),
+                about: about(&config),
+                shutdown: shutdown.clone(),
+            };
+            let app = coffer_api::router_with(store.clone(), config.api.clone(), metrics, services);
+            serve_http(&config, listener, tls, app, &shutdown).await?;
+        }
+        None => {
+            shutdown.begun().await;
+            info!("shutting down");
+        }
     }
     pipeline.shutdown().await;
-    if let Some(listener) = metrics_listener {
-        listener.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
     }
     store.shutdown().await;
     info!("stopped");
@@ -63,6 +98,88 @@ fn about(config: &Config) -> coffer_api::ServerAbout {
     }
 }
 
+/// What start-up made.
+struct Started {
+    store: Arc<dyn Store>,
+    pipeline: Pipeline,
+    webhook_keys: Arc<SecretKeys>,
+}
+
+/// Opens the store, makes the first admin key when there is none, and starts the background roles.
+async fn start(config: &Config, webhook_keys: Option<SecretKeys>) -> anyhow::Result<Started> {
+    let store: Arc<dyn Store> = crate::store::open(config).await?;
+    if let Some(token) = coffer_api::bootstrap(store.as_ref(), config.bootstrap_token.as_deref()).await? {
+        // Printed once, on standard output and never in a log line.
+        println!("Created the first admin key. Its token, shown only now: {token}");
+    }
+    let webhook_keys = Arc::new(webhook_keys_for(config, store.as_ref(), webhook_keys).await?);
+    let pipeline = crate::pipeline::start(config, store.clone(), webhook_keys.clone()).await?;
+    Ok(Started { store, pipeline, webhook_keys })
+}
+
+/// Binds `addr`; the error says what to do about it, `setting` being where another address is
+/// chosen.
+async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                format!("address in use (another coffer? choose another with {setting})")
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                format!("permission denied (ports below 1024 need privileges; choose another with {setting})")
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                format!("no such address on this machine (choose another with {setting})")
+            }
+            _ => format!("{e} (choose another with {setting})"),
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {why}")
+    })
+}
+
+/// The first SIGINT or SIGTERM begins the shutdown that the answer reports; a second one ends
+/// the process at once, saying so, with the shell's code for death by that signal (130 for
+/// SIGINT, 143 for SIGTERM), without waiting for anything in flight.
+pub(crate) fn watch_signals() -> anyhow::Result<Shutdown> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Both handlers before anything is started, so no signal can slip between the two waits.
+    let mut interrupts = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminations = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let shutdown = Shutdown::default();
+    let begin = shutdown.clone();
+    tokio::spawn(async move {
+        let (first, _) = next_signal(&mut interrupts, &mut terminations).await;
+        info!(signal = first, "shutting down; a second signal stops at once");
+        begin.begin();
+        let (second, code) = next_signal(&mut interrupts, &mut terminations).await;
+        eprintln!("coffer: {second} during shutdown: exiting at once, without finishing work in flight");
+        std::process::exit(code);
+    });
+    Ok(shutdown)
+}
+
+/// The next SIGINT or SIGTERM: its name and the exit code of a process it ends.
+async fn next_signal(
+    interrupts: &mut tokio::signal::unix::Signal,
+    terminations: &mut tokio::signal::unix::Signal,
+) -> (&'static str, i32) {
+    tokio::select! {
+        _ = interrupts.recv() => ("SIGINT", 130),
+        _ = terminations.recv() => ("SIGTERM", 143),
+    }
+}
+
+/// Until the first SIGINT or SIGTERM (a second one ends the process at once).
+pub(crate) async fn shutdown_signal() {
+    match watch_signals() {
+        Ok(shutdown) => shutdown.begun().await,
+        Err(e) => {
+            warn!(error = %e, "no signal handling: stop this process with SIGKILL");
+            std::future::pending().await
+        }
+    }
+}
+
 /// Where webhooks may be sent, as configured.
 fn webhook_targets(config: &Config) -> TargetPolicy {
     TargetPolicy {
@@ -72,15 +189,23 @@ fn webhook_targets(config: &Config) -> TargetPolicy {
 }
 
 /// The keys that seal webhook secrets, when a role of this process handles them (the API makes
-/// and rotates secrets, the worker signs with them); the secrets in the store are then sealed
-/// under the first key before anything else runs: rows from before sealing existed, and rows
-/// sealed under a key that has since been rotated.
-async fn webhook_keys(config: &Config, store: &dyn Store) -> anyhow::Result<SecretKeys> {
-    if !config.roles.iter().any(|role| matches!(role, Role::Api | Role::Worker)) {
+/// and rotates secrets, the worker signs with them): `loaded` when they were read from the
+/// configuration before start-up, else the embedded store's own. The secrets in the store are
+/// then sealed under the first key before anything else runs: rows from before sealing existed,
+/// and rows sealed under a key that has since been rotated.
+async fn webhook_keys_for(
+    config: &Config,
+    store: &dyn Store,
+    loaded: Option<SecretKeys>,
+) -> anyhow::Result<SecretKeys> {
+    if !crate::webhook_keys::needed(config) {
         // A relay alone never touches a secret: it needs no key.
         return Ok(SecretKeys::ephemeral());
     }
-    let keys = crate::webhook_keys::load(config)?;
+    let keys = match loaded {
+        Some(keys) => keys,
+        None => crate::webhook_keys::load(config)?,
+    };
     let done = reseal(store, &keys, Timestamp::now()).await.context("cannot re-seal the webhook secrets")?;
     if done.resealed > 0 || done.unreadable > 0 {
         info!(
@@ -93,41 +218,40 @@ async fn webhook_keys(config: &Config, store: &dyn Store) -> anyhow::Result<Secr
     Ok(keys)
 }
 
-/// Serves `app` (`/metrics` alone) on `addr` (`metrics_listen`), in the background until stopped.
-async fn serve_metrics(
-    addr: std::net::SocketAddr,
-    app: axum::Router,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
-    info!(metrics_listen = %addr, "metrics are served on their own listener");
-    Ok(tokio::spawn(async move {
+/// Serves `/metrics` alone on `listener` (`metrics_listen`), in the background until stopped.
+fn serve_metrics(listener: TcpListener, app: axum::Router) -> tokio::task::JoinHandle<()> {
+    if let Ok(addr) = listener.local_addr() {
+        info!(metrics_listen = %addr, "metrics are served on their own listener");
+    }
+    tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             error!(error = %err, "the metrics listener failed");
         }
-    }))
+    })
 }
 
 /// How long a client may take over its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the API (over TLS when configured) until a signal, then lets in-flight requests finish.
-async fn serve_http(config: &Config, app: axum::Router) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let tls = match (&config.tls_cert_path, &config.tls_key_path) {
-        (Some(cert), Some(key)) => Some(ServingCertificate::load(cert, key)?),
-        _ => None,
-    };
+/// Serves the API on `listener` (over TLS when configured) until the shutdown begins, then lets
+/// in-flight requests finish.
+async fn serve_http(
+    config: &Config,
+    listener: TcpListener,
+    tls: Option<Arc<ServingCertificate>>,
+    app: axum::Router,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
     let _reloads = tls.clone().map(|certificate| tokio::spawn(reload_certificate_on_hangup(certificate)));
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(listen = %config.listen, scheme, store = %crate::store::describe(config), "coffer is serving");
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let stopped = async {
-        let _ = stop_rx.await;
+    let stopping = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.begun().await;
+            info!("shutting down: not ready any more, finishing in-flight requests");
+        }
     };
     let api = &config.api;
     let limits = ServerLimits {
@@ -137,17 +261,14 @@ async fn serve_http(config: &Config, app: axum::Router) -> anyhow::Result<()> {
         max_header_bytes: api.max_header_bytes,
     };
     let drain = Duration::from_millis(config.shutdown_timeout_ms);
-    let server = match tls {
+    let finished = match tls {
         Some(certificate) => {
             let listener = TlsListener::new(listener, certificate, TLS_HANDSHAKE_TIMEOUT)?;
-            tokio::spawn(api_server::serve(listener, app, limits, stopped, drain))
+            api_server::serve(listener, app, limits, stopping, drain).await
         }
-        None => tokio::spawn(api_server::serve(listener, app, limits, stopped, drain)),
+        None => api_server::serve(listener, app, limits, stopping, drain).await,
     };
-    shutdown_signal().await;
-    info!("shutting down: finishing in-flight requests");
-    let _ = stop_tx.send(());
-    if !server.await.context("server task failed")? {
+    if !finished {
         warn!("in-flight requests did not finish in time");
     }
     Ok(())
@@ -164,21 +285,4 @@ async fn reload_certificate_on_hangup(certificate: Arc<ServingCertificate>) {
             error!(error = %err, "TLS certificate not reloaded; the current one stays");
         }
     }
-}
-
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

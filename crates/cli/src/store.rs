@@ -4,15 +4,18 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use coffer_store::{PgStore, SqliteStore, Store};
+use coffer_store::{PgStore, SqliteStore, Store, StoreError};
 
 use crate::config::Config;
 
 pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &config.database_url {
-        Some(url) => PgStore::connect(url, config.store.clone())
-            .await
-            .context("cannot open the PostgreSQL store (database_url)")?,
+        // Its errors say what failed, where (host and port, never the password) and the
+        // server's own words.
+        Some(url) => PgStore::connect(url, config.store.clone()).await.map_err(|e| match e {
+            StoreError::Unavailable(why) => anyhow::anyhow!("{why} (database_url)"),
+            other => anyhow::Error::new(other).context("cannot open the PostgreSQL store (database_url)"),
+        })?,
         None => SqliteStore::open(&config.data_dir, config.store.clone())
             .await
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,

@@ -14,10 +14,25 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use coffer_events::{SecretKey, SecretKeys};
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 
 /// The key file the embedded store makes in its data dir.
 pub const DATA_DIR_KEY_FILE: &str = "webhook-secret-keys";
+
+/// Whether a role of this process handles webhook secrets: the API makes and rotates them, the
+/// worker signs with them. A relay alone never touches one.
+pub fn needed(config: &Config) -> bool {
+    config.roles.iter().any(|role| matches!(role, Role::Api | Role::Worker))
+}
+
+/// Whether [`load`] only reads the configuration (keys set, a key file, or PostgreSQL, which
+/// refuses to start without one) rather than making the embedded store's key file in
+/// `data_dir`: then it can run before anything is created.
+pub fn configured(config: &Config) -> bool {
+    !config.webhook_secret_keys.0.is_empty()
+        || config.webhook_secret_key_file.is_some()
+        || config.database_url.is_some()
+}
 
 /// The configured keys, or the embedded store's own; an error says what to configure.
 pub fn load(config: &Config) -> anyhow::Result<SecretKeys> {

@@ -108,12 +108,53 @@ impl NatsConnection {
         }
     }
 
-    /// Connects. The error never carries the URL or the password: a URL may hold credentials.
+    /// Connects. The error names the servers' hosts and ports, never the URL's user or
+    /// password: a URL may hold credentials.
     pub async fn connect(&self) -> Result<async_nats::Client, BusError> {
         let servers: Vec<&str> = self.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-        self.options()?
-            .connect(servers)
-            .await
-            .map_err(|e| BusError::Unavailable(format!("cannot connect to NATS: {e}")))
+        let at = servers.iter().map(|server| host_and_port(server)).collect::<Vec<_>>().join(",");
+        self.options()?.connect(servers).await.map_err(|e| {
+            let mut said = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(inner) = cause {
+                let inner_said = inner.to_string();
+                if !said.contains(&inner_said) {
+                    said = format!("{said}: {inner_said}");
+                }
+                cause = inner.source();
+            }
+            BusError::Unavailable(format!("cannot connect to NATS at {at}: {said}"))
+        })
+    }
+}
+
+/// `host:port` of a NATS server URL (`nats://user:password@host:4222`), without its scheme and
+/// credentials; the port is NATS's default when the URL names none.
+fn host_and_port(server: &str) -> String {
+    let rest = server.split_once("://").map_or(server, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let has_port = match authority.rsplit_once(':') {
+        // An IPv6 literal without a port ends in `]`.
+        Some((_, port)) => !port.ends_with(']') && !authority.ends_with(']'),
+        None => false,
+    };
+    match has_port {
+        true => authority.to_owned(),
+        false => format!("{authority}:4222"),
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::host_and_port;
+
+    #[test]
+    fn server_addresses_are_shown_without_credentials() {
+        assert_eq!(host_and_port("nats://relay:s3cret@10.0.0.1:4222"), "10.0.0.1:4222");
+        assert_eq!(host_and_port("tls://nats.example"), "nats.example:4222");
+        assert_eq!(host_and_port("127.0.0.1:4999"), "127.0.0.1:4999");
+        assert_eq!(host_and_port("nats://[::1]"), "[::1]:4222");
+        assert_eq!(host_and_port("nats://[::1]:5000"), "[::1]:5000");
     }
 }

@@ -7,7 +7,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::json;
 use crate::dto::Health;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::openapi::NotReady;
 use crate::state::AppState;
 
@@ -20,12 +20,16 @@ pub async fn healthz() -> Response {
     json(StatusCode::OK, &Health { status: "ok" })
 }
 
-/// The store can be reached; a load balancer sends traffic only while this is 200.
+/// The store can be reached and the process is not shutting down; a load balancer sends
+/// traffic only while this is 200.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, description = "Ready", body = Health), NotReady)
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if state.shutdown.has_begun() {
+        return Err(ApiError::new(ErrorCode::Unavailable, "this server is shutting down").retry_after(1));
+    }
     state.store.ping().await?;
     Ok(json(StatusCode::OK, &Health { status: "ok" }))
 }

@@ -119,12 +119,44 @@ pub async fn event_stream(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let filter = Filter { types: parse_types(query.types.as_deref())?, account: query.account };
+    if state.shutdown.has_begun() {
+        return Err(ApiError::new(ErrorCode::Unavailable, "this server is shutting down").retry_after(1));
+    }
     let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(ErrorCode::Overloaded, "too many open event streams; retry later").retry_after(5)
     })?;
     let position = start(state.store.as_ref(), &headers, query.after).await?;
-    let events = tail(&state, filter, position, permit).take_until(key_ends(state.clone(), principal));
+    let shutdown = state.shutdown.clone();
+    let events = tail(&state, filter, position, permit)
+        .take_until(key_ends(state.clone(), principal))
+        .take_until(async move { shutdown.begun().await })
+        .chain(farewell(state.shutdown.clone()));
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// How long a client is asked to wait before it reconnects after a [`SHUTDOWN_EVENT`].
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+/// The last event of a stream whose server is shutting down: its client reconnects (to another
+/// replica) with `Last-Event-ID` and misses nothing. It has no `id`, so the client's last event
+/// id stays that of the last real event.
+const SHUTDOWN_EVENT: &str = "shutdown";
+
+/// The [`SHUTDOWN_EVENT`] when the stream ended because the server is shutting down; nothing
+/// when it ended for another reason (its key was revoked).
+fn farewell(shutdown: crate::Shutdown) -> impl Stream<Item = Result<Event, Infallible>> {
+    // Asked when the stream has ended, not when it starts.
+    stream::once(async move { shutdown.has_begun() })
+        .filter_map(|begun| async move { begun.then(shutdown_event) })
+}
+
+fn shutdown_event() -> Result<Event, Infallible> {
+    let data = serde_json::json!({
+        "reason": "server_shutting_down",
+        "detail": "this server is shutting down; reconnect with Last-Event-ID to resume",
+        "retry_after_ms": RECONNECT_AFTER.as_millis() as u64,
+    });
+    Ok(Event::default().event(SHUTDOWN_EVENT).retry(RECONNECT_AFTER).data(data.to_string()))
 }
 
 /// Completes when the stream's key stops working (revoked or expired), checked once per key cache

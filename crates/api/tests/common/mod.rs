@@ -96,6 +96,7 @@ pub async fn serve_with(
         webhook_keys: Arc::new(SecretKeys::ephemeral()),
         metrics_on_api: true,
         about: coffer_api::ServerAbout::default(),
+        shutdown: coffer_api::Shutdown::default(),
     };
     let router = coffer_api::router_with(store.clone(), config, coffer_api::install_metrics(), services);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -69,11 +69,14 @@ impl Dispatcher {
         Ok(Self { store, keys, transport, settings })
     }
 
-    /// Dispatches until `stop` turns true (or its sender is gone). A round in progress is
-    /// finished first, so every attempt made is recorded; it takes at most `claim`.
+    /// Dispatches until `stop` turns true (or its sender is gone). In a round in progress no
+    /// new post starts once `stop` has turned, and the posts under way finish and are recorded
+    /// (each within `request_timeout`); the deliveries claimed but not posted are not touched:
+    /// their claim runs out and the next dispatcher (another replica, or the next process)
+    /// posts them, none counted as a failed attempt.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         while !*stop.borrow() {
-            let pause = match self.dispatch_due().await {
+            let pause = match self.round(Some(&stop)).await {
                 // A full round: more may be due right now.
                 Ok(attempted) if attempted == self.settings.batch => continue,
                 Ok(_) => self.settings.poll_interval,
@@ -93,16 +96,30 @@ impl Dispatcher {
     /// how many were attempted, or the first store error (the other attempts were recorded; an
     /// unrecorded one is posted again when its claim runs out).
     pub async fn dispatch_due(&self) -> StoreResult<usize> {
+        self.round(None).await
+    }
+
+    /// [`Self::dispatch_due`], starting no post once `stop` (when given) has turned true.
+    async fn round(&self, stop: Option<&watch::Receiver<bool>>) -> StoreResult<usize> {
         let now = Timestamp::now();
         let claim_until = later(now, self.settings.claim);
         let claimed = self.store.claim_due_deliveries(now, claim_until, self.settings.batch).await?;
-        let attempted = claimed.len();
+        let claimed_count = claimed.len();
+        let stopped = || stop.is_some_and(|stop| *stop.borrow());
         let recorded: Vec<StoreResult<()>> = futures::stream::iter(claimed)
+            .take_while(|_| std::future::ready(!stopped()))
             .map(|(delivery, webhook)| self.attempt(delivery, webhook))
             .buffer_unordered(self.settings.concurrency)
             .collect()
             .await;
+        let attempted = recorded.len();
         recorded.into_iter().collect::<StoreResult<Vec<()>>>()?;
+        if attempted < claimed_count {
+            tracing::info!(
+                left = claimed_count - attempted,
+                "stopping: webhook deliveries claimed but not posted are left to the next dispatcher"
+            );
+        }
         Ok(attempted)
     }
 

@@ -91,11 +91,57 @@ pub struct PgStore {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// `host:port` of every host `pg` names, for messages: never the user or the password.
+fn address(pg: &tokio_postgres::Config) -> String {
+    let ports = pg.get_ports();
+    let hosts = pg.get_hosts();
+    if hosts.is_empty() {
+        return "no host (the database URL names none)".to_owned();
+    }
+    let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+    let shown: Vec<String> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| match host {
+            tokio_postgres::config::Host::Tcp(name) if name.contains(':') => format!("[{name}]:{}", port(i)),
+            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{}", port(i)),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => format!("{}:{}", path.display(), port(i)),
+        })
+        .collect();
+    shown.join(",")
+}
+
+/// Why the first connection to the servers at `at` failed, in the server's own words when it
+/// answered (`database "x" does not exist`, `password authentication failed for user "y"`).
+fn connect_error(at: &str, e: deadpool_postgres::PoolError) -> StoreError {
+    let why = match &e {
+        deadpool_postgres::PoolError::Backend(pg) => match pg.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => with_causes(pg),
+        },
+        deadpool_postgres::PoolError::Timeout(_) => "no answer within the connect timeout".to_owned(),
+        other => with_causes(other),
+    };
+    StoreError::Unavailable(format!("cannot connect to PostgreSQL at {at}: {why}"))
+}
+
+/// A first connection from `pool`, whose servers are at `at`.
+async fn first_connection(pool: &Pool, at: &str) -> StoreResult<Client> {
+    pool.get().await.map_err(|e| connect_error(at, e))
+}
+
 /// Builds the pool for `url` (`postgres://…`, several hosts allowed) with the configured timeouts.
 fn pool(url: &str, config: &StoreConfig) -> StoreResult<Pool> {
+    pool_at(url, config).map(|(pool, _)| pool)
+}
+
+/// [`pool`], and where its servers are ([`address`]).
+fn pool_at(url: &str, config: &StoreConfig) -> StoreResult<(Pool, String)> {
     let tls = tls::from_url(url)?;
     let mut pg = tokio_postgres::Config::from_str(&tls.url)
         .map_err(|e| StoreError::Unavailable(format!("invalid database URL: {e}")))?;
+    let at = address(&pg);
     if let Some(mode) = tls.mode {
         pg.ssl_mode(mode);
     }
@@ -135,13 +181,14 @@ fn pool(url: &str, config: &StoreConfig) -> StoreResult<Pool> {
         .create_timeout(Some(connect * 2))
         .recycle_timeout(Some(connect))
         .build()
+        .map(|pool| (pool, at))
         .map_err(|e| StoreError::Unavailable(format!("cannot build the connection pool: {e}")))
 }
 
 /// Creates or upgrades the schema at `url` and answers its version (`coffer migrate`).
 pub async fn migrate(url: &str) -> StoreResult<i64> {
-    let pool = pool(url, &StoreConfig::default())?;
-    let mut client = pool.get().await.map_err(pool_error)?;
+    let (pool, at) = pool_at(url, &StoreConfig::default())?;
+    let mut client = first_connection(&pool, &at).await?;
     schema::migrate(&mut client).await
 }
 
@@ -187,9 +234,9 @@ impl PgStore {
     /// current tokio runtime.
     pub async fn connect(url: &str, config: StoreConfig) -> StoreResult<Arc<PgStore>> {
         config.validate()?;
-        let pool = pool(url, &config)?;
+        let (pool, at) = pool_at(url, &config)?;
         let keys = key_pool(url, &config)?;
-        schema::migrate(&mut pool.get().await.map_err(pool_error)?).await?;
+        schema::migrate(&mut first_connection(&pool, &at).await?).await?;
         let limits = BatchLimits {
             commands: config.batch_size_max,
             wait: Duration::from_micros(config.batch_wait_us),
