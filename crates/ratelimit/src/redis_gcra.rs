@@ -114,7 +114,7 @@ impl RedisLimits {
         match &*state {
             Connection::Up(connection) => return Ok(connection.clone()),
             Connection::Down { retry_at } if Instant::now() < *retry_at => {
-                return Err(RedisError("not connected; retrying shortly".into()));
+                return Err(self.failed("not connected; retrying shortly"));
             }
             Connection::Down { .. } => {}
         }
@@ -131,11 +131,11 @@ impl RedisLimits {
             }
             Ok(Err(e)) => {
                 *state = Connection::Down { retry_at: Instant::now() + RECONNECT_AFTER };
-                Err(RedisError(e.to_string()))
+                Err(self.failed(e))
             }
             Err(_) => {
                 *state = Connection::Down { retry_at: Instant::now() + RECONNECT_AFTER };
-                Err(RedisError("connecting timed out".into()))
+                Err(self.failed("connecting timed out"))
             }
         }
     }
@@ -143,6 +143,27 @@ impl RedisLimits {
     /// Drops the connection after a failure: the next check after a pause connects again.
     async fn lost(&self, why: String) -> RedisError {
         *self.connection.lock().await = Connection::Down { retry_at: Instant::now() + RECONNECT_AFTER };
-        RedisError(why)
+        self.failed(why)
+    }
+
+    /// An error naming the server (`host:port`, never the URL's password) and what went wrong.
+    fn failed(&self, why: impl std::fmt::Display) -> RedisError {
+        RedisError(format!("Redis at {}: {why}", self.client.get_connection_info().addr()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing listens on port 1: the refusal names the server, and never the URL's password.
+    #[tokio::test]
+    async fn an_error_names_the_server_and_not_the_password() {
+        let limits = RedisLimits::new("redis://:pa55word@127.0.0.1:1/0", "t", Duration::from_millis(500), None)
+            .expect("a well-formed URL");
+        let rate = Rate::new(std::num::NonZeroU32::MIN, std::num::NonZeroU32::MIN);
+        let refused = limits.check("k", rate).await.unwrap_err().to_string();
+        assert!(refused.starts_with("Redis at 127.0.0.1:1: "), "{refused}");
+        assert!(!refused.contains("pa55word"), "{refused}");
     }
 }
