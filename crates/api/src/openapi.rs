@@ -205,19 +205,18 @@ const IPV4: &str =
 /// parses, and what is kept is what was sent (give or take a `/` after a bare host).
 pub fn webhook_url_pattern() -> String {
     let h16 = "[0-9A-Fa-f]{1,4}";
+    // RFC 3986's IPv6address, ls32 and all.
+    let ls32 = format!("(?:{h16}:{h16}|{IPV4})");
     let ipv6 = [
-        format!("(?:{h16}:){{7}}{h16}"),
-        format!("(?:{h16}:){{1,7}}:"),
-        format!("(?:{h16}:){{1,6}}:{h16}"),
-        format!("(?:{h16}:){{1,5}}(?::{h16}){{1,2}}"),
-        format!("(?:{h16}:){{1,4}}(?::{h16}){{1,3}}"),
-        format!("(?:{h16}:){{1,3}}(?::{h16}){{1,4}}"),
-        format!("(?:{h16}:){{1,2}}(?::{h16}){{1,5}}"),
-        format!("{h16}:(?::{h16}){{1,6}}"),
-        format!(":(?:(?::{h16}){{1,7}}|:)"),
-        format!("(?:{h16}:){{6}}{IPV4}"),
-        format!("::(?:[Ff]{{4}}(?::0{{1,4}})?:)?{IPV4}"),
-        format!("(?:{h16}:){{1,4}}:{IPV4}"),
+        format!("(?:{h16}:){{6}}{ls32}"),
+        format!("::(?:{h16}:){{5}}{ls32}"),
+        format!("(?:{h16})?::(?:{h16}:){{4}}{ls32}"),
+        format!("(?:(?:{h16}:){{0,1}}{h16})?::(?:{h16}:){{3}}{ls32}"),
+        format!("(?:(?:{h16}:){{0,2}}{h16})?::(?:{h16}:){{2}}{ls32}"),
+        format!("(?:(?:{h16}:){{0,3}}{h16})?::{h16}:{ls32}"),
+        format!("(?:(?:{h16}:){{0,4}}{h16})?::{ls32}"),
+        format!("(?:(?:{h16}:){{0,5}}{h16})?::{h16}"),
+        format!("(?:(?:{h16}:){{0,6}}{h16})?::"),
     ]
     .join("|");
     let label = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
@@ -374,6 +373,8 @@ mod tests {
             "https://[1:2:3:4:5:6:7:8]/",
             "https://[1:2:3:4:5:6:1.2.3.4]/",
             "https://[1::2:3.4.5.6]/",
+            "https://[1:2:3:4:5::]/",
+            "https://[::2:3:4:5:6:7:8]/",
             "https://example.com/%zz/%/~!$&()*+,;=:@?/?#frag#more",
         ] {
             assert!(shape.is_match(url), "{url}");
@@ -389,6 +390,8 @@ mod tests {
             "https://example.1/",
             "https://-a.com/",
             "https://[1:2]/",
+            "https://[1:2:3:4:5:6:7:8:9]/",
+            "https://[1::2::3]/",
             "https://example.com/a b",
             "https://example.com/'",
             "https://example.com/\"",
