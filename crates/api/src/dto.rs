@@ -42,9 +42,9 @@ pub struct CreateAccount {
     pub metadata: Option<Metadata>,
 }
 
-/// Seconds a hold lasts before it expires on its own: at least 1.
+/// Seconds a hold lasts before it expires on its own: 1 to 4294967295 (2^32−1).
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[schema(value_type = u32, minimum = 1)]
+#[schema(value_type = i64, minimum = 1, maximum = 4294967295.0)]
 #[serde(transparent)]
 pub struct TimeoutSeconds(pub NonZeroU32);
 
@@ -174,6 +174,14 @@ pub struct CursorParam(pub Cursor);
 impl<'de> Deserialize<'de> for CursorParam {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        // Only the spelling the server writes (the pattern `cursor` is documented with): `c` and at most 16
+        // lowercase hex digits; `i64::from_str_radix` alone would also take `+`, `-0` and capitals.
+        let digits = raw.strip_prefix('c').unwrap_or_default();
+        let shaped = (1..=16).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !shaped {
+            return Err(serde::de::Error::custom("cursor is not one this API returned"));
+        }
         raw.parse().map(CursorParam).map_err(serde::de::Error::custom)
     }
 }
@@ -196,7 +204,7 @@ pub struct PageQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = "^c(?:[0-9a-f]{1,15}|[0-7][0-9a-f]{15})$")]
     pub cursor: Option<CursorParam>,
 }
 
@@ -215,14 +223,15 @@ pub struct NoQuery {}
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AccountQuery {
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = "^[A-Z0-9_]{1,16}$")]
     pub ledger: Option<LedgerCode>,
-    #[param(value_type = Option<String>)]
+    /// 1 to 128 characters, no control characters.
+    #[param(value_type = Option<String>, min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(default, deserialize_with = "client_text::external_ref")]
     pub external_ref: Option<ExternalRef>,
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = "^c(?:[0-9a-f]{1,15}|[0-7][0-9a-f]{15})$")]
     pub cursor: Option<CursorParam>,
 }
 
@@ -239,11 +248,11 @@ pub struct TransferQuery {
     /// Transfers on either side of this account.
     #[param(value_type = Option<String>, format = Uuid)]
     pub account_id: Option<AccountId>,
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = "^[A-Z0-9_]{1,16}$")]
     pub ledger: Option<LedgerCode>,
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = "^c(?:[0-9a-f]{1,15}|[0-7][0-9a-f]{15})$")]
     pub cursor: Option<CursorParam>,
 }
 
@@ -306,8 +315,8 @@ pub struct CreateKey {
     /// At least one scope.
     #[schema(min_items = 1)]
     pub scopes: Vec<ScopeName>,
-    /// Requests per second this key may make; omitted, the server's default.
-    #[schema(value_type = Option<u32>, minimum = 1)]
+    /// Requests per second this key may make, 1 to 4294967295 (2^32−1); omitted, the server's default.
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 4294967295.0)]
     pub rate_limit_per_second: Option<NonZeroU32>,
     /// When the key stops working by itself (RFC 3339, in the future); omitted, never.
     pub expires_at: Option<Timestamp>,

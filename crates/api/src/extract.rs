@@ -44,8 +44,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Trace {
 /// Which body limit a JSON body is held to, and whether it may be left out.
 pub trait BodyKind: Send + Sync + 'static {
     fn limit(config: &ApiConfig) -> usize;
-    /// A body-less request (no Content-Type, no bytes) reads as `{}`: for actions whose fields are
-    /// all optional, like posting a pending transfer.
+    /// A body-less request (no Content-Type, no bytes) and a JSON `null` read as `{}`: for actions
+    /// whose fields are all optional, like posting a pending transfer.
     const OPTIONAL: bool = false;
 }
 
@@ -102,6 +102,10 @@ where
         };
         let bytes = read_body(&parts.headers, body, K::limit(&state.config)).await?;
         match (labelled, bytes.is_empty()) {
+            // An optional body may also be `null`: no options, as the document's `oneOf` says.
+            (true, _) if K::OPTIONAL && bytes.trim_ascii() == b"null" => {
+                parse_json(b"{}").map(|v| Self(v, PhantomData))
+            }
             (true, _) => parse_json(&bytes).map(|v| Self(v, PhantomData)),
             (false, true) => parse_json(b"{}").map(|v| Self(v, PhantomData)),
             (false, false) => Err(unsupported()),

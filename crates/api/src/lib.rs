@@ -110,7 +110,7 @@ pub fn router_with(
     services: Services,
 ) -> Router {
     let (routes, api) = routes::api_routes().split_for_parts();
-    let openapi_json = Bytes::from(api.to_json().unwrap_or_default());
+    let openapi_json = Bytes::from(serde_json::to_vec(&openapi::finish(&api)).unwrap_or_default());
     let limits = RateLimits::new(config.rate_limit_per_second, config.rate_limit_burst);
     let failures = FailedAuths::new(config.auth_failures_per_second, config.auth_failure_burst);
     let auth =
@@ -157,6 +157,6 @@ fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
 }
 
 /// The OpenAPI 3.1 document of every route, generated from the handlers' own types.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes::api_routes().into_openapi()
+pub fn openapi() -> serde_json::Value {
+    openapi::finish(&routes::api_routes().into_openapi())
 }

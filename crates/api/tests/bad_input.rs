@@ -125,6 +125,13 @@ async fn every_write_refuses_bad_bodies() {
             ("deep nesting", format!("{}{}", "{\"metadata\":".repeat(200), "}".repeat(200)).into_bytes()),
         ] {
             let r = raw(&app, path, &body).await;
+            // The actions whose body is optional read `null` as no options, as the document says.
+            let optional =
+                ["/post", "/void", "/rotate", "/rotate-secret"].iter().any(|end| path.ends_with(end));
+            if case == "null" && optional {
+                assert_ne!(r.status, 400, "{path} {case}: {}", r.text);
+                continue;
+            }
             assert_eq!(r.status, 400, "{path} {case}: {}", r.text);
             r.assert_problem(400, "invalid_request");
         }

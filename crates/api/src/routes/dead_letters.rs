@@ -16,18 +16,23 @@ use crate::client_text;
 use crate::dto::page_limit;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, PathParam};
-use crate::openapi::{LookupProblems, ReadProblems, WriteProblems};
+use crate::openapi::{ActionProblems, LookupProblems, ReadProblems};
 use crate::state::AppState;
 
-/// A dead letter's id: a UUID (in-process bus) or a stream sequence (JetStream).
+/// A dead letter's id: a hyphenated UUID (in-process bus) or a stream sequence of 1 to 19
+/// digits (JetStream); `openapi::DEAD_LETTER_ID_PATTERN` states the same.
 pub struct DeadLetterId(String);
 
 impl PathParam for DeadLetterId {
     const NAME: &'static str = "id";
     fn parse(raw: &str) -> Result<Self, &'static str> {
-        let shape =
-            !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-        if shape { Ok(Self(raw.to_owned())) } else { Err("must be a dead letter id") }
+        let uuid = raw.len() == 36
+            && raw.bytes().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            });
+        let sequence = (1..=19).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_digit());
+        if uuid || sequence { Ok(Self(raw.to_owned())) } else { Err("must be a dead letter id") }
     }
 }
 
@@ -43,12 +48,17 @@ fn consumer_name(name: &str) -> Result<(), &'static str> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
-    /// Only this consumer's dead letters.
+    /// Only this consumer's dead letters: 1 to 128 characters, no control characters.
+    #[param(min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub consumer: Option<String>,
     /// 1..=1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page: a dead letter's id, a UUID on the in-process bus
+    /// and a sequence on JetStream (the other bus's form is a 400).
+    #[param(
+        pattern = "^(?:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9]{1,19})$"
+    )]
     pub cursor: Option<String>,
 }
 
@@ -133,8 +143,8 @@ pub async fn get_dead_letter(
 /// Hand a dead letter back to its consumer, which tries it again from its first attempt (admin).
 #[utoipa::path(
     post, path = "/v1/admin/dead-letters/{id}/replay", tag = "events",
-    params(("id" = String, Path, description = "The dead letter's id")),
-    responses((status = 202, description = "Handed back; the consumer takes it shortly"), WriteProblems)
+    params(("id" = String, Path, description = "The dead letter's id: a UUID (in-process bus) or a sequence (JetStream)")),
+    responses((status = 202, description = "Handed back; the consumer takes it shortly"), ActionProblems)
 )]
 pub async fn replay_dead_letter(
     State(state): State<AppState>,

@@ -13,7 +13,7 @@ use crate::auth::{AdminScope, Caller, generate_token};
 use crate::dto::{CreateKey, CreatedKey, KeyView, List, NoQuery, RotateKey, RotatedKey};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, JsonBody, Optional};
-use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
+use crate::openapi::{ActionProblems, IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
 use crate::state::AppState;
 
 /// Create an API key (admin). The token is in this response only. Under an Idempotency-Key, the
@@ -79,8 +79,8 @@ const DEFAULT_OVERLAP_SECONDS: u32 = 24 * 3600;
 #[utoipa::path(
     post, path = "/v1/keys/{id}/rotate", tag = "keys",
     params(IdempotencyHeader, ("id" = String, Path, format = Uuid, description = "The key's id; a malformed UUID is a 400")),
-    request_body = RotateKey,
-    responses((status = 201, description = "The new key, its token shown only here, and the old key", body = RotatedKey), LookupProblems, WriteProblems)
+    request_body(content = Option<RotateKey>, description = "Optional; `{}`, `null` or no body takes the defaults"),
+    responses((status = 201, description = "The new key, its token shown only here, and the old key", body = RotatedKey), ActionProblems)
 )]
 pub async fn rotate_key(
     State(state): State<AppState>,

@@ -17,7 +17,8 @@ use crate::extract::{ApiPath, ApiQuery};
 use crate::openapi::LookupProblems;
 use crate::state::AppState;
 
-/// The longest range one request may ask for, in days.
+/// The longest range one request may ask for, in days, both ends included: `to` is at most
+/// 365 days after `from`.
 const MAX_DAYS: i64 = 366;
 /// The range when none is given: the last 31 days, today included.
 const DEFAULT_DAYS: i64 = 31;
@@ -32,13 +33,28 @@ pub struct Day(Date);
 impl<'de> Deserialize<'de> for Day {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
+        let invalid = || serde::de::Error::custom("must be a date, YYYY-MM-DD");
+        // `format: date` (RFC 3339 full-date): four digits of year, no sign, so 0000 to 9999.
+        let shaped = raw.len() == 10
+            && raw
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+        if !shaped {
+            return Err(invalid());
+        }
         let format = time::macros::format_description!("[year]-[month]-[day]");
-        Date::parse(&raw, format).map(Day).map_err(|_| serde::de::Error::custom("must be a date, YYYY-MM-DD"))
+        Date::parse(&raw, format).map(Day).map_err(|_| invalid())
     }
 }
 
 fn epoch_day(date: Date) -> i32 {
     date.to_julian_day() - UNIX_EPOCH_JULIAN_DAY
+}
+
+/// The first day a `format: date` can write, 0000-01-01; a default `from` never goes before it.
+fn first_day() -> Date {
+    Date::from_calendar_date(0, time::Month::January, 1).unwrap_or(Date::MIN)
 }
 
 fn date_of(epoch_day: i32) -> String {
@@ -49,10 +65,11 @@ fn date_of(epoch_day: i32) -> String {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
-    /// First day (UTC), `YYYY-MM-DD`; default 30 days before `to`.
+    /// First day (UTC), `YYYY-MM-DD`; default 30 days before `to` (but not before 0000-01-01).
     #[param(value_type = Option<String>, format = Date)]
     pub from: Option<Day>,
-    /// Last day (UTC), inclusive; default today. At most 366 days after `from`.
+    /// Last day (UTC), inclusive; default today. Not before `from`, and at most 365 days after
+    /// it (a range of at most 366 days, both ends included); else a 400.
     #[param(value_type = Option<String>, format = Date)]
     pub to: Option<Day>,
 }
@@ -98,12 +115,14 @@ pub async fn ledger_stats(
     ApiQuery(query): ApiQuery<StatsQuery>,
 ) -> Result<Response, ApiError> {
     let to = query.to.map_or_else(|| OffsetDateTime::now_utc().date(), |d| d.0);
-    let from = query.from.map_or_else(|| to.saturating_sub(Duration::days(DEFAULT_DAYS - 1)), |d| d.0);
+    // Clamped rather than refused: the request is valid, and no transfer is older than 1970.
+    let default_from = || to.saturating_sub(Duration::days(DEFAULT_DAYS - 1)).max(first_day());
+    let from = query.from.map_or_else(default_from, |d| d.0);
     if from > to {
         return Err(ApiError::invalid_field("from", "must not be after `to`"));
     }
     if (to - from).whole_days() >= MAX_DAYS {
-        return Err(ApiError::invalid_field("to", "the range may span at most 366 days"));
+        return Err(ApiError::invalid_field("to", "must be at most 365 days after `from` (366 days in all)"));
     }
     state.store.ledger(code).await?.ok_or_else(|| ApiError::not_found("no such ledger"))?;
     let rows = state.store.ledger_volumes(&code, epoch_day(from), epoch_day(to)).await?;

@@ -110,7 +110,7 @@ pub async fn get_transfer(
 #[utoipa::path(
     post, path = "/v1/transfers/{id}/post", tag = "transfers",
     params(("id" = String, Path, format = Uuid, description = "The pending transfer's id"), IdempotencyHeader, TraceHeader),
-    request_body(content = Option<PostPending>, description = "Optional; omitted, the whole amount is posted"),
+    request_body(content = Option<PostPending>, description = "Optional; omitted (or `null`), the whole amount is posted"),
     responses(
         (status = 201, description = "Posted; the posting transfer", body = Transfer),
         (status = 200, description = "This post already happened (`Idempotent-Replayed: true`)", body = Transfer, headers(("Idempotent-Replayed" = String, description = "`true`: the record already existed with these fields"))),
@@ -141,7 +141,7 @@ pub async fn post_transfer(
 #[utoipa::path(
     post, path = "/v1/transfers/{id}/void", tag = "transfers",
     params(("id" = String, Path, format = Uuid, description = "The pending transfer's id"), IdempotencyHeader, TraceHeader),
-    request_body(content = Option<VoidPending>, description = "Optional"),
+    request_body(content = Option<VoidPending>, description = "Optional; `{}`, `null` or no body"),
     responses(
         (status = 201, description = "Voided; the voiding transfer", body = Transfer),
         (status = 200, description = "This void already happened (`Idempotent-Replayed: true`)", body = Transfer, headers(("Idempotent-Replayed" = String, description = "`true`: the record already existed with these fields"))),

@@ -8,7 +8,10 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use regex::Regex;
 
 use coffer_events::{
     DEFAULT_OVERLAP, EVENT_TYPES, MAX_OVERLAP, RotateError, UrlError, new_secret, rotate_secret, validate_url,
@@ -26,11 +29,21 @@ use crate::dto::{NoQuery, page_limit};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{ApiPath, ApiPath2, ApiQuery, JsonBody, Optional, PathParam};
 use crate::idempotency::NewIds;
-use crate::openapi::{IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems};
+use crate::openapi::{
+    ActionProblems, IdempotencyHeader, LookupProblems, ReadProblems, WriteProblems, webhook_url_pattern,
+};
 use crate::state::AppState;
 
 /// The longest URL an endpoint may have.
 const MAX_URL_BYTES: usize = 2048;
+
+/// The shape every URL must have (`openapi::webhook_url_pattern`, which the document states).
+static URL_SHAPE: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(&webhook_url_pattern()).ok());
+
+/// Whether `url` has the documented shape; the pattern is tested to compile, so `None` never is.
+fn well_shaped(url: &str) -> bool {
+    URL_SHAPE.as_ref().is_some_and(|shape| shape.is_match(url))
+}
 
 /// A webhook endpoint's or a delivery's id.
 pub struct WebhookId(Uuid);
@@ -55,12 +68,15 @@ impl PathParam for DeliveryId {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
-    /// Where deliveries are posted: `https` (`http` only where the deployment allows insecure
-    /// http), no credentials in it, and a host that is a globally routable address (a literal
-    /// special-purpose address is refused with 422 `webhook_target_refused`; a name is checked
-    /// at every delivery against what it resolves to).
+    /// Where deliveries are posted, at most 2048 bytes: `https` (`http` only where the deployment
+    /// allows insecure http, else 422 `webhook_target_refused`), no credentials in it, a host
+    /// that is a DNS name (its last label starting with a letter), a dotted-quad IPv4 address or
+    /// a bracketed IPv6 address and is globally routable (a literal special-purpose address is
+    /// refused with 422 `webhook_target_refused`; a name is checked at every delivery against
+    /// what it resolves to), an optional port, and a path, query and fragment of characters that
+    /// need no percent-encoding. A name with an invalid punycode (`xn--`) label is a 400.
     pub url: String,
-    /// The event types delivered (at least one), e.g. `["coffer.transfer.created"]`.
+    /// The event types delivered (at least one; repeats count once), e.g. `["coffer.transfer.created"]`.
     pub event_types: Vec<String>,
 }
 
@@ -210,6 +226,13 @@ pub async fn create_webhook(
     if body.url.len() > MAX_URL_BYTES {
         return Err(ApiError::invalid_field("url", "must be at most 2048 bytes"));
     }
+    if !well_shaped(&body.url) {
+        return Err(ApiError::invalid_field(
+            "url",
+            "must be an http(s) URL without credentials, whose host is a DNS name, an IPv4 address or \
+             a bracketed IPv6 address, and whose path, query and fragment need no percent-encoding",
+        ));
+    }
     let url = validate_url(&body.url, state.webhook_targets).map_err(|e| match e {
         // Well formed, but a destination this deployment never sends to: a policy refusal.
         UrlError::NotPublic { .. } | UrlError::InsecureHttp => {
@@ -217,10 +240,8 @@ pub async fn create_webhook(
         }
         other => ApiError::invalid_field("url", other.to_string()),
     })?;
-    // Parsing percent-encodes (a space becomes `%20`): the limit holds for the URL kept and posted to.
-    if url.as_str().len() > MAX_URL_BYTES {
-        return Err(ApiError::invalid_field("url", "must be at most 2048 bytes once percent-encoded"));
-    }
+    // The shape leaves nothing to percent-encode, so the URL kept is the one sent, normalized
+    // (at most a `/` longer, after a bare host).
     // With an Idempotency-Key the id is derived from it, so a retry whose first run registered
     // the endpoint but lost its answer (a crash, a timeout) gets that endpoint, secret and all,
     // instead of registering a second one that would deliver every event twice.
@@ -253,8 +274,8 @@ pub async fn create_webhook(
 #[utoipa::path(
     post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
     params(("id" = Uuid, Path, description = "The endpoint's id"), IdempotencyHeader),
-    request_body(content = Option<RotateSecret>, description = "Optional; `{}` or no body takes the defaults"),
-    responses((status = 200, description = "Rotated, with the new secret", body = RotatedWebhook), WriteProblems)
+    request_body(content = Option<RotateSecret>, description = "Optional; `{}`, `null` or no body takes the defaults"),
+    responses((status = 200, description = "Rotated, with the new secret", body = RotatedWebhook), ActionProblems)
 )]
 pub async fn rotate_webhook_secret(
     State(state): State<AppState>,
@@ -357,7 +378,7 @@ pub async fn list_deliveries(
         ("id" = Uuid, Path, description = "The endpoint's id"),
         ("delivery_id" = Uuid, Path, description = "The delivery's id"),
     ),
-    responses((status = 202, description = "Queued for delivery now"), WriteProblems)
+    responses((status = 202, description = "Queued for delivery now"), ActionProblems)
 )]
 pub async fn redeliver(
     State(state): State<AppState>,
