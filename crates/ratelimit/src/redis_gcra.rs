@@ -159,11 +159,12 @@ mod tests {
     /// Nothing listens on port 1: the refusal names the server, and never the URL's password.
     #[tokio::test]
     async fn an_error_names_the_server_and_not_the_password() {
-        let limits = RedisLimits::new("redis://:pa55word@127.0.0.1:1/0", "t", Duration::from_millis(500), None)
-            .expect("a well-formed URL");
+        let limits =
+            RedisLimits::new("redis://:pa55word@127.0.0.1:1/0", "t", Duration::from_millis(500), None)
+                .expect("a well-formed URL");
         let rate = Rate::new(std::num::NonZeroU32::MIN, std::num::NonZeroU32::MIN);
         let refused = limits.check("k", rate).await.unwrap_err().to_string();
-        assert!(refused.starts_with("Redis at 127.0.0.1:1: "), "{refused}");
+        assert!(refused.contains("Redis at 127.0.0.1:1: "), "{refused}");
         assert!(!refused.contains("pa55word"), "{refused}");
     }
 }
