@@ -190,8 +190,15 @@ pub trait PathParam: Sized {
     fn parse(raw: &str) -> Result<Self, &'static str>;
 }
 
-fn parse_uuid(raw: &str) -> Result<Uuid, &'static str> {
-    Uuid::try_parse(raw).map_err(|_| "must be a UUID")
+/// A UUID in its one documented form (`format: uuid`: 36 characters, hyphenated). The braced,
+/// unhyphenated and `urn:uuid:` spellings the parser also knows are refused, so one resource has
+/// one URL.
+pub(crate) fn parse_uuid(raw: &str) -> Result<Uuid, &'static str> {
+    let hyphenated = raw.len() == 36 && [8, 13, 18, 23].iter().all(|&i| raw.as_bytes()[i] == b'-');
+    match hyphenated {
+        true => Uuid::try_parse(raw).map_err(|_| "must be a UUID"),
+        false => Err("must be a UUID (36 characters, hyphenated)"),
+    }
 }
 
 impl PathParam for AccountId {

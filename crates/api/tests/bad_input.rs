@@ -419,6 +419,10 @@ async fn reads_refuse_bad_paths_queries_and_tokens() {
         ("/v1/keys/xyz", "id"),
         ("/v1/ledgers/usd", "code"),
         ("/v1/ledgers/%FF", "code"),
+        // Spellings the UUID parser knows but the document does not: one resource, one URL.
+        ("/v1/accounts/0196a0000000700080000000000000a1", "id"),
+        ("/v1/accounts/%7B0196a000-0000-7000-8000-0000000000a1%7D", "id"),
+        ("/v1/transfers/urn:uuid:0196a000-0000-7000-8000-0000000000a1", "id"),
     ] {
         let method = match path {
             p if p.ends_with("/post") || p.ends_with("/void") => "POST",

@@ -523,6 +523,14 @@ mod tests {
         });
     }
 
+    /// `coffer serve` and `coffer gateway` in front of it run side by side on their defaults.
+    #[test]
+    fn the_gateway_and_the_server_listen_on_different_ports_by_default() {
+        let defaults = Config::default();
+        assert_ne!(defaults.gateway.listen, defaults.listen);
+        assert_eq!(defaults.gateway.listen.to_string(), "127.0.0.1:8000");
+    }
+
     #[test]
     fn gateway_settings_from_file_environment_and_flags() {
         figment::Jail::expect_with(|jail| {

@@ -51,7 +51,7 @@ pub struct WebhookId(Uuid);
 impl PathParam for WebhookId {
     const NAME: &'static str = "id";
     fn parse(raw: &str) -> Result<Self, &'static str> {
-        Uuid::try_parse(raw).map(WebhookId).map_err(|_| "must be a UUID")
+        crate::extract::parse_uuid(raw).map(WebhookId)
     }
 }
 
@@ -61,7 +61,7 @@ pub struct DeliveryId(Uuid);
 impl PathParam for DeliveryId {
     const NAME: &'static str = "delivery_id";
     fn parse(raw: &str) -> Result<Self, &'static str> {
-        Uuid::try_parse(raw).map(DeliveryId).map_err(|_| "must be a UUID")
+        crate::extract::parse_uuid(raw).map(DeliveryId)
     }
 }
 
