@@ -6,6 +6,7 @@
 //! stored, durably, when the request that carried the key completes.
 
 mod bare_tokens;
+pub mod chain;
 mod columns;
 mod config;
 mod coordination;
