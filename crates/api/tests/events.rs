@@ -379,6 +379,7 @@ fn letter(consumer: &str, position: i64) -> DeadLetter {
             time: Timestamp::now(),
             data: r#"{"amount":5}"#.into(),
             traceparent: None,
+            hash: None,
         },
         error: "boom".into(),
         attempts: 8,

@@ -1,13 +1,15 @@
 //! The CloudEvents 1.0 envelope, JSON structured mode, of an outbox row.
 //!
-//! `data` is the record's JSON exactly as the outbox holds it (the API's own form), embedded
-//! without being parsed and written again. The `sequence` extension is the outbox position,
-//! zero-padded to 19 digits: the extension requires a lexicographically ordered string, and 19
-//! digits hold every positive 64-bit position.
+//! The store writes the form (it hashes it into the outbox's chain); this module is where the
+//! event pipeline encodes and decodes it. `data` is the record's JSON exactly as the outbox
+//! holds it, embedded without being parsed and written again. The extensions: `sequence`, the
+//! outbox position zero-padded to 19 digits (the extension requires a lexicographically ordered
+//! string); `chainhash`, the event's link in the outbox's hash chain; `traceparent`.
 
 use coffer_ledger::{Timestamp, TraceParent};
 use coffer_store::OutboxEvent;
-use serde::{Deserialize, Serialize};
+use coffer_store::chain::ChainHash;
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 /// Every event type Coffer emits (DESIGN.md §3). A breaking change to one is a new type.
@@ -18,24 +20,6 @@ pub const EVENT_TYPES: [&str; 5] = [
     "coffer.transfer.voided",
     "coffer.transfer.expired",
 ];
-
-#[derive(Serialize)]
-struct CloudEvent<'a> {
-    specversion: &'static str,
-    id: uuid::Uuid,
-    source: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    subject: uuid::Uuid,
-    time: String,
-    datacontenttype: &'static str,
-    sequence: String,
-    /// The W3C trace context of the request that caused the event (the CloudEvents distributed
-    /// tracing extension), left out when there was none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    traceparent: Option<&'a str>,
-    data: &'a RawValue,
-}
 
 /// The fields [`decode`] reads back; others (a `tracestate`, say) are ignored.
 #[derive(Deserialize)]
@@ -53,29 +37,16 @@ struct Received<'a> {
     traceparent: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     data: &'a RawValue,
+    #[serde(borrow, default)]
+    chainhash: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// The `sequence` extension value of a position.
-pub fn sequence(position: i64) -> String {
-    format!("{position:019}")
-}
+pub use coffer_store::sequence;
 
-/// The event's CloudEvents JSON. Fails only if the outbox holds data that is not JSON, which
-/// the store never writes.
+/// The event's CloudEvents JSON, `chainhash` included (see [`coffer_store::OutboxEvent`]).
+/// Fails only if the outbox holds data that is not JSON, which the store never writes.
 pub fn encode(event: &OutboxEvent) -> Result<Vec<u8>, serde_json::Error> {
-    let data: &RawValue = serde_json::from_str(&event.data)?;
-    serde_json::to_vec(&CloudEvent {
-        specversion: "1.0",
-        id: event.id,
-        source: &event.source,
-        kind: &event.kind,
-        subject: event.subject,
-        time: event.time.to_rfc3339(),
-        datacontenttype: "application/json",
-        sequence: sequence(event.position),
-        traceparent: event.traceparent.as_ref().map(TraceParent::as_str),
-        data,
-    })
+    event.cloud_event_json()
 }
 
 /// The outbox row a CloudEvent (as [`encode`] wrote it) came from: what consumers of the bus
@@ -93,6 +64,10 @@ pub fn decode(json: &[u8]) -> Result<OutboxEvent, serde_json::Error> {
             TraceParent::try_from(text.as_ref()).map_err(|e| invalid(format!("traceparent {text:?}: {e}")))
         })
         .transpose()?;
+    let hash = event
+        .chainhash
+        .map(|text| ChainHash::from_hex(&text).ok_or_else(|| invalid(format!("chainhash {text:?} is not 64 hex digits"))))
+        .transpose()?;
     Ok(OutboxEvent {
         position,
         id: event.id,
@@ -102,6 +77,7 @@ pub fn decode(json: &[u8]) -> Result<OutboxEvent, serde_json::Error> {
         time: event.time,
         data: event.data.get().to_owned(),
         traceparent,
+        hash,
     })
 }
 
@@ -122,6 +98,7 @@ mod tests {
             time: Timestamp::from_micros(1_700_000_000_123_456),
             data: r#"{"id":"00000000-0000-0000-0000-000000000002","amount":5}"#.into(),
             traceparent: None,
+            hash: None,
         };
         let json: Value = serde_json::from_slice(&encode(&event).unwrap()).unwrap();
         assert_eq!(
@@ -145,6 +122,11 @@ mod tests {
         let json: Value = serde_json::from_slice(&encode(&traced).unwrap()).unwrap();
         assert_eq!(json["traceparent"], trace);
         assert_eq!(decode(&encode(&traced).unwrap()).unwrap(), traced, "decode keeps the traceparent");
+
+        let chained = OutboxEvent { hash: Some(ChainHash::GENESIS.next(b"x")), ..traced };
+        let json: Value = serde_json::from_slice(&encode(&chained).unwrap()).unwrap();
+        assert_eq!(json["chainhash"], chained.hash.unwrap().to_hex());
+        assert_eq!(decode(&encode(&chained).unwrap()).unwrap(), chained, "decode keeps the chainhash");
     }
 
     #[test]

@@ -8,11 +8,12 @@ mod common;
 use std::sync::Arc;
 
 use coffer_events::{Bus, Relay};
-use coffer_ledger::{Submission, TraceParent};
+use coffer_ledger::{Command, Submission, TraceParent, TransferId};
 use coffer_store::StoreConfig;
 use coffer_testkit::{Backend, TestStore};
 use common::{ledger_with_accounts, local_jetstream, transfer, transfers, unique_stream};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 const TRANSFERS: u64 = 300;
 
@@ -59,4 +60,67 @@ async fn every_event_reaches_the_stream_once_and_in_order() {
     }
     bus.context().delete_stream(&settings.name).await.unwrap();
     store.shutdown().await;
+}
+
+/// An outside consumer — JetStream's own client, an RFC 8785 implementation nobody here wrote,
+/// SHA-256 — checks the chain from the events alone: each message's `chainhash` is the hash of
+/// the previous one's and the message without `chainhash`, canonical. On both stores, with
+/// holds, posts and voids, and metadata that canonical form reorders and respells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_consumer_recomputes_the_chain_from_the_events_alone() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let settings = unique_stream("coffer_chain", 1);
+        let Some(bus) = local_jetstream(&settings).await else { return };
+        let bus = Arc::new(bus);
+        let Some(store) = TestStore::open(backend, StoreConfig::default()).await else { continue };
+        let accounts = ledger_with_accounts(store.as_ref(), 3).await;
+        let metadata: coffer_ledger::Metadata = serde_json::from_value(serde_json::json!({
+            "zeta": 1.50, "\u{1F600}": "emoji sorts before U+E000 in UTF-16", "\u{E000}": [1e2, -0.0, true],
+            // Within ±2^53, where RFC 8785's doubles are exact (beyond it see DECISIONS.md).
+            "a": {"nested": "tab\there", "n": 9_007_199_254_740_991_u64}
+        }))
+        .unwrap();
+        for round in 0..20_u64 {
+            let mut hold = transfer(accounts[0], accounts[1], 10 + round, 2);
+            let Command::CreateTransfer(new) = &mut hold else { unreachable!() };
+            new.pending = Some(None);
+            new.metadata = Some(metadata.clone());
+            let hold_id = new.id;
+            let mut plain = transfer(accounts[1], accounts[2], 1 + round, 1);
+            let Command::CreateTransfer(new) = &mut plain else { unreachable!() };
+            new.metadata = Some(metadata.clone());
+            store.submit(Submission::new(vec![hold, plain], false)).await.unwrap();
+            let resolution = coffer_ledger::Resolution {
+                id: TransferId(uuid::Uuid::new_v4()),
+                pending_id: hold_id,
+                amount: None,
+                code: None,
+                external_ref: None,
+                metadata: None,
+            };
+            let command = if round % 2 == 0 { Command::PostPending(resolution) } else { Command::VoidPending(resolution) };
+            store.submit(Submission::one(command)).await.unwrap();
+        }
+        let outbox = store.events_after(0, 10_000).await.unwrap();
+        let relay = Relay::new(store.store.clone(), bus.clone() as Arc<dyn Bus>, "jetstream");
+        assert_eq!(relay.catch_up(None).await.unwrap(), outbox.len());
+
+        let stream = bus.context().get_stream(&settings.name).await.unwrap();
+        let mut previous = [0_u8; 32]; // a fresh store's chain starts at the genesis link
+        for n in 1..=outbox.len() as u64 {
+            let message = stream.get_raw_message(n).await.unwrap();
+            let mut event: Value = serde_json::from_slice(&message.payload).unwrap();
+            let Some(Value::String(claimed)) = event.as_object_mut().unwrap().remove("chainhash") else {
+                panic!("message {n} has no chainhash: {event}")
+            };
+            let canonical = serde_json_canonicalizer::to_vec(&event).unwrap();
+            let link: [u8; 32] = Sha256::new().chain_update(previous).chain_update(&canonical).finalize().into();
+            assert_eq!(claimed, hex::encode(link), "{backend:?}: message {n} does not follow the one before");
+            previous = link;
+        }
+        let head = store.outbox_chain().await.unwrap().head;
+        assert_eq!(head.hash.0, previous, "{backend:?}: the last message's link is the outbox's head");
+        bus.context().delete_stream(&settings.name).await.unwrap();
+        store.shutdown().await;
+    }
 }

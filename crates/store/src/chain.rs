@@ -25,9 +25,16 @@ impl ChainHash {
 
     /// The link of the record whose canonical bytes are `canonical`, following `self`.
     pub fn next(&self, canonical: &[u8]) -> ChainHash {
+        self.next_parts(&[canonical])
+    }
+
+    /// [`next`](Self::next) of canonical bytes given in consecutive parts.
+    pub fn next_parts(&self, parts: &[&[u8]]) -> ChainHash {
         let mut hasher = Sha256::new();
         hasher.update(self.0);
-        hasher.update(canonical);
+        for part in parts {
+            hasher.update(part);
+        }
         ChainHash(hasher.finalize().into())
     }
 
@@ -59,6 +66,22 @@ impl fmt::Display for ChainHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
     }
+}
+
+/// A chain's link at a position: where a chain, or a stretch of it, begins or ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainLink {
+    pub position: i64,
+    pub hash: ChainHash,
+}
+
+/// The stretch of the outbox's chain the outbox holds: the first event it holds follows
+/// `anchor` (the last link retention deleted, or where the chain began), and the last one is
+/// `head`, which every writing transaction moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxChain {
+    pub anchor: ChainLink,
+    pub head: ChainLink,
 }
 
 /// Appends `value`'s canonical JSON (RFC 8785, exact integers) to `out`.

@@ -30,7 +30,7 @@ pub use keys::{
     ApiKey, KeyDirectory, KeyId, NewApiKey, Scope, TOKEN_PREFIX, TokenHash, TokenKind, bearer_token,
     is_valid_token, issue_token,
 };
-pub use outbox::OutboxEvent;
+pub use outbox::{OutboxEvent, sequence};
 pub use page::{AccountFilter, Cursor, Page, PageRequest, TransferFilter};
 /// Schema management of a PostgreSQL database (`coffer migrate`).
 pub use postgres::migrate as postgres_migrate;
@@ -155,6 +155,9 @@ pub trait Store:
     /// The position of the newest event in the outbox (0 when it is empty): where a reader
     /// that wants only new events starts.
     async fn last_event_position(&self) -> StoreResult<i64>;
+
+    /// Where the outbox's hash chain starts and ends (see [`chain::OutboxChain`]).
+    async fn outbox_chain(&self) -> StoreResult<chain::OutboxChain>;
 
     /// Answers Ok when the database can be reached (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;

@@ -129,6 +129,9 @@ async fn a_tailing_reader_sees_every_event_once_in_commit_order() {
         let stored = i128::from(b.credits_posted) - i128::from(b.debits_posted);
         assert_eq!(balances.get(&w.0.to_string()).copied().unwrap_or(0), stored, "wallet {w:?}");
     }
+    // Every event is linked into one hash chain, in position order, whichever writer wrote it.
+    let chained = whole_chain(store.as_ref()).await;
+    assert_eq!(chained, events, "the chain holds exactly the events the reader saw");
     for writer in writers.iter().skip(1) {
         writer.shutdown().await;
     }

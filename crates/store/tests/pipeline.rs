@@ -118,9 +118,14 @@ async fn pruning_deletes_only_old_events_at_or_below_the_position() {
     let positions = |events: &[OutboxEvent]| events.iter().map(|e| e.position).collect::<Vec<_>>();
 
     // Below e3's position but only the two older than e2: the time bound holds.
+    let link = |e: &OutboxEvent| coffer_store::chain::ChainLink { position: e.position, hash: e.hash.unwrap() };
+    assert_eq!(whole_chain(store.as_ref()).await, all);
     let pruned = store.prune_outbox(all[3].position, all[2].time.as_micros()).await.unwrap();
     assert_eq!(pruned, 2);
     assert_eq!(positions(&store.events_after(0, 100).await.unwrap()), positions(&all[2..]));
+    let ends = store.outbox_chain().await.unwrap();
+    assert_eq!(ends.anchor, link(&all[1]), "the anchor is the last deleted link");
+    assert_eq!(whole_chain(store.as_ref()).await, all[2..], "the rest of the chain follows the anchor");
 
     // Everything is old enough now: the position bound holds, inclusive.
     let later = all[5].time.as_micros() + 1;
@@ -128,6 +133,8 @@ async fn pruning_deletes_only_old_events_at_or_below_the_position() {
     assert_eq!(positions(&store.events_after(0, 100).await.unwrap()), positions(&all[4..]));
     assert_eq!(positions(&store.events_after(all[1].position, 100).await.unwrap()), positions(&all[4..]));
     assert_eq!(store.prune_outbox(all[3].position, later).await.unwrap(), 0, "nothing left to prune");
+    assert_eq!(store.outbox_chain().await.unwrap().anchor, link(&all[3]));
+    assert_eq!(whole_chain(store.as_ref()).await, all[4..]);
 
     created(store.as_ref(), account(AccountId::generate(), "USD", None)).await;
     let fresh = store.events_after(all[5].position, 100).await.unwrap();
@@ -292,6 +299,7 @@ fn letter(consumer: &str, event_id: Uuid) -> DeadLetter {
             traceparent: Some(
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".try_into().expect("a traceparent"),
             ),
+            hash: None,
         },
         error: "handler failed".to_owned(),
         attempts: 5,

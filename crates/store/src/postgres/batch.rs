@@ -267,11 +267,8 @@ const INSERT_TRANSFERS: &str = "INSERT INTO transfers (id, debit_account_id, cre
                ORDER BY n";
 const UPDATE_STATUSES: &str = "UPDATE transfers AS t SET status = u.status FROM unnest($1::uuid[], $2::text[]) AS u(id, status) \
                WHERE t.id = u.id";
-const INSERT_EVENTS: &str = "WITH clock AS (UPDATE outbox_clock SET position = position + $6 WHERE single RETURNING position) \
-     INSERT INTO outbox (position, id, type, subject, time, data, traceparent) \
-     SELECT clock.position - $6 + u.n, u.id, u.type, u.subject, $4, u.data, u.trace \
-     FROM clock, unnest($1::uuid[], $2::text[], $3::uuid[], $5::text[], $7::text[]) WITH ORDINALITY \
-     AS u(id, type, subject, data, trace, n)";
+/// Numbers, links and inserts the events (see `coffer_append_events` in the schema).
+const INSERT_EVENTS: &str = "SELECT coffer_append_events($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// The statements a batch writes with, prepared before the batch sends any of them (see
 /// [`write_changes`]).
@@ -477,20 +474,31 @@ async fn write_events(
     changes: &Changes,
     now: Timestamp,
 ) -> Result<(), tokio_postgres::Error> {
-    let envelopes = Envelopes::encode(&changes.events);
+    let envelopes = Envelopes::encode(&changes.events, now);
     if envelopes.is_empty() {
         return Ok(());
     }
-    let (mut ids, mut kinds, mut subjects, mut data, mut traces) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let n = envelopes.len();
+    let (mut ids, mut kinds, mut subjects, mut data, mut traces, mut heads, mut tails) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for e in envelopes.iter() {
         ids.push(e.id);
         kinds.push(e.kind);
         subjects.push(e.subject);
         data.push(e.data);
         traces.push(e.traceparent);
+        heads.push(e.chain.0);
+        tails.push(e.chain.1);
     }
-    let count = ids.len() as i64;
-    client.execute(statement, &[&ids, &kinds, &subjects, &now.as_micros(), &data, &count, &traces]).await?;
+    client
+        .execute(statement, &[&ids, &kinds, &subjects, &now.as_micros(), &data, &traces, &heads, &tails])
+        .await?;
     Ok(())
 }

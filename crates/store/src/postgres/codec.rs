@@ -9,6 +9,7 @@ use coffer_ledger::{
 use tokio_postgres::Row;
 
 use super::pg_error;
+use crate::chain::ChainHash;
 use crate::columns::flags;
 use crate::{StoreError, StoreResult};
 
@@ -18,6 +19,14 @@ pub(super) fn damaged(column: &str, why: impl std::fmt::Display) -> StoreError {
 
 pub(super) fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, column: usize) -> StoreResult<T> {
     row.try_get(column).map_err(pg_error)
+}
+
+/// A stored chain link, when there is one: exactly 32 bytes, anything else is damage.
+pub(super) fn optional_chain_hash(row: &Row, column: usize) -> StoreResult<Option<ChainHash>> {
+    let bytes: Option<&[u8]> = get(row, column)?;
+    bytes
+        .map(|bytes| ChainHash::from_slice(bytes).ok_or_else(|| damaged("hash", "a chain hash is 32 bytes")))
+        .transpose()
 }
 
 /// A stored `traceparent`: the store writes only valid ones, so one that does not parse is damage.

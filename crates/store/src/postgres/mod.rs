@@ -389,6 +389,10 @@ impl Store for PgStore {
         Ok(row.get(0))
     }
 
+    async fn outbox_chain(&self) -> StoreResult<crate::chain::OutboxChain> {
+        read::outbox_chain(&self.client().await?).await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         if !self.sequencer.is_open() {
             return Err(StoreError::Unavailable("the store's writer is stopped".into()));

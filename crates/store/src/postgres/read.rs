@@ -6,6 +6,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::{codec, pg_error};
+use crate::chain::{ChainLink, OutboxChain};
 use crate::columns::{ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS};
 use crate::{AccountFilter, Cursor, OutboxEvent, Page, PageRequest, StoreResult, TransferFilter};
 
@@ -148,7 +149,7 @@ pub(super) async fn events_after(
 ) -> StoreResult<Vec<OutboxEvent>> {
     let statement = client
         .prepare_cached(
-            "SELECT position, id, source, type, subject, time, data, traceparent FROM outbox \
+            "SELECT position, id, source, type, subject, time, data, traceparent, hash FROM outbox \
              WHERE position > $1 ORDER BY position LIMIT $2",
         )
         .await
@@ -165,7 +166,27 @@ pub(super) async fn events_after(
                 time: Timestamp::from_micros(row.try_get(5).map_err(pg_error)?),
                 data: row.try_get(6).map_err(pg_error)?,
                 traceparent: codec::traceparent(row, 7)?,
+                hash: codec::optional_chain_hash(row, 8)?,
             })
         })
         .collect()
+}
+
+pub(super) async fn outbox_chain(client: &Client) -> StoreResult<OutboxChain> {
+    // One statement, one snapshot: the anchor and the head of the same moment.
+    let row = client
+        .query_one(
+            "SELECT a.position, a.hash, c.position, c.head FROM outbox_anchor a, outbox_clock c",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    let link = |column: usize| -> StoreResult<ChainLink> {
+        Ok(ChainLink {
+            position: codec::get(&row, column)?,
+            hash: codec::optional_chain_hash(&row, column + 1)?
+                .ok_or_else(|| codec::damaged("hash", "a chain end has no hash"))?,
+        })
+    };
+    Ok(OutboxChain { anchor: link(0)?, head: link(2)? })
 }

@@ -217,6 +217,46 @@ ALTER TABLE webhooks ADD COLUMN previous_secret_expires_at BIGINT;
 ALTER TABLE api_keys ADD COLUMN bare_token BOOLEAN NOT NULL DEFAULT false;
 UPDATE api_keys SET bare_token = true;
 "#,
+    r#"
+-- The outbox's hash chain (issue 15, DESIGN §5): each event's `hash` links it to the one before.
+-- The clock row, which every writing transaction already locks last to number its events, holds
+-- the chain's last link; `outbox_anchor` is the link just before the oldest event the outbox
+-- still holds: retention moves it up as it deletes. Events from before this version have no
+-- hash: the chain starts after them.
+ALTER TABLE outbox ADD COLUMN hash BYTEA;
+ALTER TABLE outbox_clock ADD COLUMN head BYTEA NOT NULL DEFAULT decode(repeat('00', 32), 'hex');
+CREATE TABLE outbox_anchor (
+    single   BOOLEAN PRIMARY KEY DEFAULT true CHECK (single),
+    position BIGINT  NOT NULL,
+    hash     BYTEA   NOT NULL
+);
+INSERT INTO outbox_anchor (position, hash) SELECT position, head FROM outbox_clock;
+
+-- Appends a batch's events: takes the clock, numbers the events after it, links each one
+-- (SHA-256 of the previous link and the event's canonical CloudEvent, whose `sequence` digits
+-- are known only here, between the `heads` and `tails` the writer sent), and moves the clock.
+-- One statement, so a batch's writes and its COMMIT still go out in one round trip.
+CREATE FUNCTION coffer_append_events(
+    ids uuid[], types text[], subjects uuid[], at bigint, data text[], traces text[],
+    heads bytea[], tails bytea[]
+) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    last_position bigint;
+    link bytea;
+    links bytea[] := '{}';
+BEGIN
+    SELECT c.position, c.head INTO last_position, link FROM outbox_clock c WHERE c.single FOR UPDATE;
+    FOR i IN 1 .. cardinality(ids) LOOP
+        link := sha256(link || heads[i] || convert_to(lpad((last_position + i)::text, 19, '0'), 'UTF8') || tails[i]);
+        links[i] := link;
+    END LOOP;
+    UPDATE outbox_clock SET position = last_position + cardinality(ids), head = link WHERE single;
+    INSERT INTO outbox (position, id, type, subject, time, data, traceparent, hash)
+    SELECT last_position + u.n, u.id, u.type, u.subject, at, u.data, u.trace, u.hash
+    FROM unnest(ids, types, subjects, data, traces, links) WITH ORDINALITY AS u(id, type, subject, data, trace, hash, n);
+END
+$$;
+"#,
 ];
 
 /// The schema version this binary writes.

@@ -12,6 +12,8 @@ use rusqlite::Row;
 use rusqlite::types::Type;
 use uuid::Uuid;
 
+use crate::chain::ChainHash;
+
 pub(crate) use crate::columns::{
     ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS, flags, flags_bits, int, metadata_json,
 };
@@ -23,6 +25,19 @@ pub(super) fn invalid(column: usize, why: InvalidValue) -> rusqlite::Error {
 pub(super) fn uuid(row: &Row<'_>, column: usize) -> rusqlite::Result<Uuid> {
     let bytes: [u8; 16] = row.get(column)?;
     Ok(Uuid::from_bytes(bytes))
+}
+
+/// A stored chain link: exactly 32 bytes, anything else is damage.
+pub(super) fn chain_hash(row: &Row<'_>, column: usize) -> rusqlite::Result<ChainHash> {
+    optional_chain_hash(row, column)?.ok_or(rusqlite::Error::InvalidColumnType(column, "hash".into(), Type::Null))
+}
+
+/// A chain link that may be absent (an event written before the chain existed).
+pub(super) fn optional_chain_hash(row: &Row<'_>, column: usize) -> rusqlite::Result<Option<ChainHash>> {
+    let Some(bytes) = row.get::<_, Option<Vec<u8>>>(column)? else { return Ok(None) };
+    ChainHash::from_slice(&bytes).map(Some).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(column, Type::Blob, "a chain hash is 32 bytes".into())
+    })
 }
 
 /// A stored `traceparent`: the store writes only valid ones, so one that does not parse is damage.

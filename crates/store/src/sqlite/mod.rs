@@ -284,6 +284,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn outbox_chain(&self) -> StoreResult<crate::chain::OutboxChain> {
+        self.reads.run(read::outbox_chain).await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         if !self.sequencer.is_open() {
             return Err(StoreError::Unavailable("the store's writer is stopped".into()));

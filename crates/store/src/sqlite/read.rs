@@ -10,6 +10,7 @@ use coffer_ledger::{Account, AccountId, Ledger, LedgerCode, Transfer, TransferId
 use rusqlite::{Connection, OptionalExtension, Params, Row, Statement, ToSql, params_from_iter};
 use tokio::sync::Semaphore;
 
+use crate::chain::{ChainLink, OutboxChain};
 use super::codec::{self, ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS};
 use super::{db_error, postings, schema};
 use crate::{AccountFilter, Cursor, OutboxEvent, Page, PageRequest, StoreError, StoreResult, TransferFilter};
@@ -225,7 +226,7 @@ pub(crate) fn events_after(
     limit: usize,
 ) -> rusqlite::Result<Vec<OutboxEvent>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, id, source, type, subject, time, data, traceparent FROM outbox \
+        "SELECT seq, id, source, type, subject, time, data, traceparent, hash FROM outbox \
          WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
     let rows = stmt.query_map(rusqlite::params![position, limit as i64], |row| {
@@ -238,9 +239,18 @@ pub(crate) fn events_after(
             time: coffer_ledger::Timestamp::from_micros(row.get(5)?),
             data: row.get(6)?,
             traceparent: codec::traceparent(row, 7)?,
+            hash: codec::optional_chain_hash(row, 8)?,
         })
     })?;
     rows.collect()
+}
+
+pub(crate) fn outbox_chain(conn: &Connection) -> rusqlite::Result<OutboxChain> {
+    let link = |table: &str| {
+        conn.prepare_cached(&format!("SELECT position, hash FROM {table}"))?
+            .query_row([], |row| Ok(ChainLink { position: row.get(0)?, hash: codec::chain_hash(row, 1)? }))
+    };
+    Ok(OutboxChain { anchor: link("outbox_anchor")?, head: link("outbox_head")? })
 }
 
 #[cfg(test)]

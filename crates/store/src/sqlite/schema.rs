@@ -266,6 +266,26 @@ ALTER TABLE webhooks ADD COLUMN previous_secret_expires_at INTEGER;
 ALTER TABLE api_keys ADD COLUMN bare_token INTEGER NOT NULL DEFAULT 0;
 UPDATE api_keys SET bare_token = 1;
 "#,
+    r#"
+-- The outbox's hash chain (issue 15, DESIGN §5): each event's `hash` links it to the one before.
+-- `outbox_head` is the chain's last link, updated by every writing transaction; `outbox_anchor`
+-- is the link just before the oldest event the outbox still holds: retention moves it up as it
+-- deletes. Events from before this version have no hash: the chain starts after them.
+ALTER TABLE outbox ADD COLUMN hash BLOB;
+CREATE TABLE outbox_head (
+    single   INTEGER PRIMARY KEY CHECK (single = 1),
+    position INTEGER NOT NULL,
+    hash     BLOB    NOT NULL
+);
+INSERT INTO outbox_head
+    SELECT 1, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0), zeroblob(32);
+CREATE TABLE outbox_anchor (
+    single   INTEGER PRIMARY KEY CHECK (single = 1),
+    position INTEGER NOT NULL,
+    hash     BLOB    NOT NULL
+);
+INSERT INTO outbox_anchor SELECT 1, position, hash FROM outbox_head;
+"#,
 ];
 
 /// The schema version this binary writes.

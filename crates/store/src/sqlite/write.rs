@@ -11,6 +11,7 @@ use rusqlite::{Statement, Transaction, params};
 use super::batch::RowIds;
 use super::codec::{self, int};
 use super::postings::{Postings, Staged};
+use crate::chain::ChainHash;
 use crate::outbox::{Envelope, Envelopes};
 
 /// Rows per multi-row INSERT; 64 rows of at most 14 columns stay far below SQLite's limit on
@@ -173,21 +174,38 @@ pub(super) fn insert_rows<T>(
     Ok(())
 }
 
-/// Writes each event as a CloudEvents envelope (see [`Envelopes`]).
+/// Writes each event as a CloudEvents envelope (see [`Envelopes`]), numbered and linked after
+/// the outbox's head, and moves the head to the last of them.
 fn write_events(tx: &Transaction<'_>, events: &[Emitted], now: Timestamp) -> rusqlite::Result<()> {
-    let envelopes = Envelopes::encode(events);
+    let envelopes = Envelopes::encode(events, now);
     if envelopes.is_empty() {
         return Ok(());
     }
-    let rows: Vec<Envelope<'_>> = envelopes.iter().collect();
-    let insert = "INSERT INTO outbox (id, type, subject, time, data, traceparent) VALUES ";
-    insert_rows(tx, insert, 6, &rows, |s, o, e| {
-        s.raw_bind_parameter(o + 1, e.id.as_bytes())?;
-        s.raw_bind_parameter(o + 2, e.kind)?;
-        s.raw_bind_parameter(o + 3, e.subject.as_bytes())?;
-        s.raw_bind_parameter(o + 4, now.as_micros())?;
-        s.raw_bind_parameter(o + 5, e.data)?;
-        s.raw_bind_parameter(o + 6, e.traceparent)
+    let (mut position, mut head) = outbox_head(tx)?;
+    let mut rows: Vec<(i64, ChainHash, Envelope<'_>)> = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes.iter() {
+        position += 1;
+        head = envelope.link(&head, position);
+        rows.push((position, head, envelope));
+    }
+    tx.prepare_cached("UPDATE outbox_head SET position = ?1, hash = ?2")?.execute(params![position, &head.0[..]])?;
+    let insert = "INSERT INTO outbox (seq, id, type, subject, time, data, traceparent, hash) VALUES ";
+    insert_rows(tx, insert, 8, &rows, |s, o, (position, hash, e)| {
+        s.raw_bind_parameter(o + 1, position)?;
+        s.raw_bind_parameter(o + 2, e.id.as_bytes())?;
+        s.raw_bind_parameter(o + 3, e.kind)?;
+        s.raw_bind_parameter(o + 4, e.subject.as_bytes())?;
+        s.raw_bind_parameter(o + 5, now.as_micros())?;
+        s.raw_bind_parameter(o + 6, e.data)?;
+        s.raw_bind_parameter(o + 7, e.traceparent)?;
+        s.raw_bind_parameter(o + 8, &hash.0[..])
+    })
+}
+
+/// The outbox chain's last link and its position, read in the writing transaction.
+pub(super) fn outbox_head(tx: &Transaction<'_>) -> rusqlite::Result<(i64, ChainHash)> {
+    tx.prepare_cached("SELECT position, hash FROM outbox_head")?.query_row([], |row| {
+        Ok((row.get(0)?, codec::chain_hash(row, 1)?))
     })
 }
 

@@ -141,3 +141,23 @@ pub async fn setup(store: &dyn Store, n: usize) -> Vec<AccountId> {
     assert!(outcomes.iter().all(|o| matches!(o, Outcome::Created(_))));
     ids
 }
+
+/// Walks the outbox's chain from its anchor to its head: every event the outbox holds follows
+/// the one before, positions leave no gap, and the last is the head. Answers the events.
+pub async fn whole_chain(store: &dyn Store) -> Vec<coffer_store::OutboxEvent> {
+    let ends = store.outbox_chain().await.expect("read the chain's ends");
+    let (mut previous, mut events) = (ends.anchor, Vec::new());
+    loop {
+        let page = store.events_after(previous.position, 500).await.expect("read the outbox");
+        let Some(last) = page.last().cloned() else { break };
+        for event in &page {
+            assert_eq!(event.position, previous.position + 1, "a gap in the outbox after {previous:?}");
+            assert!(event.follows(&previous.hash), "event {} does not follow {previous:?}", event.position);
+            previous = coffer_store::chain::ChainLink { position: event.position, hash: event.hash.unwrap() };
+        }
+        events.extend(page);
+        assert_eq!(previous.position, last.position);
+    }
+    assert_eq!(previous, ends.head, "the chain's head is its last event");
+    events
+}

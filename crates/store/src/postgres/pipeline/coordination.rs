@@ -98,17 +98,29 @@ impl Coordination for PgStore {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
-                "DELETE FROM outbox WHERE position IN \
-                 (SELECT position FROM outbox WHERE position <= $1 AND time < $2 ORDER BY position LIMIT $3)",
+                // The oldest rows, up to the first one too young to go: the outbox stays a
+                // whole stretch of the chain, and the anchor takes the last deleted link.
+                "WITH chunk AS (SELECT position, time FROM outbox WHERE position <= $1 ORDER BY position LIMIT $3), \
+                      young AS (SELECT min(position) AS position FROM chunk WHERE time >= $2), \
+                      gone AS (DELETE FROM outbox o USING chunk \
+                               WHERE o.position = chunk.position \
+                                 AND chunk.position < coalesce((SELECT position FROM young), $1 + 1) \
+                               RETURNING o.position, o.hash), \
+                      last AS (SELECT position, hash FROM gone ORDER BY position DESC LIMIT 1), \
+                      anchor AS (UPDATE outbox_anchor a SET position = last.position, hash = last.hash \
+                                 FROM last WHERE last.position > a.position AND last.hash IS NOT NULL) \
+                 SELECT count(*) FROM gone",
             )
             .await
             .map_err(pg_error)?;
         let mut total = 0;
         loop {
-            let deleted = client
-                .execute(&statement, &[&up_to_position, &older_than_micros, &PRUNE_CHUNK])
+            let deleted: i64 = client
+                .query_one(&statement, &[&up_to_position, &older_than_micros, &PRUNE_CHUNK])
                 .await
-                .map_err(pg_error)?;
+                .map_err(pg_error)?
+                .get(0);
+            let deleted = deleted as u64;
             total += deleted;
             if deleted < PRUNE_CHUNK as u64 {
                 return Ok(total);

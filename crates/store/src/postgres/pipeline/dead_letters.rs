@@ -132,6 +132,8 @@ fn letter(row: &Row) -> StoreResult<DeadLetter> {
             time: Timestamp::from_micros(codec::get(row, 7)?),
             data: codec::get(row, 8)?,
             traceparent: codec::traceparent(row, 13)?,
+            // A dead letter is a copy kept for one consumer, outside the chain.
+            hash: None,
         },
         error: codec::get(row, 9)?,
         attempts: count_u32(row, 10, "attempts")?,

@@ -42,13 +42,15 @@ impl Coordination for SqliteStore {
     }
 
     async fn prune_outbox(&self, up_to_position: i64, older_than_micros: i64) -> StoreResult<u64> {
-        let (mut after, mut total) = (0, 0);
+        let mut total = 0;
         // One chunk per transaction; batches get the writer in between.
         loop {
-            let chunk =
-                self.write_tx(move |c| prune_chunk(c, after, up_to_position, older_than_micros)).await?;
-            let Some((last, deleted)) = chunk else { return Ok(total) };
-            (after, total) = (last, total + deleted);
+            let (deleted, more) =
+                self.write_tx(move |c| prune_chunk(c, up_to_position, older_than_micros)).await?;
+            total += deleted;
+            if !more {
+                return Ok(total);
+            }
         }
     }
 }
@@ -104,24 +106,22 @@ fn release_lease(conn: &Connection, name: &str, holder: &str, now: i64) -> rusql
     Ok(())
 }
 
-/// Deletes the next chunk of prunable rows after position `after`; answers the last position of
-/// the chunk and how many went, or None when nothing was left. Resuming after the chunk's last
-/// position skips the kept rows before it (too young) instead of scanning them again.
-fn prune_chunk(
-    conn: &Connection,
-    after: i64,
-    up_to: i64,
-    older_than: i64,
-) -> rusqlite::Result<Option<(i64, u64)>> {
-    let last: Option<i64> = conn
-        .prepare_cached(
-            "SELECT max(seq) FROM (SELECT seq FROM outbox \
-             WHERE seq > ?1 AND seq <= ?2 AND time < ?3 ORDER BY seq LIMIT ?4)",
-        )?
-        .query_row(params![after, up_to, older_than, PRUNE_CHUNK], |row| row.get(0))?;
-    let Some(last) = last else { return Ok(None) };
-    let deleted = conn
-        .prepare_cached("DELETE FROM outbox WHERE seq > ?1 AND seq <= ?2 AND time < ?3")?
-        .execute(params![after, last, older_than])?;
-    Ok(Some((last, deleted as u64)))
+/// Deletes the oldest rows, at most a chunk of them, up to the first one too young to go, so
+/// the outbox stays one whole stretch of the chain; the anchor takes the last deleted link.
+/// Answers how many went and whether more may go.
+fn prune_chunk(conn: &Connection, up_to: i64, older_than: i64) -> rusqlite::Result<(u64, bool)> {
+    let chunk: Vec<(i64, i64)> = conn
+        .prepare_cached("SELECT seq, time FROM outbox WHERE seq <= ?1 ORDER BY seq LIMIT ?2")?
+        .query_map(params![up_to, PRUNE_CHUNK], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let old = chunk.iter().take_while(|(_, time)| *time < older_than).count();
+    let Some(&(last, _)) = chunk[..old].last() else { return Ok((0, false)) };
+    let hash: Option<Vec<u8>> =
+        conn.prepare_cached("SELECT hash FROM outbox WHERE seq = ?1")?.query_row([last], |row| row.get(0))?;
+    let deleted = conn.prepare_cached("DELETE FROM outbox WHERE seq <= ?1")?.execute([last])?;
+    if let Some(hash) = hash {
+        conn.prepare_cached("UPDATE outbox_anchor SET position = ?1, hash = ?2 WHERE position < ?1")?
+            .execute(params![last, hash])?;
+    }
+    Ok((deleted as u64, old == chunk.len() && chunk.len() as i64 == PRUNE_CHUNK))
 }

@@ -147,6 +147,8 @@ fn letter(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
             time: timestamp(row, 7)?,
             data: row.get(8)?,
             traceparent: traceparent(row, 13)?,
+            // A dead letter is a copy kept for one consumer, outside the chain.
+            hash: None,
         },
         error: row.get(9)?,
         attempts: count(row, 10)?,
