@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 use super::pg_error;
 use crate::chain::ChainHash;
 use crate::columns::flags;
-use crate::{StoreError, StoreResult};
+use crate::{OutboxEvent, StoreError, StoreResult};
 
 pub(super) fn damaged(column: &str, why: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("a stored row is damaged: column {column}: {why}"))
@@ -62,6 +62,24 @@ fn metadata(row: &Row, column: usize) -> StoreResult<Option<Metadata>> {
     get::<Option<&str>>(row, column)?
         .map(|text| serde_json::from_str(text).map_err(|e| damaged("metadata", e)))
         .transpose()
+}
+
+/// The outbox's columns in the order [`outbox_event`] reads them.
+pub(super) const OUTBOX_COLUMNS: &str = "position, id, source, type, subject, time, data, traceparent, hash";
+
+/// An outbox row of [`OUTBOX_COLUMNS`].
+pub(super) fn outbox_event(row: &Row) -> StoreResult<OutboxEvent> {
+    Ok(OutboxEvent {
+        position: get(row, 0)?,
+        id: get(row, 1)?,
+        source: get(row, 2)?,
+        kind: get(row, 3)?,
+        subject: get(row, 4)?,
+        time: Timestamp::from_micros(get(row, 5)?),
+        data: get(row, 6)?,
+        traceparent: traceparent(row, 7)?,
+        hash: optional_chain_hash(row, 8)?,
+    })
 }
 
 pub(super) fn ledger(row: &Row) -> StoreResult<(i64, Ledger)> {

@@ -8,6 +8,7 @@ use tokio_postgres::types::ToSql;
 use super::{codec, pg_error};
 use crate::chain::{ChainLink, OutboxChain};
 use crate::columns::{ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS};
+use super::codec::OUTBOX_COLUMNS;
 use crate::{AccountFilter, Cursor, OutboxEvent, Page, PageRequest, StoreResult, TransferFilter};
 
 type Decode<T> = fn(&Row) -> StoreResult<(i64, T)>;
@@ -149,27 +150,12 @@ pub(super) async fn events_after(
 ) -> StoreResult<Vec<OutboxEvent>> {
     let statement = client
         .prepare_cached(
-            "SELECT position, id, source, type, subject, time, data, traceparent, hash FROM outbox \
-             WHERE position > $1 ORDER BY position LIMIT $2",
+            &format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE position > $1 ORDER BY position LIMIT $2"),
         )
         .await
         .map_err(pg_error)?;
     let rows = client.query(&statement, &[&position, &(limit as i64)]).await.map_err(pg_error)?;
-    rows.iter()
-        .map(|row| {
-            Ok(OutboxEvent {
-                position: row.try_get(0).map_err(pg_error)?,
-                id: row.try_get(1).map_err(pg_error)?,
-                source: row.try_get(2).map_err(pg_error)?,
-                kind: row.try_get(3).map_err(pg_error)?,
-                subject: row.try_get(4).map_err(pg_error)?,
-                time: Timestamp::from_micros(row.try_get(5).map_err(pg_error)?),
-                data: row.try_get(6).map_err(pg_error)?,
-                traceparent: codec::traceparent(row, 7)?,
-                hash: codec::optional_chain_hash(row, 8)?,
-            })
-        })
-        .collect()
+    rows.iter().map(codec::outbox_event).collect()
 }
 
 pub(super) async fn outbox_chain(client: &Client) -> StoreResult<OutboxChain> {

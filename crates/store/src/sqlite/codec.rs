@@ -12,6 +12,7 @@ use rusqlite::Row;
 use rusqlite::types::Type;
 use uuid::Uuid;
 
+use crate::OutboxEvent;
 use crate::chain::ChainHash;
 
 pub(crate) use crate::columns::{
@@ -80,6 +81,24 @@ fn metadata(row: &Row<'_>, column: usize) -> rusqlite::Result<Option<Metadata>> 
     serde_json::from_str(text)
         .map(Some)
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(e)))
+}
+
+/// The outbox's columns in the order [`outbox_event`] reads them.
+pub(crate) const OUTBOX_COLUMNS: &str = "seq, id, source, type, subject, time, data, traceparent, hash";
+
+/// An outbox row of [`OUTBOX_COLUMNS`].
+pub(crate) fn outbox_event(row: &Row<'_>) -> rusqlite::Result<OutboxEvent> {
+    Ok(OutboxEvent {
+        position: row.get(0)?,
+        id: uuid(row, 1)?,
+        source: row.get(2)?,
+        kind: row.get(3)?,
+        subject: uuid(row, 4)?,
+        time: timestamp(row, 5)?,
+        data: row.get(6)?,
+        traceparent: traceparent(row, 7)?,
+        hash: optional_chain_hash(row, 8)?,
+    })
 }
 
 /// A ledger row of [`LEDGER_COLUMNS`], with its sequence number.

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, Statement, ToSql, par
 use tokio::sync::Semaphore;
 
 use crate::chain::{ChainLink, OutboxChain};
-use super::codec::{self, ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS};
+use super::codec::{self, ACCOUNT_COLUMNS, LEDGER_COLUMNS, OUTBOX_COLUMNS, TRANSFER_COLUMNS};
 use super::{db_error, postings, schema};
 use crate::{AccountFilter, Cursor, OutboxEvent, Page, PageRequest, StoreError, StoreResult, TransferFilter};
 
@@ -226,22 +226,9 @@ pub(crate) fn events_after(
     limit: usize,
 ) -> rusqlite::Result<Vec<OutboxEvent>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, id, source, type, subject, time, data, traceparent, hash FROM outbox \
-         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        &format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
     )?;
-    let rows = stmt.query_map(rusqlite::params![position, limit as i64], |row| {
-        Ok(OutboxEvent {
-            position: row.get(0)?,
-            id: uuid::Uuid::from_bytes(row.get(1)?),
-            source: row.get(2)?,
-            kind: row.get(3)?,
-            subject: uuid::Uuid::from_bytes(row.get(4)?),
-            time: coffer_ledger::Timestamp::from_micros(row.get(5)?),
-            data: row.get(6)?,
-            traceparent: codec::traceparent(row, 7)?,
-            hash: codec::optional_chain_hash(row, 8)?,
-        })
-    })?;
+    let rows = stmt.query_map(rusqlite::params![position, limit as i64], codec::outbox_event)?;
     rows.collect()
 }
 
