@@ -16,6 +16,7 @@ mod server_args;
 mod status;
 mod store;
 mod table;
+mod verify;
 mod webhook_keys;
 
 use std::path::PathBuf;
@@ -71,6 +72,17 @@ enum Command {
         data_dir: Option<PathBuf>,
         #[command(subcommand)]
         command: keys::KeysCommand,
+    },
+    /// Check that no record was changed behind the API: walk the outbox's hash chain, replay the
+    /// events against the tables, check every balance and ledger. Safe beside a running server.
+    /// Exit 0 when all holds; otherwise every discrepancy is printed and the exit code is 1.
+    Verify {
+        /// Directory of the embedded store (env COFFER_DATA_DIR); COFFER_DATABASE_URL for PostgreSQL.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure the event pipeline: relay throughput into JetStream and commit → consumer latency.
     BenchEvents(bench_events::BenchEventsArgs),
@@ -188,6 +200,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { data_dir, command } => block_on(keys::run(&load(None, data_dir)?, command)),
+        Command::Verify { data_dir, json } => {
+            let config = load(None, data_dir)?;
+            let holds = runtime()?.block_on(verify::run(&config, json))?;
+            if !holds {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Dlq(args) => block_on(dlq::run(args)),
         Command::BenchEvents(args) => {
             let config = load(None, None)?;

@@ -66,7 +66,10 @@ pub fn decode(json: &[u8]) -> Result<OutboxEvent, serde_json::Error> {
         .transpose()?;
     let hash = event
         .chainhash
-        .map(|text| ChainHash::from_hex(&text).ok_or_else(|| invalid(format!("chainhash {text:?} is not 64 hex digits"))))
+        .map(|text| {
+            ChainHash::from_hex(&text)
+                .ok_or_else(|| invalid(format!("chainhash {text:?} is not 64 hex digits")))
+        })
         .transpose()?;
     Ok(OutboxEvent {
         position,

@@ -98,7 +98,11 @@ async fn an_outside_consumer_recomputes_the_chain_from_the_events_alone() {
                 external_ref: None,
                 metadata: None,
             };
-            let command = if round % 2 == 0 { Command::PostPending(resolution) } else { Command::VoidPending(resolution) };
+            let command = if round % 2 == 0 {
+                Command::PostPending(resolution)
+            } else {
+                Command::VoidPending(resolution)
+            };
             store.submit(Submission::one(command)).await.unwrap();
         }
         let outbox = store.events_after(0, 10_000).await.unwrap();
@@ -114,7 +118,8 @@ async fn an_outside_consumer_recomputes_the_chain_from_the_events_alone() {
                 panic!("message {n} has no chainhash: {event}")
             };
             let canonical = serde_json_canonicalizer::to_vec(&event).unwrap();
-            let link: [u8; 32] = Sha256::new().chain_update(previous).chain_update(&canonical).finalize().into();
+            let link: [u8; 32] =
+                Sha256::new().chain_update(previous).chain_update(&canonical).finalize().into();
             assert_eq!(claimed, hex::encode(link), "{backend:?}: message {n} does not follow the one before");
             previous = link;
         }

@@ -20,6 +20,7 @@ mod postgres;
 mod projection;
 mod sequencer;
 mod sqlite;
+pub mod verify;
 mod webhooks;
 
 pub use config::StoreConfig;
@@ -34,11 +35,11 @@ pub use outbox::{OutboxEvent, sequence};
 pub use page::{AccountFilter, Cursor, Page, PageRequest, TransferFilter};
 /// Schema management of a PostgreSQL database (`coffer migrate`).
 pub use postgres::migrate as postgres_migrate;
-pub use postgres::{PgStore, key_directory as postgres_key_directory};
+pub use postgres::{PgStore, key_directory as postgres_key_directory, verify::verify as verify_postgres};
 pub use projection::{Projections, VolumeEntry, VolumeRow};
 /// Offline, synchronous administration of a SQLite data dir (no lock; safe beside a server).
 pub use sqlite::admin as sqlite_admin;
-pub use sqlite::{SqliteStore, key_directory as sqlite_key_directory};
+pub use sqlite::{SqliteStore, key_directory as sqlite_key_directory, verify::verify as verify_sqlite};
 pub use webhooks::{
     AttemptResult, Delivery, DeliveryAttempt, DeliveryStatus, Webhook, WebhookEvent, WebhookSecrets, Webhooks,
 };

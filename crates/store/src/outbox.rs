@@ -81,7 +81,9 @@ impl OutboxEvent {
     /// canonical form whatever form the stored `data` is in.
     pub fn chain_bytes(&self) -> serde_json::Result<Vec<u8>> {
         let data: serde_json::Value = serde_json::from_str(&self.data)?;
-        let data = RawValue::from_string(String::from_utf8(crate::chain::canonical_json(&data)?).expect("JSON is UTF-8"))?;
+        let data = RawValue::from_string(
+            String::from_utf8(crate::chain::canonical_json(&data)?).expect("JSON is UTF-8"),
+        )?;
         let mut out = Vec::with_capacity(self.data.len() + 400);
         write_canonical_json(
             &mut out,
@@ -197,7 +199,9 @@ impl<'a> Envelopes<'a> {
             let chain_start = json.len();
             serde_json::to_writer(&mut json, &envelope).expect("an envelope always serializes");
             let text = std::str::from_utf8(&json[chain_start..]).expect("serde_json writes UTF-8");
-            let split = chain_start + text.rfind(SEQUENCE_KEY).expect("the envelope has a sequence") + SEQUENCE_KEY.len();
+            let split = chain_start
+                + text.rfind(SEQUENCE_KEY).expect("the envelope has a sequence")
+                + SEQUENCE_KEY.len();
             rows.push(Row { id, data, chain: chain_start..json.len(), split });
         }
         let json = String::from_utf8(json).expect("serde_json writes UTF-8");
@@ -252,8 +256,14 @@ mod tests {
         .unwrap();
         let trace = TraceParent::try_from("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         let events = [
-            Emitted { event: Event::Account(coffer_ledger::EventKind::AccountCreated, account.clone()), trace: None },
-            Emitted { event: Event::Account(coffer_ledger::EventKind::AccountCreated, account), trace: Some(trace) },
+            Emitted {
+                event: Event::Account(coffer_ledger::EventKind::AccountCreated, account.clone()),
+                trace: None,
+            },
+            Emitted {
+                event: Event::Account(coffer_ledger::EventKind::AccountCreated, account),
+                trace: Some(trace),
+            },
         ];
         let now = Timestamp::from_micros(1_780_000_000_000_001);
         let envelopes = Envelopes::encode(&events, now);

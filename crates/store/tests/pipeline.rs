@@ -118,7 +118,8 @@ async fn pruning_deletes_only_old_events_at_or_below_the_position() {
     let positions = |events: &[OutboxEvent]| events.iter().map(|e| e.position).collect::<Vec<_>>();
 
     // Below e3's position but only the two older than e2: the time bound holds.
-    let link = |e: &OutboxEvent| coffer_store::chain::ChainLink { position: e.position, hash: e.hash.unwrap() };
+    let link =
+        |e: &OutboxEvent| coffer_store::chain::ChainLink { position: e.position, hash: e.hash.unwrap() };
     assert_eq!(whole_chain(store.as_ref()).await, all);
     let pruned = store.prune_outbox(all[3].position, all[2].time.as_micros()).await.unwrap();
     assert_eq!(pruned, 2);

@@ -129,6 +129,17 @@ impl TestDatabase {
         let url = with_database(&admin_url, &name);
         Some(TestDatabase { url, name, admin_url })
     }
+
+    /// A new database with this one's contents (`CREATE DATABASE … TEMPLATE`, so nothing may be
+    /// connected to this one), dropped on drop like any other.
+    pub async fn copy(&self) -> TestDatabase {
+        let name = format!("coffer_test_{}", uuid::Uuid::new_v4().simple());
+        admin(&self.admin_url, &format!("CREATE DATABASE {name} TEMPLATE {}", self.name))
+            .await
+            .unwrap_or_else(|e| panic!("cannot copy database {}: {e}", self.name));
+        let url = with_database(&self.admin_url, &name);
+        TestDatabase { url, name, admin_url: self.admin_url.clone() }
+    }
 }
 
 impl Drop for TestDatabase {

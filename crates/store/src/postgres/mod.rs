@@ -15,6 +15,7 @@ mod pipeline;
 mod read;
 mod schema;
 mod tls;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::str::FromStr;

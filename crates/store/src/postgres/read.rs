@@ -5,10 +5,10 @@ use deadpool_postgres::Client;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::codec::OUTBOX_COLUMNS;
 use super::{codec, pg_error};
 use crate::chain::{ChainLink, OutboxChain};
 use crate::columns::{ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS};
-use super::codec::OUTBOX_COLUMNS;
 use crate::{AccountFilter, Cursor, OutboxEvent, Page, PageRequest, StoreResult, TransferFilter};
 
 type Decode<T> = fn(&Row) -> StoreResult<(i64, T)>;
@@ -149,22 +149,19 @@ pub(super) async fn events_after(
     limit: usize,
 ) -> StoreResult<Vec<OutboxEvent>> {
     let statement = client
-        .prepare_cached(
-            &format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE position > $1 ORDER BY position LIMIT $2"),
-        )
+        .prepare_cached(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE position > $1 ORDER BY position LIMIT $2"
+        ))
         .await
         .map_err(pg_error)?;
     let rows = client.query(&statement, &[&position, &(limit as i64)]).await.map_err(pg_error)?;
     rows.iter().map(codec::outbox_event).collect()
 }
 
-pub(super) async fn outbox_chain(client: &Client) -> StoreResult<OutboxChain> {
+pub(super) async fn outbox_chain(client: &impl deadpool_postgres::GenericClient) -> StoreResult<OutboxChain> {
     // One statement, one snapshot: the anchor and the head of the same moment.
     let row = client
-        .query_one(
-            "SELECT a.position, a.hash, c.position, c.head FROM outbox_anchor a, outbox_clock c",
-            &[],
-        )
+        .query_one("SELECT a.position, a.hash, c.position, c.head FROM outbox_anchor a, outbox_clock c", &[])
         .await
         .map_err(pg_error)?;
     let link = |column: usize| -> StoreResult<ChainLink> {

@@ -30,7 +30,11 @@ pub(super) fn uuid(row: &Row<'_>, column: usize) -> rusqlite::Result<Uuid> {
 
 /// A stored chain link: exactly 32 bytes, anything else is damage.
 pub(super) fn chain_hash(row: &Row<'_>, column: usize) -> rusqlite::Result<ChainHash> {
-    optional_chain_hash(row, column)?.ok_or(rusqlite::Error::InvalidColumnType(column, "hash".into(), Type::Null))
+    optional_chain_hash(row, column)?.ok_or(rusqlite::Error::InvalidColumnType(
+        column,
+        "hash".into(),
+        Type::Null,
+    ))
 }
 
 /// A chain link that may be absent (an event written before the chain existed).

@@ -18,6 +18,7 @@ mod read;
 mod schema;
 #[cfg(test)]
 mod tests;
+pub mod verify;
 mod write;
 
 use std::fs::{File, TryLockError};

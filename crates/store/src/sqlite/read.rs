@@ -10,9 +10,9 @@ use coffer_ledger::{Account, AccountId, Ledger, LedgerCode, Transfer, TransferId
 use rusqlite::{Connection, OptionalExtension, Params, Row, Statement, ToSql, params_from_iter};
 use tokio::sync::Semaphore;
 
-use crate::chain::{ChainLink, OutboxChain};
 use super::codec::{self, ACCOUNT_COLUMNS, LEDGER_COLUMNS, OUTBOX_COLUMNS, TRANSFER_COLUMNS};
 use super::{db_error, postings, schema};
+use crate::chain::{ChainLink, OutboxChain};
 use crate::{AccountFilter, Cursor, OutboxEvent, Page, PageRequest, StoreError, StoreResult, TransferFilter};
 
 /// Read-only connections, each used by one blocking task at a time.
@@ -225,9 +225,9 @@ pub(crate) fn events_after(
     position: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<OutboxEvent>> {
-    let mut stmt = conn.prepare_cached(
-        &format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    ))?;
     let rows = stmt.query_map(rusqlite::params![position, limit as i64], codec::outbox_event)?;
     rows.collect()
 }

@@ -188,7 +188,8 @@ fn write_events(tx: &Transaction<'_>, events: &[Emitted], now: Timestamp) -> rus
         head = envelope.link(&head, position);
         rows.push((position, head, envelope));
     }
-    tx.prepare_cached("UPDATE outbox_head SET position = ?1, hash = ?2")?.execute(params![position, &head.0[..]])?;
+    tx.prepare_cached("UPDATE outbox_head SET position = ?1, hash = ?2")?
+        .execute(params![position, &head.0[..]])?;
     let insert = "INSERT INTO outbox (seq, id, type, subject, time, data, traceparent, hash) VALUES ";
     insert_rows(tx, insert, 8, &rows, |s, o, (position, hash, e)| {
         s.raw_bind_parameter(o + 1, position)?;
@@ -204,9 +205,8 @@ fn write_events(tx: &Transaction<'_>, events: &[Emitted], now: Timestamp) -> rus
 
 /// The outbox chain's last link and its position, read in the writing transaction.
 pub(super) fn outbox_head(tx: &Transaction<'_>) -> rusqlite::Result<(i64, ChainHash)> {
-    tx.prepare_cached("SELECT position, hash FROM outbox_head")?.query_row([], |row| {
-        Ok((row.get(0)?, codec::chain_hash(row, 1)?))
-    })
+    tx.prepare_cached("SELECT position, hash FROM outbox_head")?
+        .query_row([], |row| Ok((row.get(0)?, codec::chain_hash(row, 1)?)))
 }
 
 #[cfg(test)]
