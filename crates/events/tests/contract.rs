@@ -164,9 +164,11 @@ async fn every_event_matches_the_schema_of_its_type() {
     let audit_event = events.iter().find(|e| e.kind == "coffer.audit.recorded").unwrap();
     let good: Value = serde_json::from_slice(&coffer_events::encode(audit_event).unwrap()).unwrap();
     let audit_schema = validator("coffer.audit.recorded");
-    for (pointer, replacement) in
-        [("/data/hash", Value::from("00")), ("/data/position", Value::from(0)), ("/data/action", Value::from("x"))]
-    {
+    for (pointer, replacement) in [
+        ("/data/hash", Value::from("00")),
+        ("/data/position", Value::from(0)),
+        ("/data/action", Value::from("x")),
+    ] {
         let mut bad = good.clone();
         *bad.pointer_mut(pointer).unwrap() = replacement;
         assert!(!audit_schema.is_valid(&bad), "{pointer} should be refused");

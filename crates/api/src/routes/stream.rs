@@ -291,7 +291,7 @@ mod tests {
     use super::*;
 
     fn everything() -> Filter {
-        Filter { types: Vec::new(), account: None }
+        Filter { types: Vec::new(), account: None, audit: true }
     }
 
     async fn new_account(store: &dyn Store) {
