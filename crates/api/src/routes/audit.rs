@@ -40,6 +40,7 @@ pub struct AuditQuery {
     #[param(min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub target: Option<String>,
     /// Only this outcome.
+    #[param(inline)]
     pub outcome: Option<OutcomeName>,
     /// Only records at or after this time.
     pub since: Option<Timestamp>,
