@@ -18,13 +18,14 @@ use axum::extract::FromRequestParts;
 use axum::extract::connect_info::ConnectInfo;
 use coffer_ledger::Timestamp;
 use coffer_store::{
-    ApiKey, KeyCache, KeyDirectory, KeyId, NewApiKey, Scope, Store, StoreError, StoreResult, TokenHash,
-    TokenKind, bearer_token, is_valid_token, issue_token,
+    AdminChange, ApiKey, AuditContext, KeyCache, KeyDirectory, KeyId, NewApiKey, Scope, Store, StoreError,
+    StoreResult, TokenHash, TokenKind, bearer_token, is_valid_token, issue_token,
 };
 use http::request::Parts;
 use http::{Extensions, HeaderMap, header};
 use uuid::Uuid;
 
+use crate::audit::{Alarms, Origin};
 use crate::auth_failures::{FailedAuths, Failure};
 use crate::error::{ApiError, ErrorCode};
 use crate::ratelimit::RateLimits;
@@ -71,7 +72,8 @@ pub async fn bootstrap(store: &dyn Store, token: Option<&str>) -> StoreResult<Op
         bare_token: TokenKind::of(&token) != TokenKind::Issued,
     };
     let hash = key.token_hash;
-    let created = store.bootstrap_key(key).await?;
+    let created =
+        store.administer(AdminChange::BootstrapKey(key), &AuditContext::bootstrap()).await?.effect.applied();
     if !created && !generated {
         warn_if_ignored(store, hash).await?;
     }
@@ -107,6 +109,8 @@ pub struct Authenticator {
     keys: KeyCache,
     limits: RateLimits,
     failures: FailedAuths,
+    /// Where an address running out of failed authentications is recorded, when anywhere.
+    alarms: Option<Arc<Alarms>>,
 }
 
 impl Authenticator {
@@ -116,7 +120,23 @@ impl Authenticator {
         limits: RateLimits,
         failures: FailedAuths,
     ) -> Self {
-        Self { keys: KeyCache::new(keys, ttl), limits, failures }
+        Self { keys: KeyCache::new(keys, ttl), limits, failures, alarms: None }
+    }
+
+    /// Records in the audit trail each address that runs out of failed authentications.
+    pub fn with_alarms(self, alarms: Arc<Alarms>) -> Self {
+        Self { alarms: Some(alarms), ..self }
+    }
+
+    /// Counts a failed authentication of `client`'s; the first that runs it out of allowance is
+    /// a security event for the audit trail.
+    fn failed(&self, client: Option<&str>, failure: Failure, headers: &HeaderMap) {
+        if self.failures.record(client, failure)
+            && let (Some(alarms), Some(client)) = (&self.alarms, client)
+        {
+            let request_id = headers.get(&crate::observe::REQUEST_ID).and_then(|v| v.to_str().ok());
+            alarms.auth_failures(client, request_id.map(str::to_owned));
+        }
     }
 
     /// The caller of a request from `client`, after its rate limit: 401 without a live key, 429
@@ -128,18 +148,18 @@ impl Authenticator {
     ) -> Result<Arc<Principal>, ApiError> {
         let client = client.map(coffer_ratelimit::address_bucket);
         let client = client.as_deref();
-        let token = bearer(headers).inspect_err(|_| self.failures.record(client, Failure::Missing))?;
+        let token = bearer(headers).inspect_err(|_| self.failed(client, Failure::Missing, headers))?;
         if !self.keys.may_exist(token).await? {
             // Refused without a look-up, yet still a guess: an address out of allowance is
             // answered 429 whatever it presents, so guessing never pays.
             self.failures.check(client)?;
             if TokenKind::of(token) == TokenKind::Forged {
-                self.failures.record(client, Failure::Malformed);
+                self.failed(client, Failure::Malformed, headers);
                 return Err(unauthorized(
                     "the API key is not a token Coffer issued (mistyped or cut short?)",
                 ));
             }
-            self.failures.record(client, Failure::Unknown);
+            self.failed(client, Failure::Unknown, headers);
             return Err(unauthorized(INVALID_KEY));
         }
         let hash = TokenHash::of(token);
@@ -155,7 +175,7 @@ impl Authenticator {
             }
         };
         let Some(key) = key else {
-            self.failures.record(client, Failure::Unknown);
+            self.failed(client, Failure::Unknown, headers);
             return Err(unauthorized(INVALID_KEY));
         };
         self.limits.check(&key)?;
@@ -201,6 +221,8 @@ pub struct ReadScope;
 pub struct WriteScope;
 /// Ledgers and keys.
 pub struct AdminScope;
+/// Reading the audit trail.
+pub struct AuditScope;
 
 impl Needs for ReadScope {
     const SCOPE: Scope = Scope::Read;
@@ -210,6 +232,9 @@ impl Needs for WriteScope {
 }
 impl Needs for AdminScope {
     const SCOPE: Scope = Scope::Admin;
+}
+impl Needs for AuditScope {
+    const SCOPE: Scope = Scope::Audit;
 }
 
 /// Proof that the caller is authenticated and holds scope `S` (401, 429 or 403 otherwise).
@@ -230,7 +255,20 @@ impl<S: Needs> FromRequestParts<AppState> for Caller<S> {
                 Scope::Read => "this API key lacks the read scope",
                 Scope::Write => "this API key lacks the write scope",
                 Scope::Admin => "this API key lacks the admin scope",
+                Scope::Audit => "this API key lacks the audit scope",
             };
+            if matches!(S::SCOPE, Scope::Admin | Scope::Audit) {
+                let route = crate::observe::route_label(parts.extensions.get::<axum::extract::MatchedPath>());
+                let method = parts.method.as_str();
+                state.alarms.denied(
+                    &principal,
+                    &Origin::of(parts),
+                    method,
+                    route,
+                    parts.uri.path(),
+                    S::SCOPE,
+                );
+            }
             return Err(ApiError::new(ErrorCode::Forbidden, detail));
         }
         // The key's id (never its token) goes on the request's span.

@@ -70,11 +70,12 @@ impl FailedAuths {
         }
     }
 
-    /// Counts a failure of `client`'s, taking it from the address's allowance.
-    pub fn record(&self, client: Option<&str>, failure: Failure) {
+    /// Counts a failure of `client`'s, taking it from the address's allowance; answers true when
+    /// this failure ran the address out of it (when the warning is logged).
+    pub fn record(&self, client: Option<&str>, failure: Failure) -> bool {
         count(failure);
-        let Some(client) = client else { return };
-        let Decision::Limited { retry_after } = self.limits.check(client, self.rate) else { return };
+        let Some(client) = client else { return false };
+        let Decision::Limited { retry_after } = self.limits.check(client, self.rate) else { return false };
         let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         if blocked.len() >= MAX_BLOCKED {
@@ -92,6 +93,7 @@ impl FailedAuths {
                 "a client address keeps presenting tokens that are no key's; its look-ups are refused for now"
             );
         }
+        first
     }
 }
 

@@ -262,13 +262,15 @@ impl TransferQuery {
     }
 }
 
-/// What an API key may do; `admin` ⊇ `write` ⊇ `read`.
+/// What an API key may do; `admin` ⊇ `write` ⊇ `read`, and `admin` ⊇ `audit` (reading the
+/// audit trail, which neither `read` nor `write` grants).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ScopeName {
     Read,
     Write,
     Admin,
+    Audit,
 }
 
 impl From<ScopeName> for Scope {
@@ -277,6 +279,7 @@ impl From<ScopeName> for Scope {
             ScopeName::Read => Scope::Read,
             ScopeName::Write => Scope::Write,
             ScopeName::Admin => Scope::Admin,
+            ScopeName::Audit => Scope::Audit,
         }
     }
 }
@@ -287,6 +290,7 @@ impl From<Scope> for ScopeName {
             Scope::Read => ScopeName::Read,
             Scope::Write => ScopeName::Write,
             Scope::Admin => ScopeName::Admin,
+            Scope::Audit => ScopeName::Audit,
         }
     }
 }

@@ -22,6 +22,7 @@
 //!   business rules are judged per item.
 //! - A key with its own `rate_limit_per_second` may burst one second's worth.
 
+mod audit;
 mod auth;
 mod auth_failures;
 mod client_text;
@@ -59,6 +60,7 @@ pub use lifecycle::Shutdown;
 pub use observe::install_metrics;
 pub use routes::ServerAbout;
 
+use audit::Alarms;
 use auth::Authenticator;
 use auth_failures::FailedAuths;
 use outbox_tail::OutboxTail;
@@ -113,8 +115,10 @@ pub fn router_with(
     let openapi_json = Bytes::from(serde_json::to_vec(&openapi::finish(&api)).unwrap_or_default());
     let limits = RateLimits::new(config.rate_limit_per_second, config.rate_limit_burst);
     let failures = FailedAuths::new(config.auth_failures_per_second, config.auth_failure_burst);
+    let alarms = Arc::new(Alarms::new(store.clone()));
     let auth =
-        Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits, failures);
+        Authenticator::new(store.clone(), Duration::from_millis(config.key_cache_ttl_ms), limits, failures)
+            .with_alarms(alarms.clone());
     let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
     let Services { dead_letters, webhook_targets, webhook_keys, metrics_on_api, about, shutdown } = services;
     let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));
@@ -127,6 +131,7 @@ pub fn router_with(
         webhook_keys,
         config,
         auth,
+        alarms,
         metrics: metrics_on_api.then_some(metrics),
         streams,
         openapi_json,

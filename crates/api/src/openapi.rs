@@ -36,6 +36,7 @@ use crate::error::{FieldError, PROBLEM_JSON, Problem};
         (name = "keys", description = "API keys"),
         (name = "events", description = "The live event stream and the consumers' dead letters"),
         (name = "webhooks", description = "Endpoints the events are posted to, signed (Standard Webhooks)"),
+        (name = "audit", description = "The audit trail of administrative and security actions, hash-chained"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -255,6 +256,14 @@ pub fn finish(api: &utoipa::openapi::OpenApi) -> Value {
         }
     }
 
+    // `routes::audit::list_audit`: an action filter names one of the actions.
+    if let Some(params) = doc["paths"]["/v1/audit"]["get"]["parameters"].as_array_mut() {
+        let actions: Vec<&str> = coffer_store::AuditAction::ALL.iter().map(|a| a.as_str()).collect();
+        for param in params.iter_mut().filter(|p| p["name"] == "action") {
+            param["schema"]["enum"] = json!(actions);
+        }
+    }
+
     let schemas = &mut doc["components"]["schemas"];
     // `client_text::metadata`: no control character in any key or string, however deep.
     schemas["MetadataValue"] = json!({
@@ -411,6 +420,11 @@ mod tests {
         assert!(schemas["MetadataValue"]["anyOf"].is_array());
         let stats = &doc["paths"]["/v1/ledgers/{code}/stats"]["get"]["parameters"][0];
         assert_eq!(stats["schema"]["pattern"], LEDGER_CODE_PATTERN);
+        let action = &doc["paths"]["/v1/audit"]["get"]["parameters"][0];
+        assert_eq!(
+            (&action["name"], action["schema"]["enum"].as_array().map(Vec::len)),
+            (&json!("action"), Some(13))
+        );
         for pattern in [NO_CONTROL_PATTERN, IDEMPOTENCY_KEY_PATTERN, DEAD_LETTER_ID_PATTERN] {
             Regex::new(pattern).unwrap();
         }

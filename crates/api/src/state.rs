@@ -22,6 +22,8 @@ pub struct Shared {
     pub dead_letters: Arc<dyn DeadLetterQueue>,
     pub config: ApiConfig,
     pub auth: Authenticator,
+    /// Security events for the audit trail, throttled.
+    pub alarms: Arc<crate::audit::Alarms>,
     /// What `/metrics` renders; none when it is served on a listener of its own.
     pub metrics: Option<PrometheusHandle>,
     /// Where webhook URLs may point: special-purpose addresses, plain http.

@@ -337,7 +337,10 @@ async fn stats_count_posted_volume_per_day_and_code() {
     // Rebuilt from scratch by replaying the outbox, beside the running consumer: the same figures.
     let r = app.send("POST", "/v1/admin/projections/ledger-volumes/rebuild", Some(ADMIN), None, &[]).await;
     assert_eq!(r.status, 202, "{}", r.text);
-    let rebuilt = LedgerVolumes::new(app.store.clone()).rebuild().await.unwrap();
+    let rebuilt = LedgerVolumes::new(app.store.clone())
+        .rebuild(&coffer_store::AuditContext::cli("test"))
+        .await
+        .unwrap();
     assert!(rebuilt >= 9, "the replay read {rebuilt} events");
     assert_eq!(app.get("/v1/ledgers/USD/stats").await.body["data"], expected);
     let r = app.get("/v1/ledgers/USD/stats?from=2000-01-01&to=2000-12-31").await;

@@ -168,6 +168,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/admin/dead-letters/{id}/replay", &["post"]),
     ("/v1/admin/projections/ledger-volumes/rebuild", &["post"]),
     ("/v1/admin/status", &["get"]),
+    ("/v1/audit", &["get"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),

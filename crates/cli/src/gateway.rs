@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use coffer_gateway::tls::ServingCertificate;
 use coffer_gateway::{GatewayConfig, UpstreamControl};
+use coffer_store::AuditContext;
 use coffer_store::KeyDirectory;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -60,6 +61,8 @@ async fn reload_on_hangup(
 ) {
     let besides_upstreams =
         |config: &GatewayConfig| GatewayConfig { upstreams: Default::default(), ..config.clone() };
+    // A reload is the doing of whoever may signal this process: the audit log says so.
+    let reloaded_by = AuditContext { actor: "gateway:reload".into(), client_address: None, request_id: None };
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reading the configuration again");
         if let Some(Err(err)) = certificate.as_ref().map(|certificate| certificate.reload()) {
@@ -67,7 +70,7 @@ async fn reload_on_hangup(
         }
         let applied = match reload() {
             Ok(config) => control
-                .replace(&config.gateway.upstreams)
+                .replace(&config.gateway.upstreams, &reloaded_by)
                 .await
                 .map(|_| config.gateway)
                 .context("gateway.upstreams"),

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use coffer_store::{ApiKey, KeyId, NewApiKey, PgStore, Scope, Store, StoreResult, sqlite_admin};
+use coffer_store::{
+    AdminChange, ApiKey, AuditContext, AuditTrail, KeyId, NewApiKey, PgStore, Scope, Store, StoreError,
+    StoreResult, sqlite_admin,
+};
 
 use crate::config::Config;
 
@@ -13,7 +16,7 @@ use crate::config::Config;
 pub enum KeysCommand {
     /// Create a key and print its token (shown only this once).
     Create {
-        /// read, write or admin; repeat for several.
+        /// read, write, admin or audit; repeat for several.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         /// A name to recognise the key by in listings.
@@ -47,11 +50,17 @@ enum Keys {
     Database(Arc<PgStore>),
 }
 
+/// Every change is recorded in the audit trail, as `by`'s, in the transaction that makes it.
 impl Keys {
-    async fn create(&self, key: NewApiKey) -> StoreResult<ApiKey> {
+    async fn create(&self, key: NewApiKey, by: &AuditContext) -> StoreResult<ApiKey> {
         match self {
-            Keys::DataDir(dir) => sqlite_admin::create_key(dir, key),
-            Keys::Database(store) => store.create_key(key).await,
+            Keys::DataDir(dir) => sqlite_admin::create_key(dir, key, by),
+            Keys::Database(store) => store
+                .administer(AdminChange::CreateKey(key), by)
+                .await?
+                .effect
+                .made_key()
+                .ok_or_else(|| StoreError::Unavailable("a key create made no key".into())),
         }
     }
 
@@ -62,15 +71,18 @@ impl Keys {
         }
     }
 
-    async fn revoke(&self, id: KeyId) -> StoreResult<bool> {
+    async fn revoke(&self, id: KeyId, by: &AuditContext) -> StoreResult<bool> {
         match self {
-            Keys::DataDir(dir) => sqlite_admin::revoke_key(dir, id),
-            Keys::Database(store) => store.revoke_key(id).await,
+            Keys::DataDir(dir) => sqlite_admin::revoke_key(dir, id, by),
+            Keys::Database(store) => {
+                Ok(store.administer(AdminChange::RevokeKey(id), by).await?.effect.applied())
+            }
         }
     }
 }
 
-pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+/// Runs `command`; `by` names the operating-system user in the audit trail.
+pub async fn run(config: &Config, command: KeysCommand, by: &AuditContext) -> anyhow::Result<()> {
     let keys = match &config.database_url {
         Some(url) => Keys::Database(
             PgStore::connect(url, config.store.clone()).await.context("cannot open the PostgreSQL store")?,
@@ -81,20 +93,21 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             Keys::DataDir(config.data_dir.clone())
         }
     };
-    let result = manage(&keys, command).await;
+    let result = manage(&keys, command, by).await;
     if let Keys::Database(store) = &keys {
         store.shutdown().await;
     }
     result
 }
 
-async fn manage(keys: &Keys, command: KeysCommand) -> anyhow::Result<()> {
+async fn manage(keys: &Keys, command: KeysCommand, by: &AuditContext) -> anyhow::Result<()> {
     match command {
         KeysCommand::Create { scopes, name, rate_limit_per_second, .. } => {
             let scopes = scopes
                 .iter()
                 .map(|s| {
-                    Scope::parse(s).with_context(|| format!("unknown scope {s:?}: use read, write or admin"))
+                    Scope::parse(s)
+                        .with_context(|| format!("unknown scope {s:?}: use read, write, admin or audit"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             if rate_limit_per_second == Some(0) {
@@ -102,15 +115,18 @@ async fn manage(keys: &Keys, command: KeysCommand) -> anyhow::Result<()> {
             }
             let token = coffer_api::generate_token();
             let key = keys
-                .create(NewApiKey {
-                    id: KeyId(uuid::Uuid::now_v7()),
-                    name,
-                    scopes,
-                    rate_limit_per_second,
-                    expires_at: None,
-                    token_hash: coffer_store::TokenHash::of(&token),
-                    bare_token: false,
-                })
+                .create(
+                    NewApiKey {
+                        id: KeyId(uuid::Uuid::now_v7()),
+                        name,
+                        scopes,
+                        rate_limit_per_second,
+                        expires_at: None,
+                        token_hash: coffer_store::TokenHash::of(&token),
+                        bare_token: false,
+                    },
+                    by,
+                )
                 .await?;
             println!("id:    {}", key.id.0);
             println!("token: {token}");
@@ -140,7 +156,7 @@ async fn manage(keys: &Keys, command: KeysCommand) -> anyhow::Result<()> {
             crate::table::print(&["ID", "STATE", "SCOPES", "CREATED", "NAME"], &rows);
         }
         KeysCommand::Revoke { id } => {
-            if !keys.revoke(KeyId(id)).await? {
+            if !keys.revoke(KeyId(id), by).await? {
                 bail!("no key with id {id}");
             }
             println!("revoked {id}");

@@ -22,6 +22,7 @@ mod webhook_keys;
 use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use coffer_store::AuditContext;
 
 use crate::config::{Config, Overrides};
 
@@ -159,6 +160,16 @@ fn fail(err: &anyhow::Error) -> ! {
     std::process::exit(1)
 }
 
+/// Who runs this process, for the audit trail's `cli:<user>`: the login name the shell
+/// exported (`USER`, else `LOGNAME`), read here once and passed down. It names the operator; it
+/// proves nothing (whoever can run `coffer keys` against the store can set it).
+fn os_user() -> String {
+    ["USER", "LOGNAME"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|user| !user.is_empty()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// Runs `work` on a new runtime; an error ends the process before the runtime (and the tasks
 /// it still holds) is dropped.
 fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
@@ -199,7 +210,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("store at {} is at schema version {version}", store::describe(&config));
             Ok(())
         }
-        Command::Keys { data_dir, command } => block_on(keys::run(&load(None, data_dir)?, command)),
+        Command::Keys { data_dir, command } => {
+            block_on(keys::run(&load(None, data_dir)?, command, &AuditContext::cli(&os_user())))
+        }
         Command::Verify { data_dir, json } => {
             let config = load(None, data_dir)?;
             let holds = runtime()?.block_on(verify::run(&config, json))?;

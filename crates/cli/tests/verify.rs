@@ -79,9 +79,30 @@ fn text(output: &Output) -> String {
 
 /// The edits of the acceptance list, each as SQL for the store's dialect, and what the report
 /// must name. `outbox` is the outbox's position column; ids are written by `id`.
-fn edits(made: &Made, outbox: &str, id: &dyn Fn(&str) -> String) -> Vec<(&'static str, String, String)> {
+fn edits(
+    made: &Made,
+    outbox: &str,
+    id: &dyn Fn(&str) -> String,
+    bytes: &dyn Fn(&str) -> String,
+    drop_trigger: &str,
+) -> Vec<(&'static str, String, String)> {
     let (wallet, transfer) = (id(&made.wallet), id(&made.transfer));
+    let rogue = "0190aaaa-bbbb-7ccc-8ddd-eeeeeeeeeeee";
     vec![
+        (
+            "an admin key inserted",
+            format!(
+                "INSERT INTO api_keys (id, name, scopes, token_hash, created_at) VALUES ({}, 'rogue', 'admin', {}, 0)",
+                id(rogue),
+                bytes(&"ab".repeat(32))
+            ),
+            format!("key:{rogue}"),
+        ),
+        (
+            "an audit record deleted",
+            format!("{drop_trigger}; DELETE FROM audit_log WHERE position = 1"),
+            "audit 1".into(),
+        ),
         (
             "an account's balance",
             format!("UPDATE accounts SET credits_posted = credits_posted + 1 WHERE id = {wallet}"),
@@ -134,7 +155,9 @@ async fn verify_holds_on_the_embedded_store_and_names_every_edit() {
     drop(server);
 
     let blob = |uuid: &str| format!("X'{}'", uuid.replace('-', ""));
-    for (what, sql, expected) in edits(&made, "seq", &blob) {
+    let hex = |text: &str| format!("X'{text}'");
+    let drop_triggers = "DROP TRIGGER audit_log_no_delete";
+    for (what, sql, expected) in edits(&made, "seq", &blob, &hex, drop_triggers) {
         let copy = tempfile::tempdir().unwrap();
         copy_dir(base.path(), copy.path());
         rusqlite::Connection::open(copy.path().join("coffer.db")).unwrap().execute_batch(&sql).unwrap();
@@ -156,7 +179,9 @@ async fn verify_holds_on_postgres_and_names_every_edit() {
     drop(server);
 
     let quoted = |uuid: &str| format!("'{uuid}'");
-    for (what, sql, expected) in edits(&made, "position", &quoted) {
+    let hex = |text: &str| format!("'\\x{text}'");
+    let drop_trigger = "DROP TRIGGER audit_log_append_only ON audit_log";
+    for (what, sql, expected) in edits(&made, "position", &quoted, &hex, drop_trigger) {
         let copy = database.copy().await;
         let (client, connection) = tokio_postgres::connect(&copy.url, tokio_postgres::NoTls).await.unwrap();
         let driver = tokio::spawn(connection);

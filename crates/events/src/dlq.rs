@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_nats::jetstream::{self, Message, stream};
 use async_trait::async_trait;
 use coffer_ledger::Timestamp;
-use coffer_store::{OutboxEvent, Store};
+use coffer_store::{AdminChange, AuditContext, OutboxEvent, Store};
 
 use crate::consumer::unavailable_js as unavailable;
 use crate::{BusError, StreamSettings, decode};
@@ -32,6 +32,25 @@ pub struct DeadLetterEntry {
     pub failed_at: Timestamp,
 }
 
+/// What a replay or a discard came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// There is no such letter; nothing changed.
+    Missing,
+    /// Done, and recorded in the audit trail in the same transaction (the store's letters).
+    Recorded,
+    /// Done on the bus, which has no audit trail: the caller records it. The letter was
+    /// `consumer`'s and held the event `event_id` (when it was an event at all).
+    Done { consumer: String, event_id: Option<uuid::Uuid> },
+}
+
+impl Handled {
+    /// Whether there was such a letter (and so it was replayed or discarded).
+    pub fn found(&self) -> bool {
+        *self != Self::Missing
+    }
+}
+
 #[async_trait]
 pub trait DeadLetterQueue: Send + Sync {
     /// Dead letters, oldest first, of one consumer or all, after `after` when given.
@@ -42,11 +61,11 @@ pub trait DeadLetterQueue: Send + Sync {
         limit: usize,
     ) -> Result<Vec<DeadLetterEntry>, BusError>;
     async fn show(&self, id: &str) -> Result<Option<DeadLetterEntry>, BusError>;
-    /// Hands the dead letter back to its consumer, which tries it again from attempt 1;
-    /// answers false when there is no such letter.
-    async fn replay(&self, id: &str) -> Result<bool, BusError>;
-    /// Deletes the dead letter for good; answers false when there is no such letter.
-    async fn discard(&self, id: &str) -> Result<bool, BusError>;
+    /// Hands the dead letter back to its consumer, which tries it again from attempt 1, as an
+    /// administrative action of `by`.
+    async fn replay(&self, id: &str, by: &AuditContext) -> Result<Handled, BusError>;
+    /// Deletes the dead letter for good, as an administrative action of `by`.
+    async fn discard(&self, id: &str, by: &AuditContext) -> Result<Handled, BusError>;
     /// How many dead letters wait (the `coffer_dlq_depth` gauge).
     async fn depth(&self) -> Result<u64, BusError>;
 }
@@ -111,18 +130,26 @@ impl DeadLetterQueue for StoreDeadLetters {
         Ok(self.0.dead_letter(id).await.map_err(store_error)?.map(Into::into))
     }
 
-    async fn replay(&self, id: &str) -> Result<bool, BusError> {
-        let Ok(id) = id.parse() else { return Ok(false) };
-        self.0.request_replay(id).await.map_err(store_error)
+    async fn replay(&self, id: &str, by: &AuditContext) -> Result<Handled, BusError> {
+        let Ok(id) = id.parse() else { return Ok(Handled::Missing) };
+        self.administer(AdminChange::ReplayDeadLetter(id), by).await
     }
 
-    async fn discard(&self, id: &str) -> Result<bool, BusError> {
-        let Ok(id) = id.parse() else { return Ok(false) };
-        self.0.remove_dead_letter(id).await.map_err(store_error)
+    async fn discard(&self, id: &str, by: &AuditContext) -> Result<Handled, BusError> {
+        let Ok(id) = id.parse() else { return Ok(Handled::Missing) };
+        self.administer(AdminChange::DiscardDeadLetter(id), by).await
     }
 
     async fn depth(&self) -> Result<u64, BusError> {
         self.0.dead_letter_count().await.map_err(store_error)
+    }
+}
+
+impl StoreDeadLetters {
+    /// The change and its audit record, in one transaction of the store.
+    async fn administer(&self, change: AdminChange, by: &AuditContext) -> Result<Handled, BusError> {
+        let done = self.0.administer(change, by).await.map_err(store_error)?;
+        Ok(if done.effect.applied() { Handled::Recorded } else { Handled::Missing })
     }
 }
 
@@ -147,6 +174,11 @@ pub(crate) mod headers {
     pub fn position(message: &Message) -> Option<i64> {
         get(message.headers.as_ref(), POSITION)?.parse().ok()
     }
+}
+
+/// A letter handled on the bus, for the caller to record.
+fn done(entry: DeadLetterEntry) -> Handled {
+    Handled::Done { consumer: entry.consumer, event_id: entry.event.map(|event| event.id) }
 }
 
 /// The JetStream dead-letter stream.
@@ -282,23 +314,24 @@ impl DeadLetterQueue for DeadLetterStream {
         Ok(self.get(sequence).await?.map(|(entry, _)| entry))
     }
 
-    async fn replay(&self, id: &str) -> Result<bool, BusError> {
-        let Ok(sequence) = id.parse() else { return Ok(false) };
-        let Some((entry, message)) = self.get(sequence).await? else { return Ok(false) };
+    async fn replay(&self, id: &str, _: &AuditContext) -> Result<Handled, BusError> {
+        let Ok(sequence) = id.parse() else { return Ok(Handled::Missing) };
+        let Some((entry, message)) = self.get(sequence).await? else { return Ok(Handled::Missing) };
         // Stored on the replay subject before it leaves the dead letters: a crash in between
         // replays it twice, which the idempotent handler absorbs, and never loses it.
         self.publish(self.replay_subject(&entry.consumer), message.headers.clone(), message.payload.clone())
             .await?;
         self.stream.delete_message(sequence).await.map_err(unavailable)?;
-        Ok(true)
+        Ok(done(entry))
     }
 
-    async fn discard(&self, id: &str) -> Result<bool, BusError> {
-        let Ok(sequence) = id.parse() else { return Ok(false) };
-        if self.get(sequence).await?.is_none() {
-            return Ok(false);
+    async fn discard(&self, id: &str, _: &AuditContext) -> Result<Handled, BusError> {
+        let Ok(sequence) = id.parse() else { return Ok(Handled::Missing) };
+        let Some((entry, _)) = self.get(sequence).await? else { return Ok(Handled::Missing) };
+        if !self.stream.delete_message(sequence).await.map_err(unavailable)? {
+            return Ok(Handled::Missing);
         }
-        self.stream.delete_message(sequence).await.map_err(unavailable)
+        Ok(done(entry))
     }
 
     /// The stream's messages: the dead letters, and replays not yet taken (a moment's worth).

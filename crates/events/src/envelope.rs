@@ -13,12 +13,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 /// Every event type Coffer emits (DESIGN.md §3). A breaking change to one is a new type.
-pub const EVENT_TYPES: [&str; 5] = [
+pub const EVENT_TYPES: [&str; 6] = [
     "coffer.account.created",
     "coffer.transfer.created",
     "coffer.transfer.posted",
     "coffer.transfer.voided",
     "coffer.transfer.expired",
+    coffer_store::audit::AUDIT_EVENT_TYPE,
 ];
 
 /// The fields [`decode`] reads back; others (a `tracestate`, say) are ignored.

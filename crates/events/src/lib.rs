@@ -21,7 +21,9 @@ pub use consumer::{
     Consumer, DEAD_LETTERED, Delivery, Handler, HandlerError, JetStreamSource, JetStreamSourceSettings, LAG,
     OutboxSource, REDELIVERIES, RetryPolicy, Source,
 };
-pub use dlq::{DLQ_DEPTH, DeadLetterEntry, DeadLetterQueue, DeadLetterStream, StoreDeadLetters, watch_depth};
+pub use dlq::{
+    DLQ_DEPTH, DeadLetterEntry, DeadLetterQueue, DeadLetterStream, Handled, StoreDeadLetters, watch_depth,
+};
 pub use envelope::{EVENT_TYPES, decode, encode, sequence};
 pub use projection::{LedgerVolumes, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, day_of};
 pub use relay::{Relay, RelayError};

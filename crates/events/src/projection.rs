@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use coffer_ledger::{Timestamp, Transfer, TransferStatus};
-use coffer_store::{OutboxEvent, Store, StoreResult, VolumeEntry};
+use coffer_store::{AdminChange, AuditContext, OutboxEvent, Store, StoreResult, VolumeEntry};
 
 use crate::{Handler, HandlerError};
 
@@ -36,10 +36,11 @@ impl LedgerVolumes {
 
 impl LedgerVolumes {
     /// Forgets the projection and applies every event of the outbox again (what retention has
-    /// kept: see `events.outbox_retention_hours`); answers how many events it read.
-    pub async fn rebuild(&self) -> StoreResult<u64> {
+    /// kept: see `events.outbox_retention_hours`); answers how many events it read. The reset
+    /// is recorded in the audit trail as `by`'s, in its own transaction.
+    pub async fn rebuild(&self, by: &AuditContext) -> StoreResult<u64> {
         const PAGE: usize = 1000;
-        self.store.reset_volumes(&self.consumer).await?;
+        self.store.administer(AdminChange::ResetProjection { consumer: self.consumer.clone() }, by).await?;
         let (mut position, mut read) = (0, 0);
         loop {
             let events = self.store.events_after(position, PAGE).await?;

@@ -17,7 +17,7 @@ use coffer_events::{
     StreamSettings, VOLUMES_CONSUMER, VOLUMES_EVENT_TYPE, day_of,
 };
 use coffer_ledger::{AccountId, Outcome, Submission, Timestamp};
-use coffer_store::{OutboxEvent, Store, StoreConfig};
+use coffer_store::{AuditContext, OutboxEvent, Store, StoreConfig};
 use coffer_testkit::{Backend, TestStore};
 use common::{ledger_with_accounts, local_jetstream, transfer, unique_stream, usd};
 use tokio::sync::watch;
@@ -270,12 +270,15 @@ async fn failing_handler_dead_letters_then_replay_delivers_once(bus: Bus) {
     assert!(flaky.handled.lock().unwrap().is_empty());
 
     flaky.broken.store(false, Ordering::SeqCst);
-    assert!(dlq.replay(&letter.id).await.unwrap());
+    assert!(dlq.replay(&letter.id, &AuditContext::cli("test")).await.unwrap().found());
     eventually("the replayed delivery", async || flaky.handled.lock().unwrap().get(&event.id).copied()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(flaky.handled.lock().unwrap()[&event.id], 1, "delivered exactly once after the replay");
     assert!(dlq.list(Some("flaky"), None, 10).await.unwrap().is_empty(), "the dead letter is gone");
-    assert!(!dlq.replay(&letter.id).await.unwrap(), "a replayed letter cannot be replayed again");
+    assert!(
+        !dlq.replay(&letter.id, &AuditContext::cli("test")).await.unwrap().found(),
+        "a replayed letter cannot be replayed again"
+    );
     consumer.abort();
     h.stop().await;
 }

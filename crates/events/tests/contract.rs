@@ -1,7 +1,7 @@
 //! Contract test: every event Coffer produces validates against its JSON Schema in docs/events/.
-//! A workload makes all five types (an account, transfers, a hold posted, one voided, one that
-//! expires); each outbox row is encoded as the bus will carry it and checked against the schema
-//! named by its `type`.
+//! A workload makes every type (an account, transfers, a hold posted, one voided, one that
+//! expires, an audit record); each outbox row is encoded as the bus will carry it and checked
+//! against the schema named by its `type`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use coffer_ledger::{
     AccountFlags, AccountId, Amount, Command, LedgerCode, NewAccount, NewLedger, NewTransfer, Resolution,
     Scale, Submission, TraceParent, TransferId,
 };
-use coffer_store::StoreConfig;
+use coffer_store::{AdminChange, AuditContext, KeyId, NewApiKey, Scope, StoreConfig, TokenHash};
 use coffer_testkit::{Backend, TestStore};
 use serde_json::Value;
 
@@ -104,6 +104,18 @@ async fn every_event_matches_the_schema_of_its_type() {
     commands.push(transfer(expiring, a, b, 30, Some(Some(1))));
     commands.push(Command::PostPending(resolve(posted)));
     commands.push(Command::VoidPending(resolve(voided)));
+    // An administrative action: its audit record is an event too.
+    let by = AuditContext::key(KeyId(uuid::Uuid::now_v7()), Some("192.0.2.1".into()), Some("req-7".into()));
+    let key = NewApiKey {
+        id: KeyId(uuid::Uuid::now_v7()),
+        name: Some("reports".into()),
+        scopes: vec![Scope::Read],
+        rate_limit_per_second: None,
+        expires_at: None,
+        token_hash: TokenHash([7; 32]),
+        bare_token: false,
+    };
+    store.administer(AdminChange::CreateKey(key), &by).await.expect("the key is made");
     let trace = TraceParent::try_from("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
     store
         .submit(Submission::new(commands, true).traced(Some(trace.clone())))
@@ -126,8 +138,10 @@ async fn every_event_matches_the_schema_of_its_type() {
         let json: Value = serde_json::from_slice(&coffer_events::encode(event).unwrap()).unwrap();
         let errors: Vec<String> = validator(&event.kind).iter_errors(&json).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{} does not match its schema: {errors:?}\n{json:#}", event.kind);
-        // The expiry task's own change was sent by no request, so it has no trace.
-        let expected = (event.kind != "coffer.transfer.expired").then(|| trace.as_str());
+        // The expiry task's own change was sent by no request, so it has no trace; an audit
+        // record carries its request's id instead.
+        let traced = !["coffer.transfer.expired", "coffer.audit.recorded"].contains(&event.kind.as_str());
+        let expected = traced.then(|| trace.as_str());
         assert_eq!(json.get("traceparent").and_then(Value::as_str), expected, "{json:#}");
     }
 
@@ -147,5 +161,17 @@ async fn every_event_matches_the_schema_of_its_type() {
     let mut bad = good.clone();
     bad["data"].as_object_mut().unwrap().remove("ledger");
     assert!(!posted_schema.is_valid(&bad), "a transfer without its ledger should be refused");
+    let audit_event = events.iter().find(|e| e.kind == "coffer.audit.recorded").unwrap();
+    let good: Value = serde_json::from_slice(&coffer_events::encode(audit_event).unwrap()).unwrap();
+    let audit_schema = validator("coffer.audit.recorded");
+    for (pointer, replacement) in [
+        ("/data/hash", Value::from("00")),
+        ("/data/position", Value::from(0)),
+        ("/data/action", Value::from("x")),
+    ] {
+        let mut bad = good.clone();
+        *bad.pointer_mut(pointer).unwrap() = replacement;
+        assert!(!audit_schema.is_valid(&bad), "{pointer} should be refused");
+    }
     store.shutdown().await;
 }

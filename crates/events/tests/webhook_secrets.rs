@@ -20,7 +20,7 @@ use coffer_events::{
     new_secret, reseal, rotate_secret,
 };
 use coffer_ledger::Timestamp;
-use coffer_store::{DeliveryStatus, Store, StoreConfig, Webhook, WebhookEvent};
+use coffer_store::{AuditContext, DeliveryStatus, Store, StoreConfig, Webhook, WebhookEvent};
 use coffer_testkit::{Backend, TestStore, services_required};
 use receiver::Receiver;
 use uuid::Uuid;
@@ -151,12 +151,13 @@ fn free_port() -> u16 {
 async fn during_the_overlap_either_secret_alone_verifies_with_the_reference_library() {
     let Some(store) = open_store().await else { return };
     let keys = Arc::new(SecretKeys::ephemeral());
+    let by = AuditContext::cli("test");
     let port = free_port();
     let old = new_secret();
     let webhook =
         endpoint(store.as_ref(), format!("http://127.0.0.1:{port}/hook"), |id| keys.seal(id, &old)).await;
     let rotated =
-        rotate_secret(store.as_ref(), &keys, webhook.id, Duration::from_secs(3600), Timestamp::now())
+        rotate_secret(store.as_ref(), &keys, webhook.id, Duration::from_secs(3600), Timestamp::now(), &by)
             .await
             .unwrap();
     let new = rotated.secret;
@@ -173,7 +174,7 @@ async fn during_the_overlap_either_secret_alone_verifies_with_the_reference_libr
     drop(python);
 
     // A leaked secret is cut off at once: no overlap.
-    let newest = rotate_secret(store.as_ref(), &keys, webhook.id, Duration::ZERO, Timestamp::now())
+    let newest = rotate_secret(store.as_ref(), &keys, webhook.id, Duration::ZERO, Timestamp::now(), &by)
         .await
         .unwrap()
         .secret;

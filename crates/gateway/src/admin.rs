@@ -8,14 +8,15 @@
 //! compared, and the digests compared in constant time, so neither the time taken nor the
 //! length of a guess tells an attacker how close it came.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use coffer_store::TokenHash;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -100,7 +101,16 @@ pub fn router(
     Router::new()
         .route("/gateway/healthz", get(|| async { "ok" }))
         .route("/gateway/readyz", get(readyz))
-        .route("/gateway/upstreams", get(upstreams).put(move |body| replace_upstreams(control, body)))
+        .route(
+            "/gateway/upstreams",
+            get(upstreams).put(
+                move |peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+                      headers: http::HeaderMap,
+                      body: axum::body::Bytes| {
+                    replace_upstreams(control, peer, headers, body)
+                },
+            ),
+        )
         .route("/gateway/metrics", get(move || async move { metrics.render() }))
         .with_state(shared)
         // A layer, not a route guard: it covers paths that match no route too, so a caller
@@ -122,9 +132,25 @@ async fn upstreams(State(shared): State<Arc<proxy::Shared>>) -> Response {
 
 /// `PUT /gateway/upstreams` with the new list (a JSON list of URLs, or one comma-separated
 /// string): upstreams that stay keep their state, new ones join, removed ones drain.
-async fn replace_upstreams(control: UpstreamControl, body: axum::body::Bytes) -> Response {
+/// Recorded in the audit log as the admin token holder's (`gateway:admin`), from the caller's
+/// address, under its `x-request-id` when it sent one.
+async fn replace_upstreams(
+    control: UpstreamControl,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()));
+    let by = coffer_store::AuditContext {
+        actor: "gateway:admin".into(),
+        client_address: peer.map(|Extension(ConnectInfo(peer))| peer.ip().to_string()),
+        request_id: request_id.map(str::to_owned),
+    };
     let replaced = match serde_json::from_slice::<Upstreams>(&body) {
-        Ok(list) => control.replace(&list).await.map_err(|e| e.to_string()),
+        Ok(list) => control.replace(&list, &by).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match replaced {

@@ -13,6 +13,7 @@
 //! This file binds the listeners and runs them until a drain.
 
 mod admin;
+mod audit;
 mod auth;
 mod body;
 mod client;
@@ -34,6 +35,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use coffer_store::{AuditContext, AuditOutcome};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -65,6 +67,8 @@ pub struct Gateway {
     shared: Arc<proxy::Shared>,
     discovery: Arc<discovery::Discovery>,
     metrics: PrometheusHandle,
+    /// The upstream list's changes, logged in a chain of this process's.
+    audit: Arc<audit::AuditLog>,
 }
 
 impl Gateway {
@@ -111,7 +115,8 @@ impl Gateway {
         let auth = keys.map(|keys| auth::EdgeAuth::new(keys, Duration::from_millis(config.key_cache_ttl_ms)));
         let shared = Arc::new(proxy::Shared::new(&config, pool, client, limits, auth));
         let discovery = Self::discovery(&config, &shared, discovery::system_resolver());
-        Ok(Self { config, listener, admin, shared, discovery, metrics })
+        let audit = Arc::new(audit::AuditLog::default());
+        Ok(Self { config, listener, admin, shared, discovery, metrics, audit })
     }
 
     /// The same gateway with upstream names resolved by `resolve` instead of the system's
@@ -138,7 +143,7 @@ impl Gateway {
 
     /// What replaces the upstream list while the gateway serves.
     pub fn upstream_control(&self) -> UpstreamControl {
-        UpstreamControl(self.discovery.clone())
+        UpstreamControl { discovery: self.discovery.clone(), audit: self.audit.clone() }
     }
 
     /// The certificate clients are served, when the gateway terminates TLS: what a reload
@@ -158,7 +163,7 @@ impl Gateway {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
-        let Gateway { config, listener, admin, shared, discovery, metrics } = self;
+        let Gateway { config, listener, admin, shared, discovery, metrics, audit } = self;
         // Names are expanded into their addresses before the first request is taken.
         discovery.refresh().await;
         let _resolving = discovery::spawn(discovery.clone(), Duration::from_millis(config.dns_refresh_ms));
@@ -168,7 +173,9 @@ impl Gateway {
             Duration::from_millis(config.check_timeout_ms),
         );
         let admin = admin.map(|(admin, token)| {
-            let app = admin::router(&token, shared.clone(), UpstreamControl(discovery.clone()), metrics);
+            let control = UpstreamControl { discovery: discovery.clone(), audit: audit.clone() };
+            let app = admin::router(&token, shared.clone(), control, metrics)
+                .into_make_service_with_connect_info::<SocketAddr>();
             tokio::spawn(axum::serve(admin, app).into_future())
         });
         let scheme = if listener.tls.is_some() { "https" } else { "http" };
@@ -193,15 +200,27 @@ impl Gateway {
 /// Replaces the upstream list of a running gateway: upstreams that stay keep their state, new
 /// ones join, removed ones drain. Behind `PUT /gateway/upstreams` and the binary's reload.
 #[derive(Clone)]
-pub struct UpstreamControl(Arc<discovery::Discovery>);
+pub struct UpstreamControl {
+    discovery: Arc<discovery::Discovery>,
+    /// Where each replacement, and each refused one, is recorded.
+    audit: Arc<audit::AuditLog>,
+}
 
 impl UpstreamControl {
     /// Applies `list` (its names resolved at once), or refuses it (empty, or an entry twice)
-    /// and changes nothing. Answers how many upstreams were added and removed.
-    pub async fn replace(&self, list: &Upstreams) -> Result<(usize, usize), ConfigError> {
-        list.validate()?;
-        let (added, removed) = self.0.set(list.0.clone()).await;
+    /// and changes nothing; either is an audit log line naming `by`. Answers how many upstreams
+    /// were added and removed.
+    pub async fn replace(&self, list: &Upstreams, by: &AuditContext) -> Result<(usize, usize), ConfigError> {
+        let asked: Vec<String> = list.0.iter().map(ToString::to_string).collect();
+        if let Err(e) = list.validate() {
+            let details = serde_json::json!({"upstreams": asked, "error": e.to_string()});
+            self.audit.upstreams_changed(by, AuditOutcome::Denied, details);
+            return Err(e);
+        }
+        let (added, removed) = self.discovery.set(list.0.clone()).await;
         tracing::info!(added, removed, upstreams = list.0.len(), "upstream list replaced");
+        let details = serde_json::json!({"upstreams": asked, "added": added, "removed": removed});
+        self.audit.upstreams_changed(by, AuditOutcome::Succeeded, details);
         Ok((added, removed))
     }
 }

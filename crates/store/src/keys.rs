@@ -73,12 +73,15 @@ impl TokenKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(pub Uuid);
 
-/// What a key may do. `Admin` implies `Write`, which implies `Read`.
+/// What a key may do. `Admin` implies every other scope and `Write` implies `Read`; `Audit`
+/// (reading the audit trail) stands apart from reads and writes, so an auditor's key can be
+/// given the trail without the ledger or the ledger without the trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
     Read,
     Write,
     Admin,
+    Audit,
 }
 
 impl Scope {
@@ -87,6 +90,7 @@ impl Scope {
             Self::Read => "read",
             Self::Write => "write",
             Self::Admin => "admin",
+            Self::Audit => "audit",
         }
     }
 
@@ -95,8 +99,19 @@ impl Scope {
             "read" => Self::Read,
             "write" => Self::Write,
             "admin" => Self::Admin,
+            "audit" => Self::Audit,
             _ => return None,
         })
+    }
+
+    /// Whether a key holding this scope may act with `needed`.
+    pub fn grants(self, needed: Scope) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Write => matches!(needed, Self::Read | Self::Write),
+            Self::Read => needed == Self::Read,
+            Self::Audit => needed == Self::Audit,
+        }
     }
 }
 
@@ -181,9 +196,9 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
-    /// Whether this key may act with `needed`: an unrevoked key holding that scope or a wider one.
+    /// Whether this key may act with `needed`: an unrevoked key holding a scope that grants it.
     pub fn allows(&self, needed: Scope) -> bool {
-        self.revoked_at.is_none() && self.scopes.iter().any(|s| *s >= needed)
+        self.revoked_at.is_none() && self.scopes.iter().any(|s| s.grants(needed))
     }
 
     /// Whether the key works at `now`: neither revoked nor expired.
@@ -224,6 +239,20 @@ mod tests {
         assert_eq!(TokenKind::of("coffer_"), TokenKind::Forged);
         assert_eq!(TokenKind::of("an-operators-own-bootstrap-token"), TokenKind::Custom);
         assert_ne!(issue_token(), token);
+    }
+
+    #[test]
+    fn admin_grants_everything_and_audit_only_itself() {
+        use Scope::*;
+        let all = [Read, Write, Admin, Audit];
+        let granted = |scope: Scope| all.into_iter().filter(|n| scope.grants(*n)).collect::<Vec<_>>();
+        assert_eq!(granted(Admin), all);
+        assert_eq!(granted(Write), [Read, Write]);
+        assert_eq!(granted(Read), [Read]);
+        assert_eq!(granted(Audit), [Audit]);
+        for scope in all {
+            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
+        }
     }
 
     #[test]

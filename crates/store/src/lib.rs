@@ -5,6 +5,7 @@
 //! writes balances, transfers and outbox rows in ONE transaction. Idempotency-Key answers are
 //! stored, durably, when the request that carried the key completes.
 
+pub mod audit;
 mod bare_tokens;
 pub mod chain;
 mod columns;
@@ -23,6 +24,10 @@ mod sqlite;
 pub mod verify;
 mod webhooks;
 
+pub use audit::{
+    AdminChange, AdminEffect, Administered, AuditAction, AuditContext, AuditEntry, AuditFilter, AuditHead,
+    AuditOutcome, AuditRecord, AuditTrail,
+};
 pub use config::StoreConfig;
 pub use coordination::Coordination;
 pub use dead_letters::{DeadLetter, DeadLetters};
@@ -109,10 +114,11 @@ pub enum IdempotencyBegin {
 ///
 /// Every change to money goes through [`Store::submit`], which queues the submission on the
 /// sequencer; reads go straight to the database. The event pipeline's state (positions and
-/// leases, the projection, dead letters, webhooks) has a trait of its own per room.
+/// leases, the projection, dead letters, webhooks) has a trait of its own per room, and so has
+/// the audit trail ([`AuditTrail`]), through which every administrative change is made.
 #[async_trait]
 pub trait Store:
-    KeyDirectory + Coordination + Projections + DeadLetters + Webhooks + Send + Sync + 'static
+    KeyDirectory + Coordination + Projections + DeadLetters + Webhooks + AuditTrail + Send + Sync + 'static
 {
     /// Applies one submission through the sequencer and answers one outcome per command.
     async fn submit(&self, submission: Submission) -> StoreResult<Vec<Outcome>>;
@@ -124,6 +130,8 @@ pub trait Store:
     async fn transfer(&self, id: TransferId) -> StoreResult<Option<Transfer>>;
     async fn transfers(&self, filter: TransferFilter, page: PageRequest) -> StoreResult<Page<Transfer>>;
 
+    /// Key writes without an audit record, for tests and fixtures: administrative requests make
+    /// keys through [`AuditTrail::administer`], which records them in the same transaction.
     async fn create_key(&self, key: NewApiKey) -> StoreResult<ApiKey>;
     /// Creates `key` only when the store holds no key at all; answers whether it did.
     async fn bootstrap_key(&self, key: NewApiKey) -> StoreResult<bool>;

@@ -183,25 +183,23 @@ impl<'a> Envelopes<'a> {
                 String::from_utf8(json[data.clone()].to_vec()).expect("serde_json writes UTF-8"),
             )
             .expect("a record is JSON");
-            let envelope = CloudEvent {
-                chainhash: None,
-                data: &raw,
-                datacontenttype: "application/json",
-                id,
-                sequence: "",
-                source: "coffer",
-                specversion: "1.0",
-                subject: emitted.event.subject(),
-                time: &time,
-                traceparent: emitted.trace.as_ref().map(TraceParent::as_str),
-                kind: emitted.event.kind().cloud_event_type(),
-            };
             let chain_start = json.len();
-            serde_json::to_writer(&mut json, &envelope).expect("an envelope always serializes");
-            let text = std::str::from_utf8(&json[chain_start..]).expect("serde_json writes UTF-8");
-            let split = chain_start
-                + text.rfind(SEQUENCE_KEY).expect("the envelope has a sequence")
-                + SEQUENCE_KEY.len();
+            let split = write_chain_bytes(
+                &mut json,
+                CloudEvent {
+                    chainhash: None,
+                    data: &raw,
+                    datacontenttype: "application/json",
+                    id,
+                    sequence: "",
+                    source: "coffer",
+                    specversion: "1.0",
+                    subject: emitted.event.subject(),
+                    time: &time,
+                    traceparent: emitted.trace.as_ref().map(TraceParent::as_str),
+                    kind: emitted.event.kind().cloud_event_type(),
+                },
+            );
             rows.push(Row { id, data, chain: chain_start..json.len(), split });
         }
         let json = String::from_utf8(json).expect("serde_json writes UTF-8");
@@ -226,6 +224,62 @@ impl<'a> Envelopes<'a> {
             traceparent: trace.as_ref().map(TraceParent::as_str),
             chain: (&bytes[row.chain.start..row.split], &bytes[row.split..row.chain.end]),
         })
+    }
+}
+
+/// Appends an envelope's chain bytes, its `sequence` empty, to `out`; answers where in `out`
+/// the sequence's digits go.
+fn write_chain_bytes(out: &mut Vec<u8>, envelope: CloudEvent<'_>) -> usize {
+    let start = out.len();
+    serde_json::to_writer(&mut *out, &envelope).expect("an envelope always serializes");
+    let text = std::str::from_utf8(&out[start..]).expect("serde_json writes UTF-8");
+    start + text.rfind(SEQUENCE_KEY).expect("the envelope has a sequence") + SEQUENCE_KEY.len()
+}
+
+/// An event written on its own rather than by a batch (an audit record's): its canonical data
+/// and its chain bytes around the place of its position.
+pub(crate) struct LoneEvent {
+    pub data: String,
+    chain: Vec<u8>,
+    split: usize,
+}
+
+impl LoneEvent {
+    /// Fails only when `data` is not JSON.
+    pub fn new(id: Uuid, kind: &str, subject: Uuid, time: Timestamp, data: &str) -> serde_json::Result<Self> {
+        let value: serde_json::Value = serde_json::from_str(data)?;
+        let data = String::from_utf8(crate::chain::canonical_json(&value)?).expect("JSON is UTF-8");
+        let raw = RawValue::from_string(data.clone())?;
+        let mut chain = Vec::with_capacity(data.len() + 300);
+        let time = time.to_rfc3339();
+        let split = write_chain_bytes(
+            &mut chain,
+            CloudEvent {
+                chainhash: None,
+                data: &raw,
+                datacontenttype: "application/json",
+                id,
+                sequence: "",
+                source: "coffer",
+                specversion: "1.0",
+                subject,
+                time: &time,
+                traceparent: None,
+                kind,
+            },
+        );
+        Ok(LoneEvent { data, chain, split })
+    }
+
+    /// The chain bytes before the position's digits, and after them.
+    pub fn chain(&self) -> (&[u8], &[u8]) {
+        self.chain.split_at(self.split)
+    }
+
+    /// This event's link, at `position`, following `previous`.
+    pub fn link(&self, previous: &ChainHash, position: i64) -> ChainHash {
+        let (head, tail) = self.chain();
+        previous.next_parts(&[head, sequence(position).as_bytes(), tail])
     }
 }
 

@@ -5,7 +5,10 @@ mod common;
 use std::sync::Arc;
 
 use coffer_ledger::{AccountId, Transfer, TransferId, TransferStatus};
-use coffer_store::{KeyDirectory, KeyId, NewApiKey, Scope, Store, StoreError, TokenHash, sqlite_admin};
+use coffer_store::{
+    AuditContext, AuditFilter, AuditTrail, KeyDirectory, KeyId, NewApiKey, Scope, Store, StoreError,
+    TokenHash, sqlite_admin,
+};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,11 +125,16 @@ async fn migrate_is_idempotent_and_admin_works_beside_a_running_server() {
 
     let store = open(dir.path()).await;
     assert_eq!(sqlite_admin::migrate(dir.path()).unwrap(), version);
-    let offline = sqlite_admin::create_key(dir.path(), new_key(vec![Scope::Read], 1)).unwrap();
+    let by = AuditContext::cli("operator");
+    let offline = sqlite_admin::create_key(dir.path(), new_key(vec![Scope::Read], 1), &by).unwrap();
     let seen = store.key_by_token(TokenHash([1; 32])).await.unwrap().unwrap();
     assert_eq!(seen, offline);
-    assert!(sqlite_admin::revoke_key(dir.path(), offline.id).unwrap());
-    assert!(!sqlite_admin::revoke_key(dir.path(), KeyId(uuid::Uuid::now_v7())).unwrap());
+    assert!(sqlite_admin::revoke_key(dir.path(), offline.id, &by).unwrap());
+    assert!(!sqlite_admin::revoke_key(dir.path(), KeyId(uuid::Uuid::now_v7()), &by).unwrap());
+    // Both offline changes are in the audit trail, as the CLI user's; the missing key is not.
+    let records = store.audit_records(&AuditFilter::default(), 0, 10).await.unwrap();
+    let done: Vec<(&str, &str)> = records.iter().map(|r| (r.action.as_str(), r.actor.as_str())).collect();
+    assert_eq!(done, [("key.created", "cli:operator"), ("key.revoked", "cli:operator")]);
     let revoked = store.key_by_token(TokenHash([1; 32])).await.unwrap().unwrap();
     assert!(revoked.revoked_at.is_some() && !revoked.allows(Scope::Read));
     assert_eq!(sqlite_admin::list_keys(dir.path()).unwrap(), vec![revoked]);

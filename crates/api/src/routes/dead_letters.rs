@@ -4,13 +4,16 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use coffer_events::DeadLetterEntry;
+use coffer_events::{DeadLetterEntry, Handled};
+use coffer_store::audit::{dead_letter_details, dead_letter_target};
+use coffer_store::{AuditAction, AuditContext, AuditOutcome};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
 use super::json;
+use crate::audit::Origin;
 use crate::auth::{AdminScope, Caller};
 use crate::client_text;
 use crate::dto::page_limit;
@@ -148,13 +151,32 @@ pub async fn get_dead_letter(
 )]
 pub async fn replay_dead_letter(
     State(state): State<AppState>,
-    _: Caller<AdminScope>,
+    Caller(caller, _): Caller<AdminScope>,
+    origin: Origin,
     ApiPath(DeadLetterId(id)): ApiPath<DeadLetterId>,
 ) -> Result<Response, ApiError> {
-    if !state.dead_letters.replay(&id).await? {
-        return Err(ApiError::not_found("no such dead letter"));
-    }
+    let by = origin.by(&caller);
+    let handled = state.dead_letters.replay(&id, &by).await?;
+    record(&state, &by, AuditAction::DeadLetterReplayed, &id, handled).await?;
     Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// 404 for a letter that was not there; the audit record of one handled on a bus that keeps
+/// none itself (JetStream), in a transaction of its own, after the change.
+async fn record(
+    state: &AppState,
+    by: &AuditContext,
+    action: AuditAction,
+    id: &str,
+    handled: Handled,
+) -> Result<(), ApiError> {
+    let Handled::Done { consumer, event_id } = handled else {
+        return if handled.found() { Ok(()) } else { Err(ApiError::not_found("no such dead letter")) };
+    };
+    let details = dead_letter_details(&consumer, event_id.unwrap_or_default());
+    let entry = by.entry(action, dead_letter_target(id), AuditOutcome::Succeeded, details);
+    state.store.record_audit(entry).await?;
+    Ok(())
 }
 
 /// Delete a dead letter for good (admin).
@@ -165,11 +187,12 @@ pub async fn replay_dead_letter(
 )]
 pub async fn discard_dead_letter(
     State(state): State<AppState>,
-    _: Caller<AdminScope>,
+    Caller(caller, _): Caller<AdminScope>,
+    origin: Origin,
     ApiPath(DeadLetterId(id)): ApiPath<DeadLetterId>,
 ) -> Result<Response, ApiError> {
-    if !state.dead_letters.discard(&id).await? {
-        return Err(ApiError::not_found("no such dead letter"));
-    }
+    let by = origin.by(&caller);
+    let handled = state.dead_letters.discard(&id, &by).await?;
+    record(&state, &by, AuditAction::DeadLetterDiscarded, &id, handled).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -1,14 +1,16 @@
 //! API keys (admin only). A token is shown once, in the creating response, and stored only as
-//! its SHA-256.
+//! its SHA-256. Every create, rotation and revocation is recorded in the audit trail in the
+//! transaction that makes it.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use coffer_ledger::Timestamp;
-use coffer_store::{ApiKey, KeyId, NewApiKey, Scope, TokenHash};
+use coffer_store::{AdminChange, AdminEffect, ApiKey, KeyId, NewApiKey, Scope, TokenHash};
 use http::StatusCode;
 use uuid::Uuid;
 
 use super::{json, shown_once};
+use crate::audit::Origin;
 use crate::auth::{AdminScope, Caller, generate_token};
 use crate::dto::{CreateKey, CreatedKey, KeyView, List, NoQuery, RotateKey, RotatedKey};
 use crate::error::ApiError;
@@ -26,7 +28,8 @@ use crate::state::AppState;
 )]
 pub async fn create_key(
     State(state): State<AppState>,
-    _: Caller<AdminScope>,
+    Caller(caller, _): Caller<AdminScope>,
+    origin: Origin,
     JsonBody(body, _): JsonBody<CreateKey>,
 ) -> Result<Response, ApiError> {
     if body.scopes.is_empty() {
@@ -41,18 +44,17 @@ pub async fn create_key(
     let token = generate_token();
     // A fresh id even under an Idempotency-Key: a retry whose first answer was lost also lost the
     // token, so what it needs is a new key, not the first one back.
-    let key = state
-        .store
-        .create_key(NewApiKey {
-            id: KeyId(Uuid::now_v7()),
-            name: body.name.map(|n| n.0),
-            scopes,
-            rate_limit_per_second: body.rate_limit_per_second.map(|r| r.get()),
-            expires_at: body.expires_at,
-            token_hash: TokenHash::of(&token),
-            bare_token: false,
-        })
-        .await?;
+    let key = NewApiKey {
+        id: KeyId(Uuid::now_v7()),
+        name: body.name.map(|n| n.0),
+        scopes,
+        rate_limit_per_second: body.rate_limit_per_second.map(|r| r.get()),
+        expires_at: body.expires_at,
+        token_hash: TokenHash::of(&token),
+        bare_token: false,
+    };
+    let done = state.store.administer(AdminChange::CreateKey(key), &origin.by(&caller)).await?;
+    let key = done.effect.made_key().ok_or_else(|| ApiError::internal("a key create made no key"))?;
     created(StatusCode::CREATED, key, token, |created| created)
 }
 
@@ -84,7 +86,8 @@ const DEFAULT_OVERLAP_SECONDS: u32 = 24 * 3600;
 )]
 pub async fn rotate_key(
     State(state): State<AppState>,
-    _: Caller<AdminScope>,
+    Caller(caller, _): Caller<AdminScope>,
+    origin: Origin,
     ApiPath(id): ApiPath<KeyId>,
     JsonBody(body, _): JsonBody<RotateKey, Optional>,
 ) -> Result<Response, ApiError> {
@@ -96,27 +99,27 @@ pub async fn rotate_key(
             "must be between now and 30 days from now",
         ));
     }
+    let not_live = || ApiError::not_found("no such live key (revoked and expired keys cannot be rotated)");
     let old = state.store.keys().await?.into_iter().find(|key| key.id == id);
-    let Some(old) = old.filter(|key| key.is_live(now)) else {
-        return Err(ApiError::not_found("no such live key (revoked and expired keys cannot be rotated)"));
-    };
+    let old = old.filter(|key| key.is_live(now)).ok_or_else(not_live)?;
     let token = generate_token();
-    // The new key first: should the expiry of the old one fail, both still work and a retry
-    // (with the same Idempotency-Key) finishes the job.
-    let new = state
-        .store
-        .create_key(NewApiKey {
-            id: KeyId(Uuid::now_v7()),
-            name: old.name.clone(),
-            scopes: old.scopes.clone(),
-            rate_limit_per_second: old.rate_limit_per_second,
-            expires_at: old.expires_at,
-            token_hash: TokenHash::of(&token),
-            bare_token: false,
-        })
-        .await?;
-    let previous =
-        state.store.expire_key(id, until).await?.ok_or_else(|| ApiError::not_found("no such key"))?;
+    // The new key, the old one's expiry and the record, in one transaction; the store checks
+    // again that the old key is live, under its lock.
+    let new = NewApiKey {
+        id: KeyId(Uuid::now_v7()),
+        name: old.name.clone(),
+        scopes: old.scopes.clone(),
+        rate_limit_per_second: old.rate_limit_per_second,
+        expires_at: old.expires_at,
+        token_hash: TokenHash::of(&token),
+        bare_token: false,
+    };
+    let change = AdminChange::RotateKey { old: id, new, old_expires_at: until };
+    let AdminEffect::Rotated { new, old: previous } =
+        state.store.administer(change, &origin.by(&caller)).await?.effect
+    else {
+        return Err(not_live());
+    };
     state.auth.evict(id);
     let previous = KeyView::from(previous);
     created(StatusCode::CREATED, new, token, |key| RotatedKey { key, previous: previous.clone() })
@@ -145,10 +148,11 @@ pub async fn list_keys(
 )]
 pub async fn revoke_key(
     State(state): State<AppState>,
-    _: Caller<AdminScope>,
+    Caller(caller, _): Caller<AdminScope>,
+    origin: Origin,
     ApiPath(id): ApiPath<KeyId>,
 ) -> Result<Response, ApiError> {
-    if !state.store.revoke_key(id).await? {
+    if !state.store.administer(AdminChange::RevokeKey(id), &origin.by(&caller)).await?.effect.applied() {
         return Err(ApiError::not_found("no such key"));
     }
     state.auth.evict(id);

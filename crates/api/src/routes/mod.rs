@@ -2,6 +2,7 @@
 //! document, and the helpers that turn a ledger outcome into a response.
 
 mod accounts;
+mod audit;
 mod batch;
 mod dead_letters;
 mod keys;
@@ -63,6 +64,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/admin/dead-letters/{id}/replay", &["post"]),
     ("/v1/admin/projections/ledger-volumes/rebuild", &["post"]),
     ("/v1/admin/status", &["get"]),
+    ("/v1/audit", &["get"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),
@@ -100,6 +102,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(dead_letters::replay_dead_letter))
         .routes(routes!(projections::rebuild_ledger_volumes))
         .routes(routes!(status::status))
+        .routes(routes!(audit::list_audit))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use coffer_events::LedgerVolumes;
 use http::StatusCode;
 
+use crate::audit::Origin;
 use crate::auth::{AdminScope, Caller};
 use crate::error::ApiError;
 use crate::openapi::WriteProblems;
@@ -22,11 +23,13 @@ use crate::state::AppState;
 )]
 pub async fn rebuild_ledger_volumes(
     State(state): State<AppState>,
-    _: Caller<AdminScope>,
+    Caller(caller, _): Caller<AdminScope>,
+    origin: Origin,
 ) -> Result<Response, ApiError> {
     let projection = LedgerVolumes::new(state.store.clone());
+    let by = origin.by(&caller);
     tokio::spawn(async move {
-        match projection.rebuild().await {
+        match projection.rebuild(&by).await {
             Ok(events) => tracing::info!(events, "rebuilt the ledger-volumes projection"),
             Err(e) => tracing::error!(error = %e, "the ledger-volumes rebuild failed; run it again"),
         }

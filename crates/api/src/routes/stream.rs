@@ -16,7 +16,8 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use coffer_events::EVENT_TYPES;
-use coffer_store::{OutboxEvent, Store};
+use coffer_store::audit::AUDIT_EVENT_TYPE;
+use coffer_store::{OutboxEvent, Scope, Store};
 use futures::stream::{self, Stream, StreamExt};
 use http::HeaderMap;
 use serde::Deserialize;
@@ -50,11 +51,14 @@ pub struct StreamQuery {
 struct Filter {
     types: Vec<String>,
     account: Option<Uuid>,
+    /// Whether the key may see the audit trail's events (scope `audit`).
+    audit: bool,
 }
 
 impl Filter {
     fn passes(&self, event: &OutboxEvent) -> bool {
         (self.types.is_empty() || self.types.contains(&event.kind))
+            && (self.audit || event.kind != AUDIT_EVENT_TYPE)
             && self.account.is_none_or(|account| is_about(event, account))
     }
 }
@@ -118,7 +122,11 @@ pub async fn event_stream(
     ApiQuery(query): ApiQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let filter = Filter { types: parse_types(query.types.as_deref())?, account: query.account };
+    let audit = principal.key.allows(Scope::Audit);
+    let filter = Filter { types: parse_types(query.types.as_deref())?, account: query.account, audit };
+    if !audit && filter.types.iter().any(|t| t == AUDIT_EVENT_TYPE) {
+        return Err(ApiError::new(ErrorCode::Forbidden, "this API key lacks the audit scope"));
+    }
     if state.shutdown.has_begun() {
         return Err(ApiError::new(ErrorCode::Unavailable, "this server is shutting down").retry_after(1));
     }
@@ -283,7 +291,7 @@ mod tests {
     use super::*;
 
     fn everything() -> Filter {
-        Filter { types: Vec::new(), account: None }
+        Filter { types: Vec::new(), account: None, audit: true }
     }
 
     async fn new_account(store: &dyn Store) {

@@ -17,13 +17,14 @@ use coffer_events::{
     DEFAULT_OVERLAP, EVENT_TYPES, MAX_OVERLAP, RotateError, UrlError, new_secret, rotate_secret, validate_url,
 };
 use coffer_ledger::{RejectCode, Timestamp};
-use coffer_store::{Delivery, Webhook};
+use coffer_store::{AdminChange, AdminEffect, Delivery, Webhook};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{json, shown_once};
+use crate::audit::Origin;
 use crate::auth::{AdminScope, Caller};
 use crate::dto::{NoQuery, page_limit};
 use crate::error::{ApiError, ErrorCode};
@@ -219,7 +220,8 @@ fn event_types(types: Vec<String>) -> Result<Vec<String>, ApiError> {
 )]
 pub async fn create_webhook(
     State(state): State<AppState>,
-    _: Caller<AdminScope>,
+    Caller(caller, _): Caller<AdminScope>,
+    origin: Origin,
     ids: NewIds,
     JsonBody(body, _): JsonBody<CreateWebhook>,
 ) -> Result<Response, ApiError> {
@@ -255,7 +257,11 @@ pub async fn create_webhook(
         previous_secret_expires_at: None,
         created_at: Timestamp::now(),
     };
-    let stored = state.store.create_webhook(webhook.clone()).await?;
+    let done =
+        state.store.administer(AdminChange::CreateWebhook(webhook.clone()), &origin.by(&caller)).await?;
+    let AdminEffect::Webhook { webhook: stored, .. } = done.effect else {
+        return Err(ApiError::internal("a webhook create made no webhook"));
+    };
     if (&stored.url, &stored.event_types) != (&webhook.url, &webhook.event_types) {
         return Err(ApiError::rejected(RejectCode::ExistsWithDifferentFields));
     }
@@ -279,7 +285,8 @@ pub async fn create_webhook(
 )]
 pub async fn rotate_webhook_secret(
     State(state): State<AppState>,
-    _: Caller<AdminScope>,
+    Caller(caller, _): Caller<AdminScope>,
+    origin: Origin,
     ApiPath(WebhookId(id)): ApiPath<WebhookId>,
     JsonBody(options, _): JsonBody<RotateSecret, Optional>,
 ) -> Result<Response, ApiError> {
@@ -287,18 +294,20 @@ pub async fn rotate_webhook_secret(
     if overlap > MAX_OVERLAP {
         return Err(ApiError::invalid_field("overlap_seconds", "must be at most 604800 (7 days)"));
     }
-    let rotated = rotate_secret(state.store.as_ref(), &state.webhook_keys, id, overlap, Timestamp::now())
-        .await
-        .map_err(|e| match e {
-            RotateError::NotFound => ApiError::not_found("no such webhook"),
-            RotateError::Raced => ApiError::new(ErrorCode::WebhookSecretChanged, e.to_string()),
-            RotateError::OverlapTooLong(_) => ApiError::invalid_field("overlap_seconds", e.to_string()),
-            RotateError::Sealing(reason) => {
-                tracing::error!(webhook = %id, error = %reason, "a webhook's secret cannot be opened");
-                ApiError::internal("a webhook's secret cannot be opened with the configured keys")
-            }
-            RotateError::Store(e) => e.into(),
-        })?;
+    let by = origin.by(&caller);
+    let rotated =
+        rotate_secret(state.store.as_ref(), &state.webhook_keys, id, overlap, Timestamp::now(), &by)
+            .await
+            .map_err(|e| match e {
+                RotateError::NotFound => ApiError::not_found("no such webhook"),
+                RotateError::Raced => ApiError::new(ErrorCode::WebhookSecretChanged, e.to_string()),
+                RotateError::OverlapTooLong(_) => ApiError::invalid_field("overlap_seconds", e.to_string()),
+                RotateError::Sealing(reason) => {
+                    tracing::error!(webhook = %id, error = %reason, "a webhook's secret cannot be opened");
+                    ApiError::internal("a webhook's secret cannot be opened with the configured keys")
+                }
+                RotateError::Store(e) => e.into(),
+            })?;
     let shown =
         RotatedWebhook { webhook: view(rotated.webhook), secret: Some(rotated.secret.as_str().to_owned()) };
     let kept = RotatedWebhook { secret: None, ..shown.clone() };
@@ -342,10 +351,11 @@ pub async fn get_webhook(
 )]
 pub async fn delete_webhook(
     State(state): State<AppState>,
-    _: Caller<AdminScope>,
+    Caller(caller, _): Caller<AdminScope>,
+    origin: Origin,
     ApiPath(WebhookId(id)): ApiPath<WebhookId>,
 ) -> Result<Response, ApiError> {
-    if !state.store.delete_webhook(id).await? {
+    if !state.store.administer(AdminChange::DeleteWebhook(id), &origin.by(&caller)).await?.effect.applied() {
         return Err(ApiError::not_found("no such webhook"));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -382,12 +392,15 @@ pub async fn list_deliveries(
 )]
 pub async fn redeliver(
     State(state): State<AppState>,
-    _: Caller<AdminScope>,
+    Caller(caller, _): Caller<AdminScope>,
+    origin: Origin,
     ApiPath2(WebhookId(webhook), DeliveryId(delivery)): ApiPath2<WebhookId, DeliveryId>,
 ) -> Result<Response, ApiError> {
-    let found = state.store.delivery(delivery).await?.filter(|d| d.webhook_id == webhook);
-    if found.is_none() || !state.store.redeliver(delivery, Timestamp::now()).await? {
-        return Err(ApiError::not_found("no such delivery of this webhook"));
+    let missing = || ApiError::not_found("no such delivery of this webhook");
+    state.store.delivery(delivery).await?.filter(|d| d.webhook_id == webhook).ok_or_else(missing)?;
+    let change = AdminChange::Redeliver { webhook, delivery, now: Timestamp::now() };
+    if !state.store.administer(change, &origin.by(&caller)).await?.effect.applied() {
+        return Err(missing());
     }
     Ok(StatusCode::ACCEPTED.into_response())
 }

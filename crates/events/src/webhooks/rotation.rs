@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use coffer_ledger::Timestamp;
-use coffer_store::{StoreError, Webhook, WebhookSecrets, Webhooks};
+use coffer_store::{AdminChange, AuditContext, AuditTrail, StoreError, Webhook, WebhookSecrets, Webhooks};
 use uuid::Uuid;
 
 use super::dispatcher::later;
@@ -68,13 +68,15 @@ pub struct Rotated {
 }
 
 /// Gives endpoint `id` a new secret; the current one keeps signing until `now + overlap` (not
-/// at all for a zero overlap: a secret known to have leaked is cut off at once).
-pub async fn rotate_secret(
-    store: &dyn Webhooks,
+/// at all for a zero overlap: a secret known to have leaked is cut off at once). The rotation
+/// is recorded in the audit trail as `by`'s, in the same transaction.
+pub async fn rotate_secret<S: Webhooks + AuditTrail + ?Sized>(
+    store: &S,
     keys: &SecretKeys,
     id: Uuid,
     overlap: Duration,
     now: Timestamp,
+    by: &AuditContext,
 ) -> Result<Rotated, RotateError> {
     if overlap > MAX_OVERLAP {
         return Err(RotateError::OverlapTooLong(overlap));
@@ -87,7 +89,9 @@ pub async fn rotate_secret(
         previous_secret: if keep_previous { Some(sealed_now(keys, id, &webhook.secret)?) } else { None },
         previous_secret_expires_at: keep_previous.then(|| later(now, overlap)),
     };
-    if !store.replace_webhook_secrets(id, &webhook.secret, secrets.clone()).await? {
+    let change =
+        AdminChange::RotateWebhookSecret { id, expected: webhook.secret.clone(), secrets: secrets.clone() };
+    if !store.administer(change, by).await?.effect.applied() {
         return Err(RotateError::Raced);
     }
     let webhook = Webhook {

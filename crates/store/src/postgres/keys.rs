@@ -1,7 +1,7 @@
 //! API keys in PostgreSQL. Only the token's SHA-256 is stored; scopes are a comma-separated list.
 
 use coffer_ledger::{InvalidValue, Timestamp};
-use deadpool_postgres::Client;
+use deadpool_postgres::{Client, GenericClient};
 use tokio_postgres::Row;
 
 use super::pg_error;
@@ -42,11 +42,7 @@ fn scopes_text(scopes: &[Scope]) -> String {
     scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
 }
 
-async fn insert(
-    client: &impl deadpool_postgres::GenericClient,
-    key: &NewApiKey,
-    now: Timestamp,
-) -> StoreResult<()> {
+async fn insert(client: &impl GenericClient, key: &NewApiKey, now: Timestamp) -> StoreResult<()> {
     let rate = key.rate_limit_per_second.map(i64::from);
     client
         .execute(
@@ -67,7 +63,11 @@ async fn insert(
     Ok(())
 }
 
-pub(super) async fn create(client: &Client, key: NewApiKey, now: Timestamp) -> StoreResult<ApiKey> {
+pub(super) async fn create(
+    client: &impl GenericClient,
+    key: NewApiKey,
+    now: Timestamp,
+) -> StoreResult<ApiKey> {
     insert(client, &key, now).await?;
     Ok(key.stored(now))
 }
@@ -76,13 +76,29 @@ pub(super) async fn create(client: &Client, key: NewApiKey, now: Timestamp) -> S
 /// advisory lock, so exactly one of them bootstraps.
 pub(super) async fn bootstrap(client: &mut Client, key: NewApiKey, now: Timestamp) -> StoreResult<bool> {
     let tx = client.transaction().await.map_err(pg_error)?;
+    let created = bootstrap_in(&tx, &key, now).await?;
+    tx.commit().await.map_err(pg_error)?;
+    Ok(created)
+}
+
+/// [`bootstrap`] inside the caller's transaction, whose end releases the lock.
+pub(super) async fn bootstrap_in(
+    tx: &impl GenericClient,
+    key: &NewApiKey,
+    now: Timestamp,
+) -> StoreResult<bool> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BOOTSTRAP_LOCK]).await.map_err(pg_error)?;
     let empty = tx.query_opt("SELECT 1 FROM api_keys LIMIT 1", &[]).await.map_err(pg_error)?.is_none();
     if empty {
-        insert(&tx, &key, now).await?;
+        insert(tx, key, now).await?;
     }
-    tx.commit().await.map_err(pg_error)?;
     Ok(empty)
+}
+
+/// The key `id`, locked until the caller's transaction ends.
+pub(super) async fn lock_by_id(tx: &impl GenericClient, id: KeyId) -> StoreResult<Option<ApiKey>> {
+    let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1 FOR UPDATE");
+    tx.query_opt(&sql, &[&id.0]).await.map_err(pg_error)?.map(|row| key(&row)).transpose()
 }
 
 pub(super) async fn by_token(client: &Client, hash: TokenHash) -> StoreResult<Option<ApiKey>> {
@@ -111,13 +127,13 @@ pub(super) async fn bare_token_hashes(client: &Client) -> StoreResult<Vec<TokenH
         .collect()
 }
 
-pub(super) async fn list(client: &Client) -> StoreResult<Vec<ApiKey>> {
+pub(super) async fn list(client: &impl deadpool_postgres::GenericClient) -> StoreResult<Vec<ApiKey>> {
     let sql = format!("SELECT {COLUMNS} FROM api_keys ORDER BY created_at, id");
     client.query(&sql, &[]).await.map_err(pg_error)?.iter().map(key).collect()
 }
 
 /// Revokes a key, keeping the first revocation time; answers whether the key exists.
-pub(super) async fn revoke(client: &Client, id: KeyId, now: Timestamp) -> StoreResult<bool> {
+pub(super) async fn revoke(client: &impl GenericClient, id: KeyId, now: Timestamp) -> StoreResult<bool> {
     let changed = client
         .execute(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
@@ -130,7 +146,11 @@ pub(super) async fn revoke(client: &Client, id: KeyId, now: Timestamp) -> StoreR
 
 /// Makes a live key expire at `at`, or sooner if it already would; answers the key as it is now,
 /// `None` when there is no such key.
-pub(super) async fn expire(client: &Client, id: KeyId, at: Timestamp) -> StoreResult<Option<ApiKey>> {
+pub(super) async fn expire(
+    client: &impl GenericClient,
+    id: KeyId,
+    at: Timestamp,
+) -> StoreResult<Option<ApiKey>> {
     let sql = format!(
         "UPDATE api_keys SET expires_at = LEAST(COALESCE(expires_at, $2), $2) WHERE id = $1 RETURNING {COLUMNS}"
     );

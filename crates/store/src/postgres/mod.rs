@@ -7,6 +7,7 @@
 //! timeout per host, a server-side `statement_timeout`, and a client-side timeout on COMMIT —
 //! past which the outcome is reported unknown and settled by the client's idempotent retry.
 
+mod audit;
 mod batch;
 mod codec;
 mod idempotency;

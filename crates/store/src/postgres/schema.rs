@@ -257,6 +257,42 @@ BEGIN
 END
 $$;
 "#,
+    r#"
+-- The audit trail (issue 15): every administrative and security action, numbered 1, 2, 3… in
+-- commit order, each row's hash linking it to the one before (see coffer_store::audit). The
+-- head row holds the last position and hash; every append locks it (FOR UPDATE, after the
+-- change's own locks) and moves it in the same transaction, so appends from many replicas take
+-- turns, positions have no gaps, and a deleted last row still breaks the chain. Rows are never
+-- changed or deleted: the trigger refuses it.
+CREATE TABLE audit_log (
+    position       BIGINT PRIMARY KEY,
+    id             UUID   NOT NULL UNIQUE,
+    time           BIGINT NOT NULL,
+    actor          TEXT   NOT NULL,
+    action         TEXT   NOT NULL,
+    target         TEXT   NOT NULL,
+    client_address TEXT,
+    request_id     TEXT,
+    outcome        TEXT   NOT NULL,
+    details        TEXT   NOT NULL,
+    hash           BYTEA  NOT NULL
+);
+CREATE INDEX audit_log_by_actor ON audit_log (actor, position);
+CREATE INDEX audit_log_by_target ON audit_log (target, position);
+CREATE INDEX audit_log_by_action ON audit_log (action, position);
+CREATE TABLE audit_head (
+    single   BOOLEAN PRIMARY KEY DEFAULT true CHECK (single),
+    position BIGINT  NOT NULL,
+    hash     BYTEA   NOT NULL
+);
+INSERT INTO audit_head (position, hash) VALUES (0, decode(repeat('00', 32), 'hex'));
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit log is append-only';
+END $$;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+"#,
 ];
 
 /// The schema version this binary writes.

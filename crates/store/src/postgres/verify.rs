@@ -5,7 +5,8 @@ use futures_util::{TryStreamExt, pin_mut};
 use tokio_postgres::Row;
 
 use super::codec::{self, OUTBOX_COLUMNS};
-use super::{first_connection, pg_error, pool_at, read, schema};
+use super::{audit, first_connection, keys, pg_error, pool_at, read, schema};
+use crate::audit::AuditHead;
 use crate::columns::{ACCOUNT_COLUMNS, TRANSFER_COLUMNS};
 use crate::verify::{Progress, Report, Verifier};
 use crate::{StoreConfig, StoreError, StoreResult};
@@ -63,6 +64,21 @@ pub async fn verify(url: &str, progress: &dyn Progress) -> StoreResult<Report> {
         verifier.account_row(codec::account(row).map(|(_, a)| a).map_err(|e| e.to_string()), seq);
     })
     .await?;
+
+    progress.stage("audit", count(&tx, "audit_log").await?);
+    each(&tx, &format!("SELECT {} FROM audit_log ORDER BY position", audit::COLUMNS), progress, |row| {
+        let position: i64 = row.get(0);
+        verifier.audit_row(audit::record(row).map_err(|e| e.to_string()), position);
+    })
+    .await?;
+    let head =
+        tx.query_one("SELECT position, hash FROM audit_head WHERE single", &[]).await.map_err(pg_error)?;
+    let hash = codec::optional_chain_hash(&head, 1)?
+        .ok_or_else(|| codec::damaged("hash", "the audit head has no hash"))?;
+    verifier.audit_done(AuditHead { position: head.get(0), hash });
+    for key in keys::list(&tx).await? {
+        verifier.key_row(Ok(key));
+    }
     tx.commit().await.map_err(pg_error)?;
     Ok(verifier.finish())
 }

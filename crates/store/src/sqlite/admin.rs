@@ -5,10 +5,8 @@
 
 use std::path::Path;
 
-use coffer_ledger::Timestamp;
-
-use super::{db_error, keys, schema};
-use crate::{ApiKey, KeyId, NewApiKey, StoreResult};
+use super::{audit, db_error, keys, schema};
+use crate::{AdminChange, ApiKey, AuditContext, KeyId, NewApiKey, StoreError, StoreResult};
 
 /// Whether `dir` holds a store, so that the offline commands can refuse to make one by mistake
 /// in the wrong directory.
@@ -22,9 +20,12 @@ pub fn migrate(dir: &Path) -> StoreResult<u32> {
     Ok(schema::SCHEMA_VERSION)
 }
 
-pub fn create_key(dir: &Path, key: NewApiKey) -> StoreResult<ApiKey> {
-    let conn = schema::open_writer(dir)?;
-    keys::create(&conn, key, Timestamp::now()).map_err(db_error)
+/// Creates a key, recorded in the audit trail as done `by` (the CLI and its OS user) in the
+/// same transaction.
+pub fn create_key(dir: &Path, key: NewApiKey, by: &AuditContext) -> StoreResult<ApiKey> {
+    let mut conn = schema::open_writer(dir)?;
+    let done = audit::administer_alone(&mut conn, &AdminChange::CreateKey(key), by).map_err(db_error)?;
+    done.effect.made_key().ok_or_else(|| StoreError::Unavailable("a key create made no key".into()))
 }
 
 pub fn list_keys(dir: &Path) -> StoreResult<Vec<ApiKey>> {
@@ -32,8 +33,12 @@ pub fn list_keys(dir: &Path) -> StoreResult<Vec<ApiKey>> {
     keys::list(&conn).map_err(db_error)
 }
 
-/// Revokes a key at once (a running server sees it on its next lookup); false when there is none.
-pub fn revoke_key(dir: &Path, id: KeyId) -> StoreResult<bool> {
-    let conn = schema::open_writer(dir)?;
-    keys::revoke(&conn, id, Timestamp::now()).map_err(db_error)
+/// Revokes a key at once (a running server sees it on its next lookup), recorded in the audit
+/// trail as done `by`; false when there is none.
+pub fn revoke_key(dir: &Path, id: KeyId, by: &AuditContext) -> StoreResult<bool> {
+    let mut conn = schema::open_writer(dir)?;
+    Ok(audit::administer_alone(&mut conn, &AdminChange::RevokeKey(id), by)
+        .map_err(db_error)?
+        .effect
+        .applied())
 }

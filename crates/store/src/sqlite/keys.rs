@@ -85,6 +85,11 @@ pub(crate) fn by_token(conn: &Connection, hash: TokenHash) -> rusqlite::Result<O
     stmt.query_row([hash.0], key).optional()
 }
 
+pub(crate) fn by_id(conn: &Connection, id: KeyId) -> rusqlite::Result<Option<ApiKey>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"))?;
+    stmt.query_row([id.0.as_bytes()], key).optional()
+}
+
 pub(crate) fn bare_token_hashes(conn: &Connection) -> rusqlite::Result<Vec<TokenHash>> {
     let mut stmt =
         conn.prepare_cached("SELECT token_hash FROM api_keys WHERE bare_token AND revoked_at IS NULL")?;

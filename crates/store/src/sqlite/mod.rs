@@ -6,6 +6,7 @@
 //! in-flight idempotency marks in memory.
 
 pub mod admin;
+mod audit;
 mod background;
 mod batch;
 mod checkpoint;

@@ -286,6 +286,39 @@ CREATE TABLE outbox_anchor (
 );
 INSERT INTO outbox_anchor SELECT 1, position, hash FROM outbox_head;
 "#,
+    r#"
+-- The audit trail (issue 15): every administrative and security action, numbered 1, 2, 3… in
+-- commit order, each row's hash linking it to the one before (see coffer_store::audit). The
+-- head row holds the last position and hash; every append moves it in the same transaction, so
+-- a deleted last row still breaks the chain. Rows are never changed or deleted: the triggers
+-- refuse it (whoever can drop them can also forge, which is what the chain is there to show).
+CREATE TABLE audit_log (
+    position       INTEGER PRIMARY KEY,
+    id             BLOB    NOT NULL UNIQUE,
+    time           INTEGER NOT NULL,
+    actor          TEXT    NOT NULL,
+    action         TEXT    NOT NULL,
+    target         TEXT    NOT NULL,
+    client_address TEXT,
+    request_id     TEXT,
+    outcome        TEXT    NOT NULL,
+    details        TEXT    NOT NULL,
+    hash           BLOB    NOT NULL
+);
+CREATE INDEX audit_log_by_actor ON audit_log (actor, position);
+CREATE INDEX audit_log_by_target ON audit_log (target, position);
+CREATE INDEX audit_log_by_action ON audit_log (action, position);
+CREATE TABLE audit_head (
+    single   INTEGER PRIMARY KEY CHECK (single = 1),
+    position INTEGER NOT NULL,
+    hash     BLOB    NOT NULL
+);
+INSERT INTO audit_head (single, position, hash) VALUES (1, 0, zeroblob(32));
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#,
 ];
 
 /// The schema version this binary writes.

@@ -6,7 +6,7 @@ use std::path::Path;
 use rusqlite::{Connection, Row};
 
 use super::codec::{self, ACCOUNT_COLUMNS, OUTBOX_COLUMNS, TRANSFER_COLUMNS};
-use super::{db_error, read, schema};
+use super::{audit, db_error, keys, read, schema};
 use crate::verify::{Progress, Report, Verifier};
 use crate::{StoreError, StoreResult};
 
@@ -52,6 +52,17 @@ fn check(conn: &Connection, progress: &dyn Progress) -> rusqlite::Result<Report>
         verifier.account_row(codec::account(row).map(|(_, a)| a).map_err(|e| e.to_string()), seq);
         Ok(())
     })?;
+
+    progress.stage("audit", count(conn, "audit_log")?);
+    each(conn, &format!("SELECT {} FROM audit_log ORDER BY position", audit::COLUMNS), progress, |row| {
+        let position: i64 = row.get(0)?;
+        verifier.audit_row(audit::record(row).map_err(|e| e.to_string()), position);
+        Ok(())
+    })?;
+    verifier.audit_done(audit::head(conn)?);
+    for key in keys::list(conn)? {
+        verifier.key_row(Ok(key));
+    }
     Ok(verifier.finish())
 }
 

@@ -204,8 +204,8 @@ fn write_events(tx: &Transaction<'_>, events: &[Emitted], now: Timestamp) -> rus
 }
 
 /// The outbox chain's last link and its position, read in the writing transaction.
-pub(super) fn outbox_head(tx: &Transaction<'_>) -> rusqlite::Result<(i64, ChainHash)> {
-    tx.prepare_cached("SELECT position, hash FROM outbox_head")?
+pub(super) fn outbox_head(conn: &rusqlite::Connection) -> rusqlite::Result<(i64, ChainHash)> {
+    conn.prepare_cached("SELECT position, hash FROM outbox_head")?
         .query_row([], |row| Ok((row.get(0)?, codec::chain_hash(row, 1)?)))
 }
 

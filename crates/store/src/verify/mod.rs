@@ -14,13 +14,14 @@
 
 mod replay;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use coffer_ledger::{Account, AccountId, Balance, LedgerCode, Transfer, TransferStatus};
 use serde::Serialize;
 
-use crate::OutboxEvent;
+use crate::audit::{AuditHead, AuditRecord, key_target, link as audit_link};
 use crate::chain::{ChainLink, OutboxChain};
+use crate::{ApiKey, OutboxEvent};
 use replay::Replay;
 
 /// One thing that does not hold, naming the record it is about.
@@ -47,6 +48,8 @@ pub struct Report {
     pub transfers: u64,
     pub accounts: u64,
     pub ledgers: u64,
+    pub audit_records: u64,
+    pub keys: u64,
     pub discrepancies: Vec<Discrepancy>,
 }
 
@@ -65,11 +68,20 @@ impl Report {
         let verdict = if self.holds() {
             "verified".to_owned()
         } else {
-            format!("{} discrepancies", self.discrepancies.len())
+            let n = self.discrepancies.len();
+            format!("{n} {}", if n == 1 { "discrepancy" } else { "discrepancies" })
         };
         format!(
-            "{verdict}: {} events (chain {}..{}), {} transfers, {} accounts (balances {history}), {} ledgers",
-            self.events, self.chain_from, self.chain_to, self.transfers, self.accounts, self.ledgers
+            "{verdict}: {} events (chain {}..{}), {} transfers, {} accounts (balances {history}), {} ledgers, \
+             {} audit records, {} keys",
+            self.events,
+            self.chain_from,
+            self.chain_to,
+            self.transfers,
+            self.accounts,
+            self.ledgers,
+            self.audit_records,
+            self.keys
         )
     }
 }
@@ -85,6 +97,11 @@ pub struct Verifier {
     from_transfers: HashMap<AccountId, Sums>,
     /// Per ledger: debits and credits, posted and pending, over the accounts table.
     ledgers: HashMap<LedgerCode, [u128; 4]>,
+    /// The audit chain's last link checked.
+    audit: AuditHead,
+    /// The keys the audit trail says were made, and those it says were revoked.
+    keys_made: HashSet<String>,
+    keys_revoked: HashSet<String>,
 }
 
 /// An account's four totals, wide enough that no sum of valid rows overflows.
@@ -135,6 +152,9 @@ impl Verifier {
             replay: Replay::new(chain.anchor.position == 0),
             from_transfers: HashMap::new(),
             ledgers: HashMap::new(),
+            audit: AuditHead { position: 0, hash: crate::chain::ChainHash::GENESIS },
+            keys_made: HashSet::new(),
+            keys_revoked: HashSet::new(),
         }
     }
 
@@ -328,6 +348,88 @@ impl Verifier {
                 record.to_owned(),
                 "credits exceed debits although its flags forbid it".into(),
             );
+        }
+    }
+
+    /// The next audit record, in position order, or why it could not be read.
+    pub fn audit_row(&mut self, row: Result<AuditRecord, String>, position: i64) {
+        let record = match row {
+            Ok(record) => record,
+            Err(why) => return self.found("undecodable", format!("audit {position}"), why),
+        };
+        self.report.audit_records += 1;
+        let name = format!("audit {}", record.position);
+        let expected = self.audit.position + 1;
+        if record.position != expected {
+            self.found(
+                "gap",
+                name.clone(),
+                format!("audit records {expected}..{} are missing: deleted", record.position - 1),
+            );
+        }
+        if audit_link(&self.audit.hash, &record) != record.hash {
+            self.found(
+                "chain",
+                name,
+                format!("its hash does not follow record {}'s: this record or one before it was edited, inserted or reordered", self.audit.position),
+            );
+        }
+        if record.outcome == "succeeded" {
+            match record.action.as_str() {
+                "key.created" => {
+                    self.keys_made.insert(record.target.clone());
+                }
+                "key.rotated" => {
+                    if let Some(new) = record.details.get("new_key_id").and_then(|v| v.as_str()) {
+                        self.keys_made.insert(format!("key:{new}"));
+                    }
+                }
+                "key.revoked" => {
+                    self.keys_revoked.insert(record.target.clone());
+                }
+                _ => {}
+            }
+        }
+        self.audit = AuditHead { position: record.position, hash: record.hash };
+    }
+
+    /// After the last audit record: the chain must end at the head.
+    pub fn audit_done(&mut self, head: AuditHead) {
+        if self.audit.position < head.position {
+            self.found(
+                "gap",
+                format!("audit {}", self.audit.position + 1),
+                format!(
+                    "the audit trail ends at {} but its head is at {}: the newest records were deleted",
+                    self.audit.position, head.position
+                ),
+            );
+        } else if self.audit != head {
+            self.found(
+                "chain",
+                format!("audit {}", self.audit.position),
+                "the last record is not the trail's head".into(),
+            );
+        }
+    }
+
+    /// The next API key: its creation (and revocation) must be in the audit trail.
+    pub fn key_row(&mut self, row: Result<ApiKey, String>) {
+        let key = match row {
+            Ok(key) => key,
+            Err(why) => return self.found("undecodable", "api key".into(), why),
+        };
+        self.report.keys += 1;
+        let target = key_target(key.id);
+        if !self.keys_made.contains(&target) {
+            self.found(
+                "unexplained",
+                target.clone(),
+                "no audit record made this key: it was written behind the API".into(),
+            );
+        }
+        if key.revoked_at.is_some() && !self.keys_revoked.contains(&target) {
+            self.found("unexplained", target, "the key is revoked but no audit record says so".into());
         }
     }
 

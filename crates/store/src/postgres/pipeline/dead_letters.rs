@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use coffer_ledger::Timestamp;
+use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -82,13 +83,7 @@ impl DeadLetters for PgStore {
     }
 
     async fn request_replay(&self, id: Uuid) -> StoreResult<bool> {
-        let marked = self
-            .client()
-            .await?
-            .execute("UPDATE dead_letters SET replay_requested = true WHERE id = $1", &[&id])
-            .await
-            .map_err(pg_error)?;
-        Ok(marked == 1)
+        request_replay(&self.client().await?, id).await
     }
 
     async fn replays_requested(&self, consumer: &str, limit: usize) -> StoreResult<Vec<DeadLetter>> {
@@ -103,13 +98,7 @@ impl DeadLetters for PgStore {
     }
 
     async fn remove_dead_letter(&self, id: Uuid) -> StoreResult<bool> {
-        let removed = self
-            .client()
-            .await?
-            .execute("DELETE FROM dead_letters WHERE id = $1", &[&id])
-            .await
-            .map_err(pg_error)?;
-        Ok(removed == 1)
+        remove(&self.client().await?, id).await
     }
 
     async fn dead_letter_count(&self) -> StoreResult<u64> {
@@ -117,6 +106,33 @@ impl DeadLetters for PgStore {
         let row = client.query_one("SELECT count(*) FROM dead_letters", &[]).await.map_err(pg_error)?;
         Ok(row.get::<_, i64>(0).max(0) as u64)
     }
+}
+
+/// Marks a letter for replay; answers whether there is one.
+pub(crate) async fn request_replay(client: &impl GenericClient, id: Uuid) -> StoreResult<bool> {
+    let marked = client
+        .execute("UPDATE dead_letters SET replay_requested = true WHERE id = $1", &[&id])
+        .await
+        .map_err(pg_error)?;
+    Ok(marked == 1)
+}
+
+/// Deletes a letter; answers whether there was one.
+pub(crate) async fn remove(client: &impl GenericClient, id: Uuid) -> StoreResult<bool> {
+    let removed = client.execute("DELETE FROM dead_letters WHERE id = $1", &[&id]).await.map_err(pg_error)?;
+    Ok(removed == 1)
+}
+
+/// Whose letter `id` is and which event it holds, locked until the caller's transaction ends.
+pub(crate) async fn lock_consumer_and_event(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> StoreResult<Option<(String, Uuid)>> {
+    let row = client
+        .query_opt("SELECT consumer, event_id FROM dead_letters WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .map_err(pg_error)?;
+    row.map(|row| Ok((codec::get(&row, 0)?, codec::get(&row, 1)?))).transpose()
 }
 
 fn letter(row: &Row) -> StoreResult<DeadLetter> {

@@ -5,9 +5,9 @@
 //! with another is one statement or one transaction, never a read followed by a write.
 
 mod coordination;
-mod dead_letters;
-mod projection;
-mod webhooks;
+pub(super) mod dead_letters;
+pub(super) mod projection;
+pub(super) mod webhooks;
 
 use std::collections::HashSet;
 use std::hash::Hash;
@@ -19,7 +19,7 @@ use crate::{StoreError, StoreResult};
 
 /// A failed COMMIT: refused by the server (nothing applied), or lost with the connection, when
 /// it may have applied. The pipeline's writes are idempotent, so either way a retry is safe.
-fn commit_error(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn commit_error(e: tokio_postgres::Error) -> StoreError {
     if e.as_db_error().is_some() {
         return pg_error(e);
     }

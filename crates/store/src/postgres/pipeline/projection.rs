@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 use coffer_ledger::LedgerCode;
+use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::super::{PgStore, codec, pg_error};
@@ -81,18 +82,22 @@ impl Projections for PgStore {
     async fn reset_volumes(&self, consumer: &str) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
-        // Each DELETE reads its own snapshot (READ COMMITTED). Without the lock, a recording that
-        // commits between the two would keep its volume rows (inserted after the first DELETE's
-        // snapshot) while losing its processed records to the second: the next replay would count
-        // those events twice. EXCLUSIVE waits for recordings in flight and holds off new ones
-        // until the reset commits; readers of the projection are not blocked.
-        tx.execute("LOCK TABLE ledger_volumes IN EXCLUSIVE MODE", &[]).await.map_err(pg_error)?;
-        tx.execute("DELETE FROM ledger_volumes", &[]).await.map_err(pg_error)?;
-        tx.execute("DELETE FROM processed_events WHERE consumer = $1", &[&consumer])
-            .await
-            .map_err(pg_error)?;
+        reset(&tx, consumer).await?;
         tx.commit().await.map_err(commit_error)
     }
+}
+
+/// Forgets the projection and `consumer`'s processed records, in the caller's transaction.
+pub(crate) async fn reset(tx: &impl GenericClient, consumer: &str) -> StoreResult<()> {
+    // Each DELETE reads its own snapshot (READ COMMITTED). Without the lock, a recording that
+    // commits between the two would keep its volume rows (inserted after the first DELETE's
+    // snapshot) while losing its processed records to the second: the next replay would count
+    // those events twice. EXCLUSIVE waits for recordings in flight and holds off new ones
+    // until the reset commits; readers of the projection are not blocked.
+    tx.execute("LOCK TABLE ledger_volumes IN EXCLUSIVE MODE", &[]).await.map_err(pg_error)?;
+    tx.execute("DELETE FROM ledger_volumes", &[]).await.map_err(pg_error)?;
+    tx.execute("DELETE FROM processed_events WHERE consumer = $1", &[&consumer]).await.map_err(pg_error)?;
+    Ok(())
 }
 
 fn volume_row(row: &Row) -> StoreResult<VolumeRow> {

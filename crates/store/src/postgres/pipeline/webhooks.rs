@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use coffer_ledger::Timestamp;
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -51,27 +51,7 @@ fn claim_sql() -> String {
 #[async_trait]
 impl Webhooks for PgStore {
     async fn create_webhook(&self, webhook: Webhook) -> StoreResult<Webhook> {
-        // The insert does nothing when the id is taken; the row read back is then the first one.
-        let sql = format!(
-            "WITH inserted AS ( \
-                 INSERT INTO webhooks (id, url, event_types, secret, created_at, previous_secret, \
-                                       previous_secret_expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING RETURNING * \
-             ) \
-             SELECT {WEBHOOK_COLUMNS} FROM inserted w \
-             UNION ALL SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.id = $1"
-        );
-        let params: [&(dyn ToSql + Sync); 7] = [
-            &webhook.id,
-            &webhook.url,
-            &webhook.event_types,
-            &webhook.secret,
-            &webhook.created_at.as_micros(),
-            &webhook.previous_secret,
-            &webhook.previous_secret_expires_at.map(Timestamp::as_micros),
-        ];
-        let row = self.client().await?.query_one(&sql, &params).await.map_err(pg_error)?;
-        self::webhook(&row, 0)
+        Ok(create(&self.client().await?, &webhook).await?.0)
     }
 
     async fn webhooks(&self) -> StoreResult<Vec<Webhook>> {
@@ -92,34 +72,11 @@ impl Webhooks for PgStore {
         expected: &str,
         secrets: WebhookSecrets,
     ) -> StoreResult<bool> {
-        let changed = self
-            .client()
-            .await?
-            .execute(
-                "UPDATE webhooks SET secret = $3, previous_secret = $4, previous_secret_expires_at = $5 \
-                 WHERE id = $1 AND secret = $2",
-                &[
-                    &id,
-                    &expected,
-                    &secrets.secret,
-                    &secrets.previous_secret,
-                    &secrets.previous_secret_expires_at.map(Timestamp::as_micros),
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-        Ok(changed == 1)
+        replace_secrets(&self.client().await?, id, expected, &secrets).await
     }
 
-    /// Its deliveries go with it (`ON DELETE CASCADE`).
     async fn delete_webhook(&self, id: Uuid) -> StoreResult<bool> {
-        let deleted = self
-            .client()
-            .await?
-            .execute("DELETE FROM webhooks WHERE id = $1", &[&id])
-            .await
-            .map_err(pg_error)?;
-        Ok(deleted == 1)
+        delete(&self.client().await?, id).await
     }
 
     async fn enqueue_deliveries(
@@ -204,18 +161,78 @@ impl Webhooks for PgStore {
 
     /// The last attempt's status code and error stay: they say why it needed redelivering.
     async fn redeliver(&self, id: Uuid, now: Timestamp) -> StoreResult<bool> {
-        let changed = self
-            .client()
-            .await?
-            .execute(
-                "UPDATE webhook_deliveries \
-                 SET status = 'pending', attempts = 0, next_attempt_at = $2, updated_at = $2 WHERE id = $1",
-                &[&id, &now.as_micros()],
-            )
-            .await
-            .map_err(pg_error)?;
-        Ok(changed == 1)
+        redeliver(&self.client().await?, id, now).await
     }
+}
+
+/// Registers `webhook` unless its id is taken; answers the endpoint under the id and whether
+/// this call registered it. One statement: the insert does nothing when the id is taken, and
+/// the row read back is then the first one (the SELECT's snapshot does not see the new row, so
+/// exactly one of the two parts answers).
+pub(crate) async fn create(client: &impl GenericClient, webhook: &Webhook) -> StoreResult<(Webhook, bool)> {
+    let sql = format!(
+        "WITH inserted AS ( \
+             INSERT INTO webhooks (id, url, event_types, secret, created_at, previous_secret, \
+                                   previous_secret_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING RETURNING * \
+         ) \
+         SELECT {WEBHOOK_COLUMNS}, true FROM inserted w \
+         UNION ALL SELECT {WEBHOOK_COLUMNS}, false FROM webhooks w WHERE w.id = $1"
+    );
+    let params: [&(dyn ToSql + Sync); 7] = [
+        &webhook.id,
+        &webhook.url,
+        &webhook.event_types,
+        &webhook.secret,
+        &webhook.created_at.as_micros(),
+        &webhook.previous_secret,
+        &webhook.previous_secret_expires_at.map(Timestamp::as_micros),
+    ];
+    let row = client.query_one(&sql, &params).await.map_err(pg_error)?;
+    Ok((self::webhook(&row, 0)?, codec::get(&row, 7)?))
+}
+
+/// The compare and set of [`Webhooks::replace_webhook_secrets`].
+pub(crate) async fn replace_secrets(
+    client: &impl GenericClient,
+    id: Uuid,
+    expected: &str,
+    secrets: &WebhookSecrets,
+) -> StoreResult<bool> {
+    let changed = client
+        .execute(
+            "UPDATE webhooks SET secret = $3, previous_secret = $4, previous_secret_expires_at = $5 \
+             WHERE id = $1 AND secret = $2",
+            &[
+                &id,
+                &expected,
+                &secrets.secret,
+                &secrets.previous_secret,
+                &secrets.previous_secret_expires_at.map(Timestamp::as_micros),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(changed == 1)
+}
+
+/// Deletes an endpoint; its deliveries go with it (`ON DELETE CASCADE`).
+pub(crate) async fn delete(client: &impl GenericClient, id: Uuid) -> StoreResult<bool> {
+    let deleted = client.execute("DELETE FROM webhooks WHERE id = $1", &[&id]).await.map_err(pg_error)?;
+    Ok(deleted == 1)
+}
+
+/// Pending again and due at `now`, with no attempts made.
+pub(crate) async fn redeliver(client: &impl GenericClient, id: Uuid, now: Timestamp) -> StoreResult<bool> {
+    let changed = client
+        .execute(
+            "UPDATE webhook_deliveries \
+             SET status = 'pending', attempts = 0, next_attempt_at = $2, updated_at = $2 WHERE id = $1",
+            &[&id, &now.as_micros()],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(changed == 1)
 }
 
 /// Records `events` as processed by `consumer`; answers the ids nobody had recorded before,

@@ -33,13 +33,7 @@ impl DeadLetters for SqliteStore {
     }
 
     async fn request_replay(&self, id: Uuid) -> StoreResult<bool> {
-        self.write(move |c| {
-            let changed = c
-                .prepare_cached("UPDATE dead_letters SET replay_requested = 1 WHERE id = ?1")?
-                .execute([id.as_bytes()])?;
-            Ok(changed == 1)
-        })
-        .await
+        self.write(move |c| request_replay(c, id)).await
     }
 
     async fn replays_requested(&self, consumer: &str, limit: usize) -> StoreResult<Vec<DeadLetter>> {
@@ -48,12 +42,7 @@ impl DeadLetters for SqliteStore {
     }
 
     async fn remove_dead_letter(&self, id: Uuid) -> StoreResult<bool> {
-        self.write(move |c| {
-            let changed =
-                c.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?.execute([id.as_bytes()])?;
-            Ok(changed == 1)
-        })
-        .await
+        self.write(move |c| remove(c, id)).await
     }
 
     async fn dead_letter_count(&self) -> StoreResult<u64> {
@@ -63,6 +52,27 @@ impl DeadLetters for SqliteStore {
             .await?;
         Ok(count.max(0) as u64)
     }
+}
+
+/// Marks a letter for replay; answers whether there is one.
+pub(crate) fn request_replay(conn: &Connection, id: Uuid) -> rusqlite::Result<bool> {
+    let changed = conn
+        .prepare_cached("UPDATE dead_letters SET replay_requested = 1 WHERE id = ?1")?
+        .execute([id.as_bytes()])?;
+    Ok(changed == 1)
+}
+
+/// Deletes a letter; answers whether there was one.
+pub(crate) fn remove(conn: &Connection, id: Uuid) -> rusqlite::Result<bool> {
+    let changed = conn.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?.execute([id.as_bytes()])?;
+    Ok(changed == 1)
+}
+
+/// Whose letter `id` is and which event it holds, when there is one.
+pub(crate) fn consumer_and_event(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<(String, Uuid)>> {
+    conn.prepare_cached("SELECT consumer, event_id FROM dead_letters WHERE id = ?1")?
+        .query_row([id.as_bytes()], |row| Ok((row.get(0)?, uuid(row, 1)?)))
+        .optional()
 }
 
 /// Inserts the letter, or overwrites the whole row (its id included) of the earlier letter for

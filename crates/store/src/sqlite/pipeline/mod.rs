@@ -3,9 +3,9 @@
 //! reads through the read pool.
 
 mod coordination;
-mod dead_letters;
-mod projection;
-mod webhooks;
+pub(super) mod dead_letters;
+pub(super) mod projection;
+pub(super) mod webhooks;
 
 use coffer_ledger::InvalidValue;
 use rusqlite::{Connection, Row, Transaction, TransactionBehavior};
@@ -23,7 +23,7 @@ impl SqliteStore {
     /// IMMEDIATE takes the write lock up front, so a transaction that reads before it writes
     /// waits for a `coffer keys` writer through the busy timeout instead of failing on upgrade.
     /// Only the commit's own failure leaves the outcome unknown.
-    async fn write_tx<T, F>(&self, work: F) -> StoreResult<T>
+    pub(in crate::sqlite) async fn write_tx<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,

@@ -88,7 +88,7 @@ fn rows(conn: &Connection, ledger: &LedgerCode, from: i32, to: i32) -> rusqlite:
 
 /// Forgets every row of the projection and `consumer`'s processed records: a rebuild starts
 /// from nothing and counts every replayed event again.
-fn reset(conn: &Connection, consumer: &str) -> rusqlite::Result<()> {
+pub(crate) fn reset(conn: &Connection, consumer: &str) -> rusqlite::Result<()> {
     conn.execute("DELETE FROM ledger_volumes", [])?;
     conn.execute("DELETE FROM processed_events WHERE consumer = ?1", [consumer])?;
     Ok(())

@@ -26,7 +26,7 @@ const CLAIM_WEBHOOK_AT: usize = 12;
 #[async_trait]
 impl Webhooks for SqliteStore {
     async fn create_webhook(&self, webhook: Webhook) -> StoreResult<Webhook> {
-        self.write(move |c| create(c, &webhook)).await
+        self.write(move |c| create(c, &webhook).map(|(webhook, _)| webhook)).await
     }
 
     async fn webhooks(&self) -> StoreResult<Vec<Webhook>> {
@@ -102,29 +102,34 @@ impl Webhooks for SqliteStore {
     }
 }
 
-fn create(conn: &Connection, webhook: &Webhook) -> rusqlite::Result<Webhook> {
+/// Registers `webhook` unless its id is taken; answers the endpoint under the id and whether
+/// this call registered it.
+pub(crate) fn create(conn: &Connection, webhook: &Webhook) -> rusqlite::Result<(Webhook, bool)> {
     let event_types =
         serde_json::to_string(&webhook.event_types).expect("a list of strings always serializes");
-    conn.prepare_cached(
-        "INSERT INTO webhooks (id, url, event_types, secret, created_at, previous_secret, \
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO webhooks (id, url, event_types, secret, created_at, previous_secret, \
                                previous_secret_expires_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-    )?
-    .execute(params![
-        webhook.id.as_bytes(),
-        webhook.url,
-        event_types,
-        webhook.secret,
-        webhook.created_at.as_micros(),
-        webhook.previous_secret,
-        webhook.previous_secret_expires_at.map(Timestamp::as_micros),
-    ])?;
+        )?
+        .execute(params![
+            webhook.id.as_bytes(),
+            webhook.url,
+            event_types,
+            webhook.secret,
+            webhook.created_at.as_micros(),
+            webhook.previous_secret,
+            webhook.previous_secret_expires_at.map(Timestamp::as_micros),
+        ])?;
     let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.id = ?1");
-    conn.prepare_cached(&sql)?.query_row([webhook.id.as_bytes()], |row| self::webhook(row, 0))
+    let stored =
+        conn.prepare_cached(&sql)?.query_row([webhook.id.as_bytes()], |row| self::webhook(row, 0))?;
+    Ok((stored, inserted == 1))
 }
 
 /// The compare and set of [`Webhooks::replace_webhook_secrets`].
-fn replace_secrets(
+pub(crate) fn replace_secrets(
     conn: &Connection,
     id: Uuid,
     expected: &str,
@@ -152,7 +157,7 @@ fn endpoints(conn: &Connection) -> rusqlite::Result<Vec<Webhook>> {
 }
 
 /// The endpoint and its deliveries, in the caller's transaction: no delivery outlives it.
-fn delete(conn: &Connection, id: Uuid) -> rusqlite::Result<bool> {
+pub(crate) fn delete(conn: &Connection, id: Uuid) -> rusqlite::Result<bool> {
     conn.prepare_cached("DELETE FROM webhook_deliveries WHERE webhook_id = ?1")?.execute([id.as_bytes()])?;
     let deleted = conn.prepare_cached("DELETE FROM webhooks WHERE id = ?1")?.execute([id.as_bytes()])?;
     Ok(deleted == 1)
@@ -276,7 +281,7 @@ fn deliveries(
 
 /// Pending again and due at `now` with no attempts made; the last status code and error stay,
 /// as the record of why it was redelivered.
-fn redeliver(conn: &Connection, id: Uuid, now: Timestamp) -> rusqlite::Result<bool> {
+pub(crate) fn redeliver(conn: &Connection, id: Uuid, now: Timestamp) -> rusqlite::Result<bool> {
     let changed = conn
         .prepare_cached(
             "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2, \
