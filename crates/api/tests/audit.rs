@@ -213,6 +213,7 @@ async fn dead_letter(app: &App) -> String {
             time: Timestamp::now(),
             data: "{}".into(),
             traceparent: None,
+            hash: None,
         },
         error: "boom".into(),
         attempts: 1,

@@ -59,6 +59,7 @@ fn letter() -> DeadLetter {
             time: Timestamp::now(),
             data: "{}".into(),
             traceparent: None,
+            hash: None,
         },
         error: "boom".into(),
         attempts: 3,
