@@ -198,18 +198,21 @@ pub(super) async fn outbox_insert(
     let event = LoneEvent::new(id, kind, subject, time, data)
         .map_err(|e| StoreError::Invalid(format!("an audit event's data is not JSON: {e}")))?;
     let (head, tail) = event.chain();
-    let (ids, kinds, subjects, data, traces, heads, tails): (
-        &[Uuid],
-        &[&str],
-        &[Uuid],
-        &[&str],
-        &[Option<&str>],
-        &[&[u8]],
-        &[&[u8]],
-    ) = (&[id], &[kind], &[subject], &[event.data.as_str()], &[None], &[head], &[tail]);
+    let no_trace: Option<&str> = None;
+    let (ids, kinds, subjects) = ([id], [kind], [subject]);
+    let (data, traces, heads, tails) = ([event.data.as_str()], [no_trace], [head], [tail]);
     tx.execute(
         "SELECT coffer_append_events($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[&ids, &kinds, &subjects, &time.as_micros(), &data, &traces, &heads, &tails],
+        &[
+            &&ids[..],
+            &&kinds[..],
+            &&subjects[..],
+            &time.as_micros(),
+            &&data[..],
+            &&traces[..],
+            &&heads[..],
+            &&tails[..],
+        ],
     )
     .await
     .map_err(pg_error)?;

@@ -101,7 +101,7 @@ async fn each(
     while let Some(row) = rows.try_next().await.map_err(pg_error)? {
         f(&row);
         done += 1;
-        if done % 1000 == 0 {
+        if done.is_multiple_of(1000) {
             progress.advance(1000);
         }
     }

@@ -84,7 +84,7 @@ fn each(
     while let Some(row) = rows.next()? {
         f(row)?;
         done += 1;
-        if done % 1000 == 0 {
+        if done.is_multiple_of(1000) {
             progress.advance(1000);
         }
     }
