@@ -82,7 +82,8 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_and_keeps_integers_exact() {
-        let value = json!({"b": 9_223_372_036_854_775_807_u64, "a": {"z": 1.0, "y": [true, null]}, "é": "\u{1}"});
+        let value =
+            json!({"b": 9_223_372_036_854_775_807_u64, "a": {"z": 1.0, "y": [true, null]}, "é": "\u{1}"});
         let text = String::from_utf8(canonical_json(&value).unwrap()).unwrap();
         assert_eq!(text, r#"{"a":{"y":[true,null],"z":1},"b":9223372036854775807,"é":"\u0001"}"#);
     }

@@ -157,13 +157,13 @@ pub(super) async fn events_after(
     rows.iter()
         .map(|row| {
             Ok(OutboxEvent {
-                position: row.try_get(0).map_err(pg_error)?,
-                id: row.try_get(1).map_err(pg_error)?,
-                source: row.try_get(2).map_err(pg_error)?,
-                kind: row.try_get(3).map_err(pg_error)?,
-                subject: row.try_get(4).map_err(pg_error)?,
-                time: Timestamp::from_micros(row.try_get(5).map_err(pg_error)?),
-                data: row.try_get(6).map_err(pg_error)?,
+                position: codec::get(row, 0)?,
+                id: codec::get(row, 1)?,
+                source: codec::get(row, 2)?,
+                kind: codec::get(row, 3)?,
+                subject: codec::get(row, 4)?,
+                time: Timestamp::from_micros(codec::get(row, 5)?),
+                data: codec::get(row, 6)?,
                 traceparent: codec::traceparent(row, 7)?,
             })
         })
