@@ -174,6 +174,9 @@ fn flags() -> impl Strategy<Value = AccountFlags> {
 }
 
 proptest! {
+    // Like the property suite: a failure prints its case and is not kept in a file.
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
     /// Whatever the store hands the core, a transfer between two accounts applies (or is refused)
     /// exactly when both are sound, and stops the batch exactly when one is not.
     #[test]

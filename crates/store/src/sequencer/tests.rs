@@ -313,3 +313,21 @@ async fn all_answers(waiters: Vec<JoinHandle<StoreResult<Vec<Outcome>>>>) -> Vec
     }
     answers
 }
+
+#[tokio::test]
+async fn a_batch_gathered_while_the_store_stopped_never_reaches_the_backend() {
+    let backend = fake(10, Fail::Never);
+    let halt = Halt::default();
+    let slow = BatchLimits { commands: 10, wait: Duration::from_millis(300), in_flight: 1 };
+    let sequencer = Arc::new(Sequencer::start(backend.clone(), slow, 10, halt.clone()));
+    let waiter = tokio::spawn({
+        let s = sequencer.clone();
+        async move { s.submit(ledgers(0, 1)).await }
+    });
+    // The writer takes the submission and waits up to 300 ms for more to fill its batch.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(sequencer.queue.capacity(), 10, "the writer took the submission");
+    halt.trip(StoreError::corrupt("found by a read"));
+    assert!(matches!(waiter.await.unwrap(), Err(StoreError::Corrupt { .. })));
+    assert_eq!(backend.0.entries.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
