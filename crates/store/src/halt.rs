@@ -25,6 +25,7 @@ impl Halt {
     /// Stops the store for good with `cause`, which should be fatal ([`StoreError::is_fatal`]).
     /// The first cause is kept; answers whether this call was the one that stopped it.
     pub fn trip(&self, cause: StoreError) -> bool {
+        debug_assert!(cause.is_fatal(), "the store stops only on a fatal error: {cause}");
         self.0.send_if_modified(|slot| match slot {
             Some(_) => false,
             None => {

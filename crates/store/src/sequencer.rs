@@ -168,8 +168,11 @@ async fn write_loop<B: Backend>(
 /// A batch task that panicked outside the backend (which `run_batch` already guards) is a bug
 /// in the writer itself: stop the store.
 fn finished(done: Option<Result<(), tokio::task::JoinError>>, halt: &Halt) {
-    if let Some(Err(e)) = done {
-        halt.trip(batch_died(e));
+    if let Some(Err(e)) = done
+        && let cause = batch_died(e)
+        && cause.is_fatal()
+    {
+        halt.trip(cause);
     }
 }
 
