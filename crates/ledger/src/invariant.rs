@@ -56,7 +56,8 @@ pub(crate) fn sound_account(account: &Account) -> Result<(), InvariantBroken> {
     sound_balance(account.id, account.flags, &account.balance)
 }
 
-/// How much each of an account's four totals moved, signed.
+/// How much each of an account's four totals moved, signed. In `i128`, where differences and
+/// sums of `u64` totals cannot overflow for any number of accounts a batch could hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Delta([i128; 4]);
 
