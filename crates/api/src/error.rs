@@ -154,7 +154,7 @@ pub struct ApiError {
 }
 
 /// A fatal store error (a damaged row, a broken invariant) that a request met. Its response
-/// carries it as an extension, and the router's outermost layer stops the store with it,
+/// carries it as an extension, and a layer around the whole router stops the store with it,
 /// whichever store call met it: the process then exits for its supervisor to restart.
 #[derive(Debug, Clone)]
 pub struct Fatal(pub StoreError);

@@ -5,9 +5,9 @@
 //! one [`coffer_ledger::Submission`]; it keeps no state of its own beyond caches, so any number
 //! of replicas may serve the same store.
 //!
-//! Layers, outermost first: `observe::layer` (request id, span, timeout, metrics), a panic
-//! catcher, routing, the route tag, `idempotency::layer`, then each handler's extractors
-//! (caller and scope, ids, path, query, body).
+//! Layers, outermost first: `observe::layer` (request id, span, timeout, metrics), the stop on a
+//! fatal store error (`halt_on_fatal`), a panic catcher, routing, the route tag,
+//! `idempotency::layer`, then each handler's extractors (caller and scope, ids, path, query, body).
 //!
 //! Choices where DESIGN §2 is silent:
 //! - A malformed path parameter (not a UUID, not a ledger code) is a 400 naming it, not a 404.
