@@ -171,7 +171,7 @@ mod tests {
             unreachable!()
         }
         async fn record_audit(&self, _: AuditEntry) -> coffer_store::StoreResult<coffer_store::AuditRecord> {
-            Err(coffer_store::StoreError::Unavailable("nowhere".into()))
+            Err(coffer_store::StoreError::unavailable("nowhere"))
         }
         async fn audit_records(
             &self,

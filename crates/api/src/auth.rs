@@ -53,10 +53,9 @@ pub const MIN_EXPOSED_BOOTSTRAP_TOKEN_LEN: usize = 32;
 pub async fn bootstrap(store: &dyn Store, token: Option<&str>) -> StoreResult<Option<String>> {
     let (token, generated) = match token {
         Some(token) if !is_valid_token(token) || !TokenKind::of(token).may_exist() => {
-            return Err(StoreError::Unavailable(
+            return Err(StoreError::unavailable(
                 "the bootstrap token must be 1 to 512 visible ASCII characters, and one that starts \
-                 with coffer_ must be a token Coffer issued"
-                    .into(),
+                 with coffer_ must be a token Coffer issued",
             ));
         }
         Some(token) => (token.to_owned(), false),

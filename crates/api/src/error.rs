@@ -35,7 +35,9 @@ pub enum ErrorCode {
     RateLimited,
     Overloaded,
     Unavailable,
-    /// A bug: never caused by input.
+    /// A write whose commit was sent but never answered: it may or may not have applied.
+    OutcomeUnknown,
+    /// A bug, or data damaged at rest: never caused by input.
     Internal,
     /// A business rule of the ledger refused the command.
     Rejected(RejectCode),
@@ -58,7 +60,7 @@ impl ErrorCode {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::Overloaded | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::Unavailable | Self::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -80,6 +82,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",
+            Self::OutcomeUnknown => "outcome_unknown",
             Self::Internal => "internal",
             Self::Rejected(code) => code.as_str(),
         }
@@ -102,6 +105,7 @@ impl ErrorCode {
             Self::RateLimited => "Too many requests",
             Self::Overloaded => "The server is overloaded",
             Self::Unavailable => "The service is unavailable",
+            Self::OutcomeUnknown => "The outcome of the write is unknown",
             Self::Internal => "Internal error",
             Self::Rejected(RejectCode::ExistsWithDifferentFields) => "The id is taken by a different record",
             Self::Rejected(_) => "The ledger refused the request",
@@ -145,11 +149,28 @@ pub struct ApiError {
     pub errors: Vec<FieldError>,
     /// Seconds, sent as `Retry-After`.
     pub retry_after: Option<u64>,
+    /// The fatal store error behind a 500, which stops the store (see [`Fatal`]).
+    pub fatal: Option<Fatal>,
 }
+
+/// A fatal store error (a damaged row, a broken invariant) that a request met. Its response
+/// carries it as an extension, and a layer around the whole router stops the store with it,
+/// whichever store call met it: the process then exits for its supervisor to restart.
+#[derive(Debug, Clone)]
+pub struct Fatal(pub StoreError);
+
+/// Two fatal errors are the same when they say the same.
+impl PartialEq for Fatal {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for Fatal {}
 
 impl ApiError {
     pub fn new(code: ErrorCode, detail: impl Into<Cow<'static, str>>) -> Self {
-        Self { code, detail: detail.into(), errors: Vec::new(), retry_after: None }
+        Self { code, detail: detail.into(), errors: Vec::new(), retry_after: None, fatal: None }
     }
 
     /// A 400 naming the fields at fault.
@@ -228,24 +249,29 @@ impl From<StoreError> for ApiError {
                 Self::new(ErrorCode::Overloaded, "the write queue is full; nothing was applied")
                     .retry_after(1)
             }
-            StoreError::Unavailable(reason) => {
-                tracing::warn!(%reason, "store unavailable");
+            StoreError::Unavailable { .. } => {
+                tracing::warn!(reason = %coffer_store::report(&err), "store unavailable");
                 Self::new(ErrorCode::Unavailable, "the store is unavailable; nothing was applied")
                     .retry_after(1)
             }
             // The store's own words: they name what it could not hold, never anything secret.
-            StoreError::Invalid(reason) => Self::new(
+            StoreError::Invalid { context, .. } => Self::new(
                 ErrorCode::InvalidRequest,
-                format!("the request holds a value the store cannot keep ({reason}); nothing was applied"),
+                format!("the request holds a value the store cannot keep ({context}); nothing was applied"),
             ),
-            StoreError::OutcomeUnknown(reason) => {
-                tracing::warn!(%reason, "write outcome unknown");
+            StoreError::OutcomeUnknown { .. } => {
+                tracing::warn!(reason = %coffer_store::report(&err), "write outcome unknown");
                 Self::new(
-                    ErrorCode::Unavailable,
+                    ErrorCode::OutcomeUnknown,
                     "the outcome of the write is unknown: retry with the same id or Idempotency-Key to learn it",
                 )
                 .retry_after(1)
             }
+            // Never "try again": this server stops. The process reports the cause, once.
+            StoreError::Corrupt { .. } | StoreError::InvariantBroken { .. } => Self {
+                fatal: Some(Fatal(err)),
+                ..Self::new(ErrorCode::Internal, "an internal error occurred; it has been logged")
+            },
         }
     }
 }
@@ -262,6 +288,9 @@ impl IntoResponse for ApiError {
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"coffer\""));
+        }
+        if let Some(fatal) = self.fatal {
+            response.extensions_mut().insert(fatal);
         }
         response
     }
@@ -283,6 +312,9 @@ mod tests {
             (ErrorCode::WebhookSecretChanged, 409, "webhook_secret_changed"),
             (ErrorCode::RateLimited, 429, "rate_limited"),
             (ErrorCode::Overloaded, 503, "overloaded"),
+            (ErrorCode::Unavailable, 503, "unavailable"),
+            (ErrorCode::OutcomeUnknown, 503, "outcome_unknown"),
+            (ErrorCode::Internal, 500, "internal"),
         ];
         for (code, status, name) in cases {
             assert_eq!(code.status().as_u16(), status);
@@ -291,11 +323,29 @@ mod tests {
     }
 
     #[test]
-    fn outcome_unknown_says_so_and_asks_for_a_retry() {
-        let err = ApiError::from(StoreError::OutcomeUnknown("commit timed out".into()));
+    fn outcome_unknown_has_its_own_code_and_asks_for_a_retry() {
+        let err = ApiError::from(StoreError::outcome_unknown("commit timed out"));
         assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(err.code.as_str(), "unavailable");
+        assert_eq!(err.code.as_str(), "outcome_unknown");
         assert!(err.detail.contains("unknown"));
         assert_eq!(err.retry_after, Some(1));
+        let unavailable = ApiError::from(StoreError::unavailable("no connection"));
+        assert_eq!(unavailable.code.as_str(), "unavailable", "a failure before the commit is not unknown");
+    }
+
+    #[test]
+    fn a_fatal_store_error_is_a_bare_500_that_carries_its_cause_to_the_router() {
+        for fatal in
+            [StoreError::corrupt("column metadata: not json"), StoreError::invariant_broken("overdrawn")]
+        {
+            let err = ApiError::from(fatal.clone());
+            assert_eq!((err.status().as_u16(), err.code.as_str()), (500, "internal"));
+            assert_eq!(err.retry_after, None, "never a retry: this server stops");
+            assert!(!err.detail.contains(fatal.context()), "internals are not sent: {}", err.detail);
+            let response = err.into_response();
+            assert_eq!(response.extensions().get::<Fatal>(), Some(&Fatal(fatal)));
+        }
+        let plain = ApiError::from(StoreError::unavailable("down")).into_response();
+        assert!(plain.extensions().get::<Fatal>().is_none());
     }
 }

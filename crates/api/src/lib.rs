@@ -5,9 +5,9 @@
 //! one [`coffer_ledger::Submission`]; it keeps no state of its own beyond caches, so any number
 //! of replicas may serve the same store.
 //!
-//! Layers, outermost first: `observe::layer` (request id, span, timeout, metrics), a panic
-//! catcher, routing, the route tag, `idempotency::layer`, then each handler's extractors
-//! (caller and scope, ids, path, query, body).
+//! Layers, outermost first: `observe::layer` (request id, span, timeout, metrics), the stop on a
+//! fatal store error (`halt_on_fatal`), a panic catcher, routing, the route tag,
+//! `idempotency::layer`, then each handler's extractors (caller and scope, ids, path, query, body).
 //!
 //! Choices where DESIGN §2 is silent:
 //! - A malformed path parameter (not a UUID, not a ledger code) is a 400 naming it, not a 404.
@@ -44,7 +44,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::extract::{Request, State};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use coffer_events::{DeadLetterQueue, SecretKeys, StoreDeadLetters, TargetPolicy};
@@ -54,7 +55,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 pub use auth::{MIN_EXPOSED_BOOTSTRAP_TOKEN_LEN, bootstrap, generate_token};
 pub use config::{ApiConfig, InvalidConfig};
-pub use error::{ApiError, ErrorCode, FieldError, PROBLEM_JSON, Problem};
+pub use error::{ApiError, ErrorCode, Fatal, FieldError, PROBLEM_JSON, Problem};
 pub use idempotency::derived_id;
 pub use lifecycle::Shutdown;
 pub use observe::install_metrics;
@@ -123,6 +124,7 @@ pub fn router_with(
     let Services { dead_letters, webhook_targets, webhook_keys, metrics_on_api, about, shutdown } = services;
     let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));
     let outbox_tail = OutboxTail::new(store.clone());
+    let halting = from_fn_with_state(store.clone(), halt_on_fatal);
     let state = AppState::new(Shared {
         outbox_tail,
         store,
@@ -146,7 +148,19 @@ pub fn router_with(
         .fallback(routes::not_found)
         .with_state(state)
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(halting)
         .layer(from_fn_with_state(timeout, observe::layer))
+}
+
+/// A request that met a fatal store error — a damaged row, a broken invariant — stops the store,
+/// whichever store call met it (the store stops itself for those of its own calls that decode
+/// money and events; this covers every other). The answer is the 500 the error made.
+async fn halt_on_fatal(State(store): State<Arc<dyn Store>>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if let Some(Fatal(cause)) = response.extensions().get::<Fatal>() {
+        store.halt().trip(cause.clone());
+    }
+    response
 }
 
 /// `/metrics` alone, for a listener of its own (`metrics_listen`): what a Prometheus server

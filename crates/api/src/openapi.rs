@@ -141,7 +141,7 @@ fn problems(statuses: &[u16]) -> BTreeMap<String, RefOr<Response>> {
                 415 => problem("`unsupported_media_type`: the body must be application/json", false),
                 422 => problem("a business rule refused the request (`insufficient_funds`, `exceeds_debits`, `ledger_mismatch`, `account_not_found`, `pending_transfer_*`, `overflow`, `idempotency_key_reused`, `webhook_target_refused`, ...)", false),
                 429 => problem("`rate_limited`", true),
-                _ => problem("`overloaded` or `unavailable`; a write's outcome may be unknown: retry with the same id or Idempotency-Key", true),
+                _ => problem("`overloaded` or `unavailable`: nothing was applied; `outcome_unknown`: a write's commit went unanswered, so it may have applied: retry with the same id or Idempotency-Key to learn which", true),
             };
             (status.to_string(), RefOr::T(response))
         })

@@ -40,17 +40,16 @@ pub struct ServerLimits {
 /// connections that do not outlive the drain.
 const LATE_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves `router` on `listener` until `stop` completes, then drains: open connections are
-/// closed once their requests in flight are answered (idle ones at once), new connections are
-/// still accepted and served for a short while (a load balancer takes a moment to see
-/// `/readyz` fail), and once no connection is left, or `drain` has passed, it returns. Answers
-/// whether every connection finished in time.
+/// Serves `router` on `listener` until `stop` completes with how long the drain may take, then
+/// drains: open connections are closed once their requests in flight are answered (idle ones at
+/// once), new connections are still accepted and served for a short while (a load balancer
+/// takes a moment to see `/readyz` fail), and once no connection is left, or the drain's time
+/// has passed, it returns. Answers whether every connection finished in time.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
     limits: ServerLimits,
-    stop: impl Future<Output = ()>,
-    drain: Duration,
+    stop: impl Future<Output = Duration>,
 ) -> bool
 where
     L: Listener<Addr = SocketAddr>,
@@ -82,7 +81,7 @@ where
             (permit, listener.accept().await)
         };
         let (permit, (io, peer)) = tokio::select! {
-            () = &mut stop, if deadline.is_none() => {
+            drain = &mut stop, if deadline.is_none() => {
                 draining_tx.send_replace(true);
                 deadline = Some(tokio::time::Instant::now() + drain);
                 continue;
@@ -158,8 +157,9 @@ mod tests {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let stop = async {
             let _ = stop_rx.await;
+            Duration::from_secs(1)
         };
-        tokio::spawn(serve(listener, router, limits, stop, Duration::from_secs(1)));
+        tokio::spawn(serve(listener, router, limits, stop));
         (addr, stop_tx)
     }
 

@@ -60,7 +60,7 @@ impl Keys {
                 .await?
                 .effect
                 .made_key()
-                .ok_or_else(|| StoreError::Unavailable("a key create made no key".into())),
+                .ok_or_else(|| StoreError::unavailable("a key create made no key")),
         }
     }
 

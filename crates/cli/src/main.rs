@@ -151,13 +151,15 @@ fn main() {
     }
 }
 
-/// Says what went wrong on one line and exits with code 1 at once: background tasks are not
-/// wound down, so nothing they would say on the way follows the line.
+/// Says what went wrong on one line and exits at once, with code 1 (or 70 when the store
+/// stopped after a fatal error, see [`serve::Halted`]): background tasks are not wound down, so
+/// nothing they would say on the way follows the line.
 fn fail(err: &anyhow::Error) -> ! {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     eprintln!("coffer: {err:#}");
-    std::process::exit(1)
+    let code = if err.downcast_ref::<serve::Halted>().is_some() { serve::Halted::EXIT_CODE } else { 1 };
+    std::process::exit(code)
 }
 
 /// Who runs this process, for the audit trail's `cli:<user>`: the login name the shell

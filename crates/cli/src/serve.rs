@@ -2,7 +2,9 @@
 //! store, make sure an admin key exists and start the roles asked for (the API, the relay, the
 //! worker). A mistake found at any step stops the process before the next one, so a port in use
 //! neither creates a key nor starts a worker. Then it runs until a signal and finishes what is in
-//! flight; a second signal ends it at once.
+//! flight; a second signal ends it at once. A fatal error of the store (a damaged row, a broken
+//! invariant) ends it too, promptly and with an error ([`Halted`]), for its supervisor to
+//! restart it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use coffer_api::Shutdown;
 use coffer_events::{SecretKeys, TargetPolicy, reseal};
 use coffer_gateway::tls::{ServingCertificate, TlsListener};
 use coffer_ledger::Timestamp;
-use coffer_store::Store;
+use coffer_store::{Halt, Store, StoreError};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -72,12 +74,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 shutdown: shutdown.clone(),
             };
             let app = coffer_api::router_with(store.clone(), config.api.clone(), metrics, services);
-            serve_http(&config, listener, tls, app, &shutdown).await?;
+            serve_http(&config, listener, tls, app, &shutdown, store.halt()).await?;
         }
-        None => {
-            shutdown.begun().await;
-            info!("shutting down");
-        }
+        None => tokio::select! {
+            () = shutdown.begun() => info!("shutting down"),
+            _ = store.halt().tripped() => {}
+        },
+    }
+    // Nothing more is wound down after a fatal error: what was committed is safe, and the roles'
+    // work in flight is redone after the restart, as after a crash.
+    if let Some(cause) = store.halt().cause() {
+        return Err(Halted(cause).into());
     }
     pipeline.shutdown().await;
     if let Some(server) = metrics_server {
@@ -87,6 +94,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("stopped");
     Ok(())
 }
+
+/// The store stopped after a fatal error, and so does the process: `main` prints this on one line
+/// and exits with [`Halted::EXIT_CODE`], which tells a supervisor to restart it (and a person
+/// to look at the cause) apart from a mistake in the configuration (1).
+#[derive(Debug)]
+pub struct Halted(pub StoreError);
+
+impl Halted {
+    /// `EX_SOFTWARE` of sysexits.h: an internal error.
+    pub const EXIT_CODE: i32 = 70;
+}
+
+impl std::fmt::Display for Halted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped after a fatal error: {}", coffer_store::report(&self.0))
+    }
+}
+
+impl std::error::Error for Halted {}
+
+/// How long requests in flight get to be answered once the store stopped: their answers are
+/// already decided (a 500 for a write, the record for a read), they only need sending.
+const HALT_DRAIN: Duration = Duration::from_secs(1);
 
 /// What this process is, as `GET /v1/admin/status` reports it.
 fn about(config: &Config) -> coffer_api::ServerAbout {
@@ -233,24 +263,35 @@ fn serve_metrics(listener: TcpListener, app: axum::Router) -> tokio::task::JoinH
 /// How long a client may take over its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the API on `listener` (over TLS when configured) until the shutdown begins, then lets
-/// in-flight requests finish.
+/// Serves the API on `listener` (over TLS when configured) until the shutdown begins or the
+/// store stops, then lets in-flight requests finish.
 async fn serve_http(
     config: &Config,
     listener: TcpListener,
     tls: Option<Arc<ServingCertificate>>,
     app: axum::Router,
     shutdown: &Shutdown,
+    halt: &Halt,
 ) -> anyhow::Result<()> {
     let _reloads = tls.clone().map(|certificate| tokio::spawn(reload_certificate_on_hangup(certificate)));
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(listen = %config.listen, scheme, store = %crate::store::describe(config), "coffer is serving");
 
+    let drain = Duration::from_millis(config.shutdown_timeout_ms);
     let stopping = {
-        let shutdown = shutdown.clone();
+        let (shutdown, halt) = (shutdown.clone(), halt.clone());
         async move {
-            shutdown.begun().await;
-            info!("shutting down: not ready any more, finishing in-flight requests");
+            tokio::select! {
+                () = shutdown.begun() => {
+                    info!("shutting down: not ready any more, finishing in-flight requests");
+                    drain
+                }
+                // Event streams end and `/readyz` stays 503 while the answers go out.
+                _ = halt.tripped() => {
+                    shutdown.begin();
+                    drain.min(HALT_DRAIN)
+                }
+            }
         }
     };
     let api = &config.api;
@@ -260,13 +301,12 @@ async fn serve_http(
         http2_max_concurrent_streams: api.http2_max_concurrent_streams,
         max_header_bytes: api.max_header_bytes,
     };
-    let drain = Duration::from_millis(config.shutdown_timeout_ms);
     let finished = match tls {
         Some(certificate) => {
             let listener = TlsListener::new(listener, certificate, TLS_HANDSHAKE_TIMEOUT)?;
-            api_server::serve(listener, app, limits, stopping, drain).await
+            api_server::serve(listener, app, limits, stopping).await
         }
-        None => api_server::serve(listener, app, limits, stopping, drain).await,
+        None => api_server::serve(listener, app, limits, stopping).await,
     };
     if !finished {
         warn!("in-flight requests did not finish in time");

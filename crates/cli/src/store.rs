@@ -13,7 +13,10 @@ pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         // Its errors say what failed, where (host and port, never the password) and the
         // server's own words.
         Some(url) => PgStore::connect(url, config.store.clone()).await.map_err(|e| match e {
-            StoreError::Unavailable(why) => anyhow::anyhow!("{why} (database_url)"),
+            StoreError::Unavailable { context, source: None } => anyhow::anyhow!("{context} (database_url)"),
+            StoreError::Unavailable { context, source: Some(cause) } => {
+                anyhow::Error::new(cause).context(format!("{context} (database_url)"))
+            }
             other => anyhow::Error::new(other).context("cannot open the PostgreSQL store (database_url)"),
         })?,
         None => SqliteStore::open(&config.data_dir, config.store.clone())

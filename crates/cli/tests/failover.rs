@@ -195,7 +195,7 @@ async fn a_commit_of_unknown_outcome_is_a_503_settled_by_the_retry() {
     let (status, headers, answer) = http.post_with_headers("/v1/transfers", &body).await.unwrap();
     assert_eq!(status, 503, "a commit the standby never confirmed: {answer}");
     assert!(headers.contains_key("retry-after"), "{headers:?}");
-    assert_eq!(answer["code"], "unavailable", "{answer}");
+    assert_eq!(answer["code"], "outcome_unknown", "{answer}");
 
     cluster.commit_without_standby().await;
     let deadline = Instant::now() + Duration::from_secs(20);

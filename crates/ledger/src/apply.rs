@@ -2,31 +2,80 @@
 //!
 //! Every command checks everything before it changes anything, so a refused command leaves the
 //! state as it found it; only an atomic submission needs the journal to undo earlier commands.
+//! Beside the rules, which refuse a client's command, the core asserts its invariants (see
+//! `invariant`): one found broken stops the whole batch instead.
 
 use crate::command::{
     Command, NewAccount, NewLedger, NewTransfer, Outcome, Record, RejectCode, Resolution, Submission,
 };
 use crate::event::{Event, EventKind};
+use crate::invariant::{
+    InvariantBroken, check_batch, credits_within_debits, debits_within_credits, require, sound_account,
+};
 use crate::model::{Account, Balance, Ledger, Transfer, TransferStatus};
 use crate::scalar::{Amount, Timestamp, TransferId};
 use crate::state::State;
 
+/// Why a command did not apply: a rule refused it, or the core found an invariant broken.
+enum Stop {
+    Rejected(RejectCode),
+    Broken(InvariantBroken),
+}
+
+impl From<RejectCode> for Stop {
+    fn from(code: RejectCode) -> Self {
+        Stop::Rejected(code)
+    }
+}
+
+impl From<InvariantBroken> for Stop {
+    fn from(broken: InvariantBroken) -> Self {
+        Stop::Broken(broken)
+    }
+}
+
 /// A command's answer when it did not fail (created, or an idempotent replay), or why it failed.
-type Applied = Result<Outcome, RejectCode>;
+type Applied = Result<Outcome, Stop>;
 
 /// Applies each submission in order at time `now`, answering one outcome per command.
 /// The changes accumulate in `state`; take them with [`State::take_changes`].
-pub fn apply(state: &mut State, submissions: &[Submission], now: Timestamp) -> Vec<Vec<Outcome>> {
-    submissions.iter().map(|submission| apply_submission(state, submission, now)).collect()
+///
+/// An error means an invariant was found broken — a bug or a damaged record, never a client's
+/// doing. `state` is then half-changed: persist nothing of it, and stop writing.
+pub fn apply(
+    state: &mut State,
+    submissions: &[Submission],
+    now: Timestamp,
+) -> Result<Vec<Vec<Outcome>>, InvariantBroken> {
+    let start = state.checkpoint();
+    let outcomes = submissions
+        .iter()
+        .map(|submission| apply_submission(state, submission, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_batch(state, start)?;
+    Ok(outcomes)
 }
 
-fn apply_submission(state: &mut State, submission: &Submission, now: Timestamp) -> Vec<Outcome> {
+fn apply_submission(
+    state: &mut State,
+    submission: &Submission,
+    now: Timestamp,
+) -> Result<Vec<Outcome>, InvariantBroken> {
     let start = state.checkpoint();
-    let mut outcomes: Vec<Outcome> = submission
-        .commands
-        .iter()
-        .map(|command| apply_command(state, command, now).unwrap_or_else(Outcome::Rejected))
-        .collect();
+    let mut outcomes = Vec::with_capacity(submission.commands.len());
+    for command in &submission.commands {
+        let before = state.checkpoint();
+        outcomes.push(match apply_command(state, command, now) {
+            Ok(outcome) => outcome,
+            Err(Stop::Rejected(code)) => {
+                require(state.checkpoint() == before, || {
+                    format!("{command:?} was refused but changed the state")
+                })?;
+                Outcome::Rejected(code)
+            }
+            Err(Stop::Broken(broken)) => return Err(broken),
+        });
+    }
     let failed = outcomes.iter().any(|o| matches!(o, Outcome::Rejected(_)));
     if submission.atomic && failed {
         state.rollback(start);
@@ -37,7 +86,7 @@ fn apply_submission(state: &mut State, submission: &Submission, now: Timestamp) 
         }
     }
     state.trace_events_since(start, &submission.trace);
-    outcomes
+    Ok(outcomes)
 }
 
 fn apply_command(state: &mut State, command: &Command, now: Timestamp) -> Applied {
@@ -53,7 +102,7 @@ fn apply_command(state: &mut State, command: &Command, now: Timestamp) -> Applie
 
 /// The idempotency answer for a command whose id is already taken.
 fn exists(record: Record, same_fields: bool) -> Applied {
-    if same_fields { Ok(Outcome::Exists(record)) } else { Err(RejectCode::ExistsWithDifferentFields) }
+    if same_fields { Ok(Outcome::Exists(record)) } else { Err(RejectCode::ExistsWithDifferentFields.into()) }
 }
 
 fn create_ledger(state: &mut State, new: &NewLedger, now: Timestamp) -> Applied {
@@ -61,7 +110,7 @@ fn create_ledger(state: &mut State, new: &NewLedger, now: Timestamp) -> Applied 
         return exists(Record::Ledger(ledger.clone()), ledger.scale == new.scale);
     }
     let ledger = Ledger { code: new.code, scale: new.scale, created_at: now };
-    state.insert_ledger(ledger.clone());
+    state.insert_ledger(ledger.clone())?;
     Ok(Outcome::Created(Record::Ledger(ledger)))
 }
 
@@ -75,7 +124,7 @@ fn create_account(state: &mut State, new: &NewAccount, now: Timestamp) -> Applie
         return exists(Record::Account(account.clone()), same);
     }
     if state.ledger(&new.ledger).is_none() {
-        return Err(RejectCode::LedgerNotFound);
+        return Err(RejectCode::LedgerNotFound.into());
     }
     let account = Account {
         id: new.id,
@@ -87,7 +136,7 @@ fn create_account(state: &mut State, new: &NewAccount, now: Timestamp) -> Applie
         balance: Balance::default(),
         created_at: now,
     };
-    state.insert_account(account.clone());
+    state.insert_account(account.clone())?;
     state.emit(Event::Account(EventKind::AccountCreated, account.clone()));
     Ok(Outcome::Created(Record::Account(account)))
 }
@@ -108,15 +157,18 @@ fn create_transfer(state: &mut State, new: &NewTransfer, now: Timestamp) -> Appl
         return exists(Record::Transfer(t.clone()), same);
     }
     if new.debit_account_id == new.credit_account_id {
-        return Err(RejectCode::AccountsMustBeDifferent);
+        return Err(RejectCode::AccountsMustBeDifferent.into());
     }
     let (Some(debit), Some(credit)) =
         (state.account(&new.debit_account_id), state.account(&new.credit_account_id))
     else {
-        return Err(RejectCode::AccountNotFound);
+        return Err(RejectCode::AccountNotFound.into());
     };
+    // The rules below judge these balances: they must be sound to begin with.
+    sound_account(debit)?;
+    sound_account(credit)?;
     if debit.ledger != new.ledger || credit.ledger != new.ledger {
-        return Err(RejectCode::LedgerMismatch);
+        return Err(RejectCode::LedgerMismatch.into());
     }
     let pending = new.pending.is_some();
     let (debit_balance, credit_balance) = move_funds(debit, credit, new.amount, pending)?;
@@ -136,9 +188,9 @@ fn create_transfer(state: &mut State, new: &NewTransfer, now: Timestamp) -> Appl
         metadata: new.metadata.clone(),
         created_at: now,
     };
-    state.set_balance(new.debit_account_id, debit_balance);
-    state.set_balance(new.credit_account_id, credit_balance);
-    state.insert_transfer(transfer.clone());
+    state.set_balance(new.debit_account_id, debit_balance)?;
+    state.set_balance(new.credit_account_id, credit_balance)?;
+    state.insert_transfer(transfer.clone())?;
     state.emit(Event::Transfer(EventKind::TransferCreated, transfer.clone()));
     Ok(Outcome::Created(Record::Transfer(transfer)))
 }
@@ -173,14 +225,6 @@ fn add(total: u64, amount: u64) -> Result<u64, RejectCode> {
     total.checked_add(amount).filter(|sum| *sum <= Amount::MAX).ok_or(RejectCode::Overflow)
 }
 
-pub(crate) fn debits_within_credits(b: &Balance) -> bool {
-    u128::from(b.debits_pending) + u128::from(b.debits_posted) <= u128::from(b.credits_posted)
-}
-
-pub(crate) fn credits_within_debits(b: &Balance) -> bool {
-    u128::from(b.credits_pending) + u128::from(b.credits_posted) <= u128::from(b.debits_posted)
-}
-
 /// Checks that a pending transfer can still be resolved at `now`.
 fn check_pending(pending: &Transfer, now: Timestamp) -> Result<(), RejectCode> {
     if !pending.pending {
@@ -198,22 +242,33 @@ fn check_pending(pending: &Transfer, now: Timestamp) -> Result<(), RejectCode> {
 }
 
 /// Releases a hold: takes the pending amount out of both pending totals and posts `posted` of it.
-fn release(state: &mut State, pending: &Transfer, posted: u64) -> Result<(), RejectCode> {
+fn release(state: &mut State, pending: &Transfer, posted: u64) -> Result<(), Stop> {
     let (Some(debit), Some(credit)) =
         (state.account(&pending.debit_account_id), state.account(&pending.credit_account_id))
     else {
-        return Err(RejectCode::AccountNotFound);
+        return Err(RejectCode::AccountNotFound.into());
     };
+    sound_account(debit)?;
+    sound_account(credit)?;
     let held = pending.amount.get();
+    require(posted <= held, || format!("hold {}: posting {posted} of the {held} it holds", pending.id))?;
     let mut d = debit.balance;
     let mut c = credit.balance;
-    d.debits_pending -= held;
-    c.credits_pending -= held;
+    // A pending hold is part of both pending totals: less than it there is a broken invariant.
+    d.debits_pending = withdraw(d.debits_pending, held, pending, "debits_pending")?;
+    c.credits_pending = withdraw(c.credits_pending, held, pending, "credits_pending")?;
     d.debits_posted = add(d.debits_posted, posted)?;
     c.credits_posted = add(c.credits_posted, posted)?;
-    state.set_balance(pending.debit_account_id, d);
-    state.set_balance(pending.credit_account_id, c);
+    state.set_balance(pending.debit_account_id, d)?;
+    state.set_balance(pending.credit_account_id, c)?;
     Ok(())
+}
+
+/// `total − held`, where `total` must hold the hold.
+fn withdraw(total: u64, held: u64, hold: &Transfer, which: &str) -> Result<u64, InvariantBroken> {
+    total.checked_sub(held).ok_or_else(|| {
+        InvariantBroken::new(format!("hold {}: {which} {total} is less than the {held} it holds", hold.id))
+    })
 }
 
 /// Posts (all or part of) or voids a pending transfer, recording the resolution as a transfer.
@@ -222,12 +277,12 @@ fn resolve(state: &mut State, r: &Resolution, outcome: TransferStatus, now: Time
         return exists(Record::Transfer(t.clone()), same_resolution(state, r, outcome, t));
     }
     let Some(pending) = state.transfer(&r.pending_id).cloned() else {
-        return Err(RejectCode::PendingTransferNotFound);
+        return Err(RejectCode::PendingTransferNotFound.into());
     };
     check_pending(&pending, now)?;
     let amount = match (outcome, r.amount) {
         (TransferStatus::Posted, Some(a)) if a > pending.amount => {
-            return Err(RejectCode::AmountExceedsPendingAmount);
+            return Err(RejectCode::AmountExceedsPendingAmount.into());
         }
         (TransferStatus::Posted, Some(a)) => a,
         _ => pending.amount,
@@ -250,8 +305,8 @@ fn resolve(state: &mut State, r: &Resolution, outcome: TransferStatus, now: Time
         metadata: r.metadata.clone(),
         created_at: now,
     };
-    state.insert_transfer(resolution.clone());
-    state.set_status(pending.id, outcome);
+    state.insert_transfer(resolution.clone())?;
+    state.set_status(pending.id, outcome)?;
     state.emit(Event::Transfer(EventKind::TransferCreated, resolution.clone()));
     let kind =
         if outcome == TransferStatus::Posted { EventKind::TransferPosted } else { EventKind::TransferVoided };
@@ -281,15 +336,15 @@ fn same_resolution(state: &State, r: &Resolution, outcome: TransferStatus, t: &T
 /// Releases a hold whose timeout has passed. Refused (and harmless) if it was resolved meanwhile.
 fn expire(state: &mut State, id: TransferId, now: Timestamp) -> Applied {
     let Some(pending) = state.transfer(&id).cloned() else {
-        return Err(RejectCode::PendingTransferNotFound);
+        return Err(RejectCode::PendingTransferNotFound.into());
     };
     match check_pending(&pending, now) {
         Err(RejectCode::PendingTransferExpired) if pending.status == TransferStatus::Pending => {}
-        Err(other) => return Err(other),
-        Ok(()) => return Err(RejectCode::PendingTransferNotPending),
+        Err(other) => return Err(other.into()),
+        Ok(()) => return Err(RejectCode::PendingTransferNotPending.into()),
     }
     release(state, &pending, 0)?;
-    state.set_status(id, TransferStatus::Expired);
+    state.set_status(id, TransferStatus::Expired)?;
     let expired = Transfer { status: TransferStatus::Expired, ..pending };
     state.emit(Event::Transfer(EventKind::TransferExpired, expired.clone()));
     Ok(Outcome::Created(Record::Transfer(expired)))

@@ -244,7 +244,7 @@ impl Timestamp {
 
     pub fn now() -> Self {
         let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Self(since.as_micros() as i64)
+        Self(i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
     }
 
     /// This time plus whole seconds, saturating instead of overflowing.
@@ -272,7 +272,7 @@ impl<'de> Deserialize<'de> for Timestamp {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         let t = time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
             .map_err(serde::de::Error::custom)?;
-        Ok(Self((t.unix_timestamp_nanos() / 1000) as i64))
+        i64::try_from(t.unix_timestamp_nanos() / 1000).map(Self).map_err(serde::de::Error::custom)
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::event::{Emitted, Event};
+use crate::invariant::{InvariantBroken, require, sound_balance};
 use crate::model::{Account, Balance, Ledger, Transfer, TransferStatus};
 use crate::scalar::{AccountId, LedgerCode, TraceParent, TransferId};
 
@@ -44,8 +45,9 @@ impl Changes {
     }
 }
 
+/// One change, as the journal keeps it: what undoes it.
 #[derive(Debug, Clone)]
-enum Undo {
+pub(crate) enum Undo {
     Ledger(LedgerCode),
     Account(AccountId),
     Balance(AccountId, Balance),
@@ -54,7 +56,7 @@ enum Undo {
 }
 
 /// Where the journal and the change lists stood; see [`State::rollback`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Checkpoint {
     journal: usize,
     created_ledgers: usize,
@@ -108,35 +110,70 @@ impl State {
         self.transfers.values().filter(|t| t.pending).flat_map(|t| [t.debit_account_id, t.credit_account_id])
     }
 
-    pub(crate) fn insert_ledger(&mut self, ledger: Ledger) {
+    // The writes below are the only way the rules change the state. Each asserts what it
+    // assumes: a record is created once, a balance it writes is sound, and only a hold that is
+    // still pending changes status.
+
+    pub(crate) fn insert_ledger(&mut self, ledger: Ledger) -> Result<(), InvariantBroken> {
+        require(!self.ledgers.contains_key(&ledger.code), || {
+            format!("ledger {} created twice", ledger.code)
+        })?;
         self.journal.push(Undo::Ledger(ledger.code));
         self.created_ledgers.push(ledger.code);
         self.ledgers.insert(ledger.code, ledger);
+        Ok(())
     }
 
-    pub(crate) fn insert_account(&mut self, account: Account) {
+    pub(crate) fn insert_account(&mut self, account: Account) -> Result<(), InvariantBroken> {
+        require(!self.accounts.contains_key(&account.id), || {
+            format!("account {} created twice", account.id)
+        })?;
+        sound_balance(account.id, account.flags, &account.balance)?;
         self.journal.push(Undo::Account(account.id));
         self.created_accounts.push(account.id);
         self.accounts.insert(account.id, account);
+        Ok(())
     }
 
-    pub(crate) fn set_balance(&mut self, id: AccountId, balance: Balance) {
-        let account = self.accounts.get_mut(&id).expect("balance of an account not loaded");
+    pub(crate) fn set_balance(&mut self, id: AccountId, balance: Balance) -> Result<(), InvariantBroken> {
+        let account = self
+            .accounts
+            .get_mut(&id)
+            .ok_or_else(|| InvariantBroken::new(format!("account {id}: balance set but never loaded")))?;
+        sound_balance(id, account.flags, &account.balance)?;
+        sound_balance(id, account.flags, &balance)?;
         self.journal.push(Undo::Balance(id, account.balance));
         account.balance = balance;
+        Ok(())
     }
 
-    pub(crate) fn insert_transfer(&mut self, transfer: Transfer) {
+    pub(crate) fn insert_transfer(&mut self, transfer: Transfer) -> Result<(), InvariantBroken> {
+        require(!self.transfers.contains_key(&transfer.id), || {
+            format!("transfer {} created twice", transfer.id)
+        })?;
         self.journal.push(Undo::Transfer(transfer.id));
         self.created_transfers.push(transfer.id);
         self.transfers.insert(transfer.id, transfer);
+        Ok(())
     }
 
-    pub(crate) fn set_status(&mut self, id: TransferId, status: TransferStatus) {
-        let transfer = self.transfers.get_mut(&id).expect("status of a transfer not loaded");
+    pub(crate) fn set_status(
+        &mut self,
+        id: TransferId,
+        status: TransferStatus,
+    ) -> Result<(), InvariantBroken> {
+        let transfer = self
+            .transfers
+            .get_mut(&id)
+            .ok_or_else(|| InvariantBroken::new(format!("transfer {id}: status set but never loaded")))?;
+        require(
+            transfer.pending && transfer.status == TransferStatus::Pending && status != transfer.status,
+            || format!("transfer {id}: status {:?} may not become {status:?}", transfer.status),
+        )?;
         self.journal.push(Undo::Status(id, transfer.status));
         self.resolved_transfers.push(id);
         transfer.status = status;
+        Ok(())
     }
 
     pub(crate) fn emit(&mut self, event: Event) {
@@ -159,6 +196,11 @@ impl State {
             resolved_transfers: self.resolved_transfers.len(),
             events: self.events.len(),
         }
+    }
+
+    /// The changes made since `at` and not undone, oldest first.
+    pub(crate) fn journal_since(&self, at: Checkpoint) -> &[Undo] {
+        self.journal.get(at.journal..).unwrap_or_default()
     }
 
     /// Undoes every change made since `at`, journal and change lists alike.

@@ -9,7 +9,8 @@
 //! the state is checked against what can be known without the rules' code: balances recomputed
 //! from the transfers, double entry per ledger, flags and limits, the reason given for every
 //! refusal, idempotent replays, atomicity, determinism, and `take_changes` persisted into a second
-//! copy that must equal the live state.
+//! copy that must equal the live state. The core's own assertions run on every one of those
+//! calls and must never fire: the workloads are valid, so a broken invariant is a false alarm.
 
 #[path = "properties/checks.rs"]
 mod checks;
@@ -107,7 +108,7 @@ impl<'a> Run<'a> {
             submissions.iter().map(|s| self.one_at_a_time(&mut reference, s)).collect();
 
         let before = Snapshot::of(&self.state);
-        let outcomes = apply(&mut self.state, &submissions, self.now);
+        let outcomes = applied(&mut self.state, &submissions, self.now);
         assert_eq!(outcomes, expected, "a step must answer as its commands applied one at a time");
         let snapshot = Snapshot::of(&self.state);
         assert_eq!(
@@ -119,7 +120,7 @@ impl<'a> Run<'a> {
 
         // As the store runs it: on only the records the commands say they need.
         let mut loaded = load_for(&before, &submissions);
-        assert_eq!(apply(&mut loaded, &submissions, self.now), outcomes, "on the records a step loads");
+        assert_eq!(applied(&mut loaded, &submissions, self.now), outcomes, "on the records a step loads");
         let mut stored = before;
         stored.persist(&loaded.take_changes());
         assert_eq!(stored, snapshot, "the changes of a step on the records it loads");
@@ -169,7 +170,7 @@ impl<'a> Run<'a> {
     /// it emitted.
     fn apply_alone(&mut self, state: &mut State, command: &Command) -> (Outcome, Vec<Event>) {
         let before = Snapshot::of(state);
-        let outcomes = apply(state, &[Submission::one(command.clone())], self.now);
+        let outcomes = applied(state, &[Submission::one(command.clone())], self.now);
         let [outcome] = <[Vec<Outcome>; 1]>::try_from(outcomes).expect("one outcome list per submission");
         let [outcome] = <[Outcome; 1]>::try_from(outcome).expect("one outcome per command");
         let after = Snapshot::of(state);
@@ -192,7 +193,7 @@ impl<'a> Run<'a> {
         let before = Snapshot::of(&copy);
         let later = Timestamp::from_micros(self.now.as_micros() + 86_400_000_000);
         let commands: Vec<Command> = self.creators.values().cloned().collect();
-        let outcomes = apply(&mut copy, &[Submission::new(commands.clone(), true)], later);
+        let outcomes = applied(&mut copy, &[Submission::new(commands.clone(), true)], later);
         for (command, outcome) in commands.iter().zip(&outcomes[0]) {
             let record = before.record(key(command).unwrap());
             assert_eq!(Some(outcome), record.map(Outcome::Exists).as_ref(), "resubmitting {command:?}");
@@ -204,7 +205,7 @@ impl<'a> Run<'a> {
     fn check_replay(&self) {
         let mut fresh = State::new();
         for logged in &self.log {
-            let outcomes = apply(&mut fresh, &logged.submissions, logged.now);
+            let outcomes = applied(&mut fresh, &logged.submissions, logged.now);
             assert_eq!(outcomes, logged.outcomes, "a replay must answer the same");
             if let Some(changes) = &logged.changes {
                 assert_eq!(&fresh.take_changes(), changes, "a replay must change the same");
@@ -216,6 +217,12 @@ impl<'a> Run<'a> {
     fn count(&self, label: &'static str) {
         *self.seen.borrow_mut().entry(label).or_default() += 1;
     }
+}
+
+/// `apply`, whose assertions must hold on every valid workload.
+fn applied(state: &mut State, submissions: &[Submission], now: Timestamp) -> Vec<Vec<Outcome>> {
+    apply(state, submissions, now)
+        .unwrap_or_else(|broken| panic!("an assertion fired on a valid workload: {broken}"))
 }
 
 /// What kind of outcome this was, to check the scenarios reach every rule.

@@ -131,7 +131,9 @@ impl Book {
     }
 
     fn submit(&mut self, commands: Vec<Command>, atomic: bool) -> Vec<Outcome> {
-        apply(&mut self.state, &[Submission::new(commands, atomic)], self.now).remove(0)
+        apply(&mut self.state, &[Submission::new(commands, atomic)], self.now)
+            .expect("no invariant broken")
+            .remove(0)
     }
 
     fn run(&mut self, command: Command) -> Outcome {

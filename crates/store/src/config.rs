@@ -35,6 +35,11 @@ pub struct StoreConfig {
     /// PostgreSQL: how long a COMMIT may take before its outcome is reported unknown (a commit
     /// waiting for a synchronous standby that is gone waits here).
     pub commit_timeout_ms: u64,
+    /// Test builds only (the `fault-injection` feature): every batch that loads an account
+    /// hands it to the ledger core overdrawn, as a bug would, and so stops the store. A normal
+    /// build does not know this key and refuses it.
+    #[cfg(feature = "fault-injection")]
+    pub test_break_invariant: bool,
 }
 
 impl Default for StoreConfig {
@@ -51,6 +56,8 @@ impl Default for StoreConfig {
             connect_timeout_ms: 2000,
             statement_timeout_ms: 10_000,
             commit_timeout_ms: 5000,
+            #[cfg(feature = "fault-injection")]
+            test_break_invariant: false,
         }
     }
 }
@@ -76,7 +83,7 @@ impl StoreConfig {
         } else {
             return Ok(());
         };
-        Err(StoreError::Unavailable(format!("invalid store configuration: {problem}")))
+        Err(StoreError::unavailable(format!("invalid store configuration: {problem}")))
     }
 }
 
@@ -91,5 +98,11 @@ mod tests {
         assert!(serde_json::from_str::<StoreConfig>(r#"{"batch_size": 10}"#).is_err());
         assert!(StoreConfig::default().validate().is_ok());
         assert!(StoreConfig { queue_capacity: 0, ..StoreConfig::default() }.validate().is_err());
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    #[test]
+    fn the_test_fault_is_unknown_to_a_normal_build() {
+        assert!(serde_json::from_str::<StoreConfig>(r#"{"test_break_invariant": true}"#).is_err());
     }
 }

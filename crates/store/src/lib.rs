@@ -3,7 +3,8 @@
 //!
 //! The store loads the records a batch touches, runs the pure core (`coffer_ledger::apply`) and
 //! writes balances, transfers and outbox rows in ONE transaction. Idempotency-Key answers are
-//! stored, durably, when the request that carried the key completes.
+//! stored, durably, when the request that carried the key completes. A row that does not decode
+//! or an invariant the core finds broken stops the store for good (see [`Halt`]).
 
 pub mod audit;
 mod bare_tokens;
@@ -12,9 +13,12 @@ mod columns;
 mod config;
 mod coordination;
 mod dead_letters;
+mod error;
 mod expiry;
+mod halt;
 mod key_cache;
 mod keys;
+mod ledger;
 mod outbox;
 mod page;
 mod postgres;
@@ -31,6 +35,8 @@ pub use audit::{
 pub use config::StoreConfig;
 pub use coordination::Coordination;
 pub use dead_letters::{DeadLetter, DeadLetters};
+pub use error::{Cause, StoreError, report};
+pub use halt::Halt;
 pub use key_cache::KeyCache;
 pub use keys::{
     ApiKey, KeyDirectory, KeyId, NewApiKey, Scope, TOKEN_PREFIX, TokenHash, TokenKind, bearer_token,
@@ -53,27 +59,6 @@ use async_trait::async_trait;
 use coffer_ledger::{
     Account, AccountId, Ledger, LedgerCode, Outcome, Submission, Timestamp, Transfer, TransferId,
 };
-
-/// A storage failure, saying whether the write may have happened.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// The sequencer's queue is full; the command was certainly not applied. Retry later.
-    #[error("the write queue is full")]
-    Overloaded,
-    /// The store could not be reached or refused the work; certainly not applied.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// The store cannot hold a value of the request (PostgreSQL refuses U+0000 in text, a value
-    /// out of a column's range, …): the request's own fault, certainly not applied. The API
-    /// refuses such input when it parses a request; this is the second line of defence, and the
-    /// sequencer isolates the guilty submission of a group commit that fails with it.
-    #[error("the store cannot hold this request's data: {0}")]
-    Invalid(String),
-    /// The commit was sent but its result never came back: it may or may not have applied.
-    /// The client settles it by retrying with the same id or Idempotency-Key.
-    #[error("outcome unknown: {0}")]
-    OutcomeUnknown(String),
-}
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -168,8 +153,12 @@ pub trait Store:
     /// Where the outbox's hash chain starts and ends (see [`chain::OutboxChain`]).
     async fn outbox_chain(&self) -> StoreResult<chain::OutboxChain>;
 
-    /// Answers Ok when the database can be reached (for `/readyz`).
+    /// Answers Ok when the database can be reached and the store is not stopped (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
+    /// The latch a fatal error trips ([`StoreError::is_fatal`]): the store trips it itself when
+    /// a batch or a read meets one, and so should anyone else the store answered one to. Once
+    /// tripped the writer takes nothing more, and the process should exit.
+    fn halt(&self) -> &Halt;
     /// Stops taking submissions, finishes the batches in flight, and stops background tasks.
     async fn shutdown(&self);
 }

@@ -5,6 +5,10 @@
 //! the [`Backend`] (one transaction, one fsync) and answers every waiter. A hot account therefore
 //! costs one row update per batch, not one per transfer. The backend is generic so the SQLite and
 //! PostgreSQL stores share this loop.
+//!
+//! A fatal error of a batch (a damaged row, a broken invariant, a panic in the core) trips the
+//! store's [`Halt`]: the writer starts nothing more and answers every waiting and later
+//! submission with that error, never a "try again".
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,14 +19,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
-use crate::{StoreError, StoreResult};
+use crate::{Halt, StoreError, StoreResult};
 
 /// Applies a batch of submissions in one transaction.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
     /// One outcome list per submission, in order. An error means nothing of the batch applied
-    /// (`Unavailable`, or `Invalid` when a command's data was refused) or that the commit's fate
-    /// is unknown (`OutcomeUnknown`).
+    /// (`Unavailable`, or `Invalid` when a command's data was refused; `Corrupt` and
+    /// `InvariantBroken` also stop the store) or that the commit's fate is unknown
+    /// (`OutcomeUnknown`).
     async fn apply_batch(
         &self,
         submissions: Arc<[Submission]>,
@@ -53,15 +58,17 @@ pub(crate) struct Sequencer {
     queue: mpsc::Sender<Job>,
     closing: watch::Sender<bool>,
     writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    halt: Halt,
 }
 
 impl Sequencer {
-    /// Starts the writer task on the current tokio runtime.
-    pub fn start<B: Backend>(backend: B, limits: BatchLimits, queue_capacity: usize) -> Self {
+    /// Starts the writer task on the current tokio runtime; a fatal error of a batch trips `halt`,
+    /// and the writer stops once anything trips it.
+    pub fn start<B: Backend>(backend: B, limits: BatchLimits, queue_capacity: usize, halt: Halt) -> Self {
         let (queue, jobs) = mpsc::channel(queue_capacity);
         let (closing, closed) = watch::channel(false);
-        let writer = tokio::spawn(write_loop(backend, jobs, closed, limits));
-        Self { queue, closing, writer: tokio::sync::Mutex::new(Some(writer)) }
+        let writer = tokio::spawn(write_loop(backend, jobs, closed, limits, halt.clone()));
+        Self { queue, closing, writer: tokio::sync::Mutex::new(Some(writer)), halt }
     }
 
     /// Queues a submission and waits for its outcomes. Never waits for room in the queue: a full
@@ -70,20 +77,28 @@ impl Sequencer {
         if submission.commands.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(cause) = self.halt.cause() {
+            return Err(cause);
+        }
         let (reply, answer) = oneshot::channel();
         self.queue.try_send(Job { submission, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable("the store is shut down".into()),
+            mpsc::error::TrySendError::Closed(_) => {
+                self.halt.cause().unwrap_or_else(|| StoreError::unavailable("the store is shut down"))
+            }
         })?;
         // The writer only drops a reply unanswered if it died mid-batch: the commit may have run.
-        answer
-            .await
-            .unwrap_or_else(|_| Err(StoreError::OutcomeUnknown("the writer stopped mid-batch".into())))
+        answer.await.unwrap_or_else(|_| {
+            Err(self
+                .halt
+                .cause()
+                .unwrap_or_else(|| StoreError::outcome_unknown("the writer stopped mid-batch")))
+        })
     }
 
     /// Whether the writer still takes submissions.
     pub fn is_open(&self) -> bool {
-        !self.queue.is_closed() && !*self.closing.borrow()
+        !self.queue.is_closed() && !*self.closing.borrow() && self.halt.cause().is_none()
     }
 
     /// Stops taking submissions; the writer still applies everything already queued.
@@ -109,6 +124,7 @@ async fn write_loop<B: Backend>(
     mut jobs: mpsc::Receiver<Job>,
     mut closing: watch::Receiver<bool>,
     limits: BatchLimits,
+    halt: Halt,
 ) {
     let backend = Arc::new(backend);
     let mut running = JoinSet::new();
@@ -118,43 +134,77 @@ async fn write_loop<B: Backend>(
         // submissions pile up there (and the queue's bound holds), so a busy store makes bigger
         // batches.
         while running.len() >= limits.in_flight.max(1) {
-            finished(running.join_next().await);
+            finished(running.join_next().await, &halt);
         }
         while let Some(done) = running.try_join_next() {
-            finished(Some(done));
+            finished(Some(done), &halt);
         }
         let first = match carried.take() {
             Some(job) => job,
-            None => match next_job(&mut jobs, &mut closing).await {
+            None => match next_job(&mut jobs, &mut closing, &halt).await {
                 Some(job) => job,
                 None => break,
             },
         };
         let (batch, rest) = gather(first, &mut jobs, limits).await;
         carried = rest;
-        let backend = backend.clone();
-        running.spawn(async move { run_batch(backend.as_ref(), batch).await });
+        let (backend, halt) = (backend.clone(), halt.clone());
+        running.spawn(async move { run_batch(backend, batch, &halt).await });
     }
-    // Closing: every batch already taken still completes and answers its waiters.
+    // Stopped: what is still queued gets the cause. (Closing instead applied all of it above.)
+    if let Some(cause) = halt.cause() {
+        jobs.close();
+        let queued = std::iter::from_fn(|| jobs.try_recv().ok());
+        for job in carried.into_iter().chain(queued) {
+            let _ = job.reply.send(Err(cause.clone()));
+        }
+    }
+    // Every batch already taken still completes and answers its waiters.
     while let Some(done) = running.join_next().await {
-        finished(Some(done));
+        finished(Some(done), &halt);
     }
 }
 
-/// A batch task that panicked broke an invariant in the core: stop the writer rather than go on.
-fn finished(done: Option<Result<(), tokio::task::JoinError>>) {
+/// A batch task that panicked outside the backend (which `run_batch` already guards) is a bug
+/// in the writer itself: stop the store.
+fn finished(done: Option<Result<(), tokio::task::JoinError>>, halt: &Halt) {
     if let Some(Err(e)) = done
-        && e.is_panic()
+        && let cause = batch_died(e)
+        && cause.is_fatal()
     {
-        std::panic::resume_unwind(e.into_panic());
+        halt.trip(cause);
     }
 }
 
-/// Waits for a job. Once closing, the queue stops taking new jobs but still yields the queued ones.
-async fn next_job(jobs: &mut mpsc::Receiver<Job>, closing: &mut watch::Receiver<bool>) -> Option<Job> {
+/// The fatal error of a batch task that did not finish: a panic (a broken invariant the core
+/// did not catch as one) or, as the runtime shuts down, a cancellation.
+fn batch_died(e: tokio::task::JoinError) -> StoreError {
+    if !e.is_panic() {
+        return StoreError::outcome_unknown("the batch was cancelled");
+    }
+    let payload = e.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    StoreError::invariant_broken(format!("a batch panicked: {message}"))
+}
+
+/// Waits for a job. Once closing, the queue stops taking new jobs but still yields the queued
+/// ones; once stopped, it yields none.
+async fn next_job(
+    jobs: &mut mpsc::Receiver<Job>,
+    closing: &mut watch::Receiver<bool>,
+    halt: &Halt,
+) -> Option<Job> {
+    if halt.cause().is_some() {
+        return None;
+    }
     if !*closing.borrow() {
         tokio::select! {
             biased;
+            _ = halt.tripped() => return None,
             job = jobs.recv() => return job,
             // An error means the handle is gone: close as well.
             _ = closing.wait_for(|closing| *closing) => {}
@@ -209,7 +259,7 @@ async fn wait_for_job(jobs: &mut mpsc::Receiver<Job>, deadline: Instant) -> Opti
     }
 }
 
-async fn run_batch<B: Backend>(backend: &B, batch: Vec<Job>) {
+async fn run_batch<B: Backend>(backend: Arc<B>, batch: Vec<Job>, halt: &Halt) {
     let commands: usize = batch.iter().map(|job| job.submission.commands.len()).sum();
     let (submissions, replies): (Vec<Submission>, Vec<Reply>) =
         batch.into_iter().map(|job| (job.submission, job.reply)).unzip();
@@ -218,17 +268,41 @@ async fn run_batch<B: Backend>(backend: &B, batch: Vec<Job>) {
     let span = tracing::debug_span!("batch", commands, submissions = submissions.len());
     let started = Instant::now();
     let submissions: Arc<[Submission]> = submissions.into();
-    let results = apply_isolating(backend, submissions.clone(), Timestamp::now()).instrument(span).await;
+    let results = match halt.cause() {
+        // Stopped while this batch was gathered: it must not reach the database.
+        Some(cause) => vec![Err(cause); submissions.len()],
+        None => apply_guarded(backend, submissions.clone()).instrument(span).await,
+    };
     metrics::histogram!("coffer_ledger_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+    // Stop before answering anyone, so no waiter can see the error and then a store still open.
+    if let Some(fatal) = results.iter().find_map(|r| r.as_ref().err().filter(|e| e.is_fatal())) {
+        halt.trip(fatal.clone());
+    }
 
     for ((reply, submission), result) in replies.into_iter().zip(submissions.iter()).zip(results) {
         match &result {
             Ok(outcomes) => count_transfers(submission, outcomes),
+            // Fatal errors are reported once, by whoever owns the store, not per waiter.
+            Err(e) if e.is_fatal() => {}
             Err(e) => tracing::warn!(error = %e, commands = submission.commands.len(), "submission failed"),
         }
         // A waiter that gave up (client gone) is not an error: its command still applied.
         let _ = reply.send(result);
     }
+}
+
+/// [`apply_isolating`] in a task of its own, so that a panic in the core or a backend answers
+/// every waiter with a fatal error instead of leaving them without an answer.
+async fn apply_guarded<B: Backend>(
+    backend: Arc<B>,
+    submissions: Arc<[Submission]>,
+) -> Vec<StoreResult<Vec<Outcome>>> {
+    let count = submissions.len();
+    let task = tokio::spawn(
+        async move { apply_isolating(backend.as_ref(), submissions, Timestamp::now()).await }
+            .in_current_span(),
+    );
+    task.await.unwrap_or_else(|e| vec![Err(batch_died(e)); count])
 }
 
 /// Applies `submissions` as one group commit, answering each submission's result in order.
@@ -245,7 +319,7 @@ async fn apply_isolating<B: Backend>(
 ) -> Vec<StoreResult<Vec<Outcome>>> {
     match backend.apply_batch(submissions.clone(), now).await {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-        Err(StoreError::Invalid(why)) if submissions.len() > 1 => {
+        Err(StoreError::Invalid { context: why, .. }) if submissions.len() > 1 => {
             metrics::counter!("coffer_store_batch_splits_total").increment(1);
             tracing::debug!(%why, submissions = submissions.len(), "batch refused by the store; applying it in halves");
             let (left, right) = submissions.split_at(submissions.len() / 2);

@@ -106,7 +106,7 @@ async fn a_full_queue_answers_overloaded_and_applies_the_rest() {
         });
     }
     let results = tasks.join_all().await;
-    let overloaded = results.iter().filter(|r| **r == Err(StoreError::Overloaded)).count();
+    let overloaded = results.iter().filter(|r| matches!(r, Err(StoreError::Overloaded))).count();
     let applied =
         results.iter().filter(|r| matches!(r, Ok(o) if matches!(o[0], Outcome::Created(_)))).count();
     assert!(overloaded > 0, "a queue of one must overflow under 400 concurrent submissions");
@@ -230,7 +230,7 @@ async fn a_command_the_store_cannot_hold_fails_alone_and_its_batch_applies() {
                 "submission {i}: {outcomes:?}"
             ),
             // SQLite keeps U+0000; PostgreSQL must refuse the guilty submissions and them alone.
-            Err(StoreError::Invalid(_)) if guilty && backend == coffer_testkit::Backend::Postgres => {}
+            Err(StoreError::Invalid { .. }) if guilty && backend == coffer_testkit::Backend::Postgres => {}
             Err(e) => panic!("submission {i} (guilty: {guilty}): {e}"),
         }
     }

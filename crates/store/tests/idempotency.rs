@@ -43,7 +43,7 @@ async fn begin_complete_replay_and_mismatch() {
 
     // Completing without a request in flight is refused, not stored.
     let stray = store.idempotency_complete(&scope("never-begun"), response(200)).await;
-    assert!(matches!(stray, Err(StoreError::Unavailable(_))));
+    assert!(matches!(stray, Err(StoreError::Unavailable { .. })));
 
     // Answers are durable.
     let store = store.reopen(Default::default()).await;

@@ -72,7 +72,7 @@ async fn only_one_store_opens_a_data_dir_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let first = open(dir.path()).await;
     let second = coffer_store::SqliteStore::open(dir.path(), Default::default()).await;
-    assert!(matches!(second, Err(StoreError::Unavailable(m)) if m.contains("in use")));
+    assert!(matches!(second, Err(StoreError::Unavailable { context, .. }) if context.contains("in use")));
     first.shutdown().await;
     drop(first);
     let again = open(dir.path()).await;
@@ -170,7 +170,7 @@ async fn after_shutdown_submissions_are_refused_and_reads_still_answer() {
     store.shutdown().await;
     let late =
         store.submit(coffer_ledger::Submission::one(transfer(TransferId::generate(), a, b, 1, "USD"))).await;
-    assert!(matches!(late, Err(StoreError::Unavailable(_))));
+    assert!(matches!(late, Err(StoreError::Unavailable { .. })));
     assert!(store.ping().await.is_err());
     assert!(store.account(a).await.unwrap().is_some());
     assert!(store.account(AccountId::generate()).await.unwrap().is_none());

@@ -6,6 +6,7 @@
 //! when the test ends. When the server cannot be reached the test is skipped with a message
 //! naming it — unless `COFFER_TEST_REQUIRE_SERVICES=1` (CI), which makes that a failure.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use coffer_store::{PgStore, SqliteStore, Store, StoreConfig};
@@ -73,6 +74,15 @@ impl TestStore {
             Place::Database(db) => {
                 Some(PgStore::connect(&db.url, config).await.expect("connect another store"))
             }
+        }
+    }
+
+    /// Runs `sql` on the store's database behind the store's back: how a test damages a row or
+    /// breaks an invariant that no request could.
+    pub async fn tamper(&self, sql: &str) {
+        match &self._place {
+            Place::Dir(dir) => sqlite_execute(dir.path(), sql),
+            Place::Database(db) => postgres_execute(&db.url, sql).await,
         }
     }
 
@@ -156,6 +166,19 @@ impl Drop for TestDatabase {
             eprintln!("warning: could not drop test database {}", self.name);
         }
     }
+}
+
+/// Runs `sql` on the embedded store of `data_dir`, beside the server that may hold it (SQLite
+/// lets a second connection write between the server's transactions).
+pub fn sqlite_execute(data_dir: &Path, sql: &str) {
+    let conn = rusqlite::Connection::open(data_dir.join("coffer.db")).expect("open coffer.db");
+    conn.busy_timeout(std::time::Duration::from_secs(10)).expect("set a busy timeout");
+    conn.execute_batch(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Runs `sql` on the PostgreSQL database at `url`.
+pub async fn postgres_execute(url: &str, sql: &str) {
+    admin(url, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// Runs one statement on a short-lived connection.

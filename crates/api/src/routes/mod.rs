@@ -156,7 +156,7 @@ pub async fn submit_one(
 ) -> Result<Outcome, ApiError> {
     let submission = Submission::one(command).traced(trace);
     let outcomes = state.store.submit(submission).await.map_err(|err| match (err, id) {
-        (err @ StoreError::OutcomeUnknown(_), Some(id)) => {
+        (err @ StoreError::OutcomeUnknown { .. }, Some(id)) => {
             let mut api = ApiError::from(err);
             api.detail = format!(
                 "the outcome of the write is unknown: retry with \"id\": \"{id}\" (or the same Idempotency-Key) to learn it"

@@ -20,8 +20,8 @@ pub async fn healthz() -> Response {
     json(StatusCode::OK, &Health { status: "ok" })
 }
 
-/// The store can be reached and the process is not shutting down; a load balancer sends
-/// traffic only while this is 200.
+/// The store can be reached and the process is not shutting down (nor stopping after a fatal
+/// error); a load balancer sends traffic only while this is 200.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, description = "Ready", body = Health), NotReady)
@@ -30,8 +30,15 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
     if state.shutdown.has_begun() {
         return Err(ApiError::new(ErrorCode::Unavailable, "this server is shutting down").retry_after(1));
     }
-    state.store.ping().await?;
-    Ok(json(StatusCode::OK, &Health { status: "ok" }))
+    match state.store.ping().await {
+        Ok(()) => Ok(json(StatusCode::OK, &Health { status: "ok" })),
+        // Not ready, and never again: the process is about to exit.
+        Err(e) if e.is_fatal() => {
+            Err(ApiError::new(ErrorCode::Unavailable, "this server stopped after an internal error")
+                .retry_after(1))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Prometheus metrics in the text exposition format.

@@ -160,6 +160,11 @@ impl App {
         self.send("GET", path, Some(token), None, &[]).await
     }
 
+    /// Runs `sql` on the store's database behind the store's back (see `TestStore::tamper`).
+    pub async fn tamper(&self, sql: &str) {
+        self._store.as_ref().expect("a store of the test's own").tamper(sql).await;
+    }
+
     /// A ledger `code` with scale 2.
     pub async fn ledger(&self, code: &str) {
         let r = self.post("/v1/ledgers", json!({"code": code, "scale": 2})).await;

@@ -69,6 +69,24 @@ impl Server {
         Self::run(command, data_dir.to_path_buf(), port).await
     }
 
+    /// A server on the PostgreSQL database at `database_url` (or, with none, on the embedded
+    /// store in `data_dir`) with more settings in the environment, writing its standard error
+    /// into `stderr`.
+    pub async fn start_with_stderr(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        env: &[(&str, &str)],
+        stderr: std::fs::File,
+    ) -> Self {
+        let port = free_port();
+        let mut command = Self::command(data_dir, port);
+        if let Some(url) = database_url {
+            command.env("COFFER_DATABASE_URL", url).env("COFFER_WEBHOOK_SECRET_KEYS", WEBHOOK_SECRET_KEY);
+        }
+        command.envs(env.iter().copied()).stderr(stderr);
+        Self::run(command, data_dir.to_path_buf(), port).await
+    }
+
     /// A server that speaks only TLS, with the PEM certificate and key at these paths; its
     /// readiness is asked over TLS, trusting `root` (PEM), the authority of its certificate.
     pub async fn start_tls(data_dir: &Path, cert: &Path, key: &Path, root: &str) -> Self {
@@ -123,6 +141,20 @@ impl Server {
 
     pub fn client(&self) -> Http {
         Http { base: format!("http://127.0.0.1:{}", self.port), inner: reqwest::Client::new() }
+    }
+
+    /// Waits up to `within` for the process to end on its own; how it ended, if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the child can be waited for") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGHUP: a server with TLS reads its certificate again.

@@ -108,7 +108,7 @@ pub(super) async fn administer(
                     let new = keys::create(tx, new.clone(), now).await?;
                     let old = keys::expire(tx, *old, *old_expires_at)
                         .await?
-                        .ok_or_else(|| StoreError::Unavailable("a locked key vanished".into()))?;
+                        .ok_or_else(|| StoreError::unavailable("a locked key vanished"))?;
                     AdminEffect::Rotated { new, old }
                 }
             }
@@ -196,7 +196,7 @@ pub(super) async fn outbox_insert(
     data: &str,
 ) -> StoreResult<()> {
     let event = LoneEvent::new(id, kind, subject, time, data)
-        .map_err(|e| StoreError::Invalid(format!("an audit event's data is not JSON: {e}")))?;
+        .map_err(|e| StoreError::invalid("an audit event's data is not JSON").because(e))?;
     let (head, tail) = event.chain();
     let no_trace: Option<&str> = None;
     let (ids, kinds, subjects) = ([id], [kind], [subject]);

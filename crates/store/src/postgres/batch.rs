@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use super::{codec, pg_error, pool_error};
 use crate::columns::{ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS, flags_bits, int, metadata_json};
+use crate::ledger::Core;
 use crate::outbox::Envelopes;
 use crate::sequencer::Backend;
 use crate::{StoreError, StoreResult};
@@ -40,6 +41,7 @@ pub(super) struct PgBackend {
     pub commit_timeout: Duration,
     /// Ledgers never change once created; a miss falls back to the table.
     pub ledgers: Mutex<HashMap<LedgerCode, Ledger>>,
+    pub core: Core,
 }
 
 /// Why an attempt at a batch did not commit.
@@ -86,7 +88,7 @@ impl Backend for PgBackend {
                     tracing::debug!(%why, conflicts, "batch conflicted with another writer; running it again");
                 }
                 Err(Failed::Conflict(why)) => {
-                    return Err(StoreError::Unavailable(format!("batch kept conflicting: {why}")));
+                    return Err(StoreError::unavailable(format!("batch kept conflicting: {why}")));
                 }
                 Err(Failed::Store(e)) => return Err(e),
             }
@@ -99,7 +101,7 @@ impl PgBackend {
         let client = self.pool.get().await.map_err(pool_error)?;
         match self.in_transaction(&client, submissions, now).await {
             Ok(outcomes) => Ok(outcomes),
-            Err(Failed::Store(StoreError::OutcomeUnknown(why))) => Err(unknown(client, why)),
+            Err(Failed::Store(e @ StoreError::OutcomeUnknown { .. })) => Err(unknown(client, e)),
             Err(failed) => {
                 // The transaction failed before its COMMIT: end it before the connection goes
                 // back to the pool, or drop the connection if even that fails.
@@ -130,7 +132,7 @@ impl PgBackend {
         lock_accounts(client, submissions, &mut state).await?;
         let loaded = started.elapsed();
 
-        let outcomes = coffer_ledger::apply(&mut state, submissions, now);
+        let outcomes = self.core.apply(&mut state, submissions, now)?;
         let changes = state.take_changes();
 
         // The writes and the COMMIT go out together, so the batch holds its row locks for one
@@ -142,16 +144,16 @@ impl PgBackend {
             // A statement the server refused aborted the transaction: the COMMIT behind it
             // could only roll back.
             Err(e) if e.code().is_some() => return Err(e.into()),
-            Err(e) => return Err(Failed::Store(StoreError::OutcomeUnknown(format!("commit lost: {e}")))),
+            Err(e) => return Err(Failed::Store(StoreError::outcome_unknown("commit lost").because(e))),
         }
         // Only the server's answer to the COMMIT says whether it happened.
         match committed {
             Ok(Ok(())) => {}
             Ok(Err(e)) if e.code().is_some() => return Err(e.into()),
-            Ok(Err(e)) => return Err(Failed::Store(StoreError::OutcomeUnknown(format!("commit lost: {e}")))),
+            Ok(Err(e)) => return Err(Failed::Store(StoreError::outcome_unknown("commit lost").because(e))),
             Err(_) => {
                 let why = format!("commit unanswered after {:?}", self.commit_timeout);
-                return Err(Failed::Store(StoreError::OutcomeUnknown(why)));
+                return Err(Failed::Store(StoreError::outcome_unknown(why)));
             }
         }
         tracing::debug!(
@@ -201,9 +203,9 @@ impl PgBackend {
 
 /// A commit whose answer never came: the connection cannot be trusted again, so it leaves the
 /// pool, and the client settles the outcome by retrying with the same ids.
-fn unknown(client: Client, why: String) -> Failed {
+fn unknown(client: Client, e: StoreError) -> Failed {
     drop(Object::take(client));
-    Failed::Store(StoreError::OutcomeUnknown(why))
+    Failed::Store(e)
 }
 
 /// Locks and loads every transfer the commands name: the holds they resolve (which must not

@@ -8,17 +8,20 @@ use coffer_ledger::{
 };
 use tokio_postgres::Row;
 
-use super::pg_error;
 use crate::chain::ChainHash;
 use crate::columns::flags;
 use crate::{OutboxEvent, StoreError, StoreResult};
 
+/// A value of `column` that is no valid value of its field: fatal damage.
 pub(super) fn damaged(column: &str, why: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("a stored row is damaged: column {column}: {why}"))
+    StoreError::corrupt(format!("column {column}: {why}"))
 }
 
+/// Column `column` of `row`; one that does not convert to `T` (a NULL where there must be a
+/// value, another type) is fatal damage.
 pub(super) fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, column: usize) -> StoreResult<T> {
-    row.try_get(column).map_err(pg_error)
+    row.try_get(column)
+        .map_err(|e| StoreError::corrupt(format!("column {column} does not decode")).because(e))
 }
 
 /// A stored chain link, when there is one: exactly 32 bytes, anything else is damage.

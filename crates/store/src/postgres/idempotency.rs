@@ -86,7 +86,7 @@ pub(super) async fn complete(
         .await
         .map_err(pg_error)?;
     if stored == 0 {
-        return Err(StoreError::Unavailable("no request with this Idempotency-Key is in flight".into()));
+        return Err(StoreError::unavailable("no request with this Idempotency-Key is in flight"));
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use coffer_ledger::{InvalidValue, Timestamp};
 use deadpool_postgres::{Client, GenericClient};
 use tokio_postgres::Row;
 
-use super::pg_error;
+use super::{codec, pg_error};
 use crate::{ApiKey, KeyId, NewApiKey, Scope, StoreError, StoreResult, TokenHash};
 
 const COLUMNS: &str = "id, name, scopes, rate_limit_per_second, created_at, revoked_at, expires_at";
@@ -16,25 +16,24 @@ const INSERT: &str = "INSERT INTO api_keys (id, name, scopes, rate_limit_per_sec
 const BOOTSTRAP_LOCK: i64 = 0x636f_6b65_7973; // "cokeys"
 
 fn key(row: &Row) -> StoreResult<ApiKey> {
-    let scopes: &str = row.try_get(2).map_err(pg_error)?;
+    let scopes: &str = codec::get(row, 2)?;
     let scopes = scopes
         .split(',')
         .filter(|s| !s.is_empty())
         .map(|s| {
-            Scope::parse(s).ok_or_else(|| {
-                StoreError::Unavailable(format!("damaged key row: {}", InvalidValue("unknown scope")))
-            })
+            Scope::parse(s)
+                .ok_or_else(|| StoreError::corrupt(format!("key row: {}", InvalidValue("unknown scope"))))
         })
         .collect::<StoreResult<Vec<_>>>()?;
-    let rate: Option<i64> = row.try_get(3).map_err(pg_error)?;
+    let rate: Option<i64> = codec::get(row, 3)?;
     Ok(ApiKey {
-        id: KeyId(row.try_get(0).map_err(pg_error)?),
-        name: row.try_get(1).map_err(pg_error)?,
+        id: KeyId(codec::get(row, 0)?),
+        name: codec::get(row, 1)?,
         scopes,
         rate_limit_per_second: rate.and_then(|r| u32::try_from(r).ok()),
-        created_at: Timestamp::from_micros(row.try_get(4).map_err(pg_error)?),
-        revoked_at: row.try_get::<_, Option<i64>>(5).map_err(pg_error)?.map(Timestamp::from_micros),
-        expires_at: row.try_get::<_, Option<i64>>(6).map_err(pg_error)?.map(Timestamp::from_micros),
+        created_at: Timestamp::from_micros(codec::get(row, 4)?),
+        revoked_at: codec::get::<Option<i64>>(row, 5)?.map(Timestamp::from_micros),
+        expires_at: codec::get::<Option<i64>>(row, 6)?.map(Timestamp::from_micros),
     })
 }
 
@@ -119,10 +118,10 @@ pub(super) async fn bare_token_hashes(client: &Client) -> StoreResult<Vec<TokenH
         .map_err(pg_error)?;
     rows.iter()
         .map(|row| {
-            let hash: &[u8] = row.try_get(0).map_err(pg_error)?;
+            let hash: &[u8] = codec::get(row, 0)?;
             hash.try_into()
                 .map(TokenHash)
-                .map_err(|_| StoreError::Unavailable("damaged key row: a token hash is not 32 bytes".into()))
+                .map_err(|_| StoreError::corrupt("key row: a token hash is not 32 bytes"))
         })
         .collect()
 }

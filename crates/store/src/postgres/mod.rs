@@ -34,10 +34,11 @@ use tokio::time::MissedTickBehavior;
 use self::batch::PgBackend;
 use crate::OutboxEvent;
 use crate::expiry::DueHolds;
+use crate::ledger::Core;
 use crate::sequencer::{BatchLimits, Sequencer};
 use crate::{
-    AccountFilter, ApiKey, Fingerprint, IdempotencyBegin, IdempotencyScope, KeyDirectory, KeyId, NewApiKey,
-    Page, PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse, TokenHash,
+    AccountFilter, ApiKey, Fingerprint, Halt, IdempotencyBegin, IdempotencyScope, KeyDirectory, KeyId,
+    NewApiKey, Page, PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse, TokenHash,
     TransferFilter,
 };
 
@@ -45,10 +46,10 @@ use crate::{
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) if refuses_the_data(db.code()) => {
-            StoreError::Invalid(format!("database error {}: {}", db.code().code(), db.message()))
+            StoreError::invalid(format!("database error {}: {}", db.code().code(), db.message())).because(e)
         }
-        Some(db) => StoreError::Unavailable(format!("database error {}: {}", db.code().code(), db.message())),
-        None => StoreError::Unavailable(format!("database unreachable: {}", with_causes(&e))),
+        Some(db) => StoreError::unavailable(format!("database error {}", db.code().code())).because(e),
+        None => StoreError::unavailable("database unreachable").because(e),
     }
 }
 
@@ -63,22 +64,7 @@ fn refuses_the_data(code: &tokio_postgres::error::SqlState) -> bool {
 }
 
 pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!("no database connection: {}", with_causes(&e)))
-}
-
-/// An error and what caused it: tokio-postgres says "error performing TLS handshake" and keeps
-/// the reason (an unknown authority, a certificate for another name) in its source.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        let said = inner.to_string();
-        if !text.contains(&said) {
-            text = format!("{text}: {said}");
-        }
-        cause = inner.source();
-    }
-    text
+    StoreError::unavailable("no database connection").because(e)
 }
 
 /// How often old idempotency answers are purged.
@@ -90,6 +76,7 @@ pub struct PgStore {
     /// Key look-ups only.
     keys: Pool,
     sequencer: Arc<Sequencer>,
+    halt: Halt,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -120,12 +107,14 @@ fn connect_error(at: &str, e: deadpool_postgres::PoolError) -> StoreError {
     let why = match &e {
         deadpool_postgres::PoolError::Backend(pg) => match pg.as_db_error() {
             Some(db) => db.message().to_owned(),
-            None => with_causes(pg),
+            // tokio-postgres says "error performing TLS handshake" and keeps the reason (an
+            // unknown authority, a certificate for another name) in its source.
+            None => crate::report(pg),
         },
         deadpool_postgres::PoolError::Timeout(_) => "no answer within the connect timeout".to_owned(),
-        other => with_causes(other),
+        other => crate::report(other),
     };
-    StoreError::Unavailable(format!("cannot connect to PostgreSQL at {at}: {why}"))
+    StoreError::unavailable(format!("cannot connect to PostgreSQL at {at}: {why}"))
 }
 
 /// A first connection from `pool`, whose servers are at `at`.
@@ -142,7 +131,7 @@ fn pool(url: &str, config: &StoreConfig) -> StoreResult<Pool> {
 fn pool_at(url: &str, config: &StoreConfig) -> StoreResult<(Pool, String)> {
     let tls = tls::from_url(url)?;
     let mut pg = tokio_postgres::Config::from_str(&tls.url)
-        .map_err(|e| StoreError::Unavailable(format!("invalid database URL: {e}")))?;
+        .map_err(|e| StoreError::unavailable(format!("invalid database URL: {e}")))?;
     let at = address(&pg);
     if let Some(mode) = tls.mode {
         pg.ssl_mode(mode);
@@ -184,7 +173,7 @@ fn pool_at(url: &str, config: &StoreConfig) -> StoreResult<(Pool, String)> {
         .recycle_timeout(Some(connect))
         .build()
         .map(|pool| (pool, at))
-        .map_err(|e| StoreError::Unavailable(format!("cannot build the connection pool: {e}")))
+        .map_err(|e| StoreError::unavailable(format!("cannot build the connection pool: {e}")))
 }
 
 /// Creates or upgrades the schema at `url` and answers its version (`coffer migrate`).
@@ -248,8 +237,10 @@ impl PgStore {
             pool: pool.clone(),
             commit_timeout: Duration::from_millis(config.commit_timeout_ms),
             ledgers: Mutex::new(HashMap::new()),
+            core: Core::new(&config),
         };
-        let sequencer = Arc::new(Sequencer::start(backend, limits, config.queue_capacity));
+        let halt = Halt::default();
+        let sequencer = Arc::new(Sequencer::start(backend, limits, config.queue_capacity, halt.clone()));
         let retention = Duration::from_secs(config.idempotency_retention_hours.saturating_mul(3600));
         let tasks = vec![
             crate::expiry::spawn(
@@ -260,7 +251,7 @@ impl PgStore {
             ),
             spawn_purge(pool.clone(), retention),
         ];
-        Ok(Arc::new(PgStore { pool, keys, sequencer, tasks: Mutex::new(tasks) }))
+        Ok(Arc::new(PgStore { pool, keys, sequencer, halt, tasks: Mutex::new(tasks) }))
     }
 
     async fn client(&self) -> StoreResult<Client> {
@@ -316,28 +307,31 @@ impl Store for PgStore {
         self.sequencer.submit(submission).await
     }
 
+    // The reads of money and events stop the store themselves when they meet a damaged row
+    // (`Halt::watch`); the API stops it for any other read a request makes.
+
     async fn ledger(&self, code: LedgerCode) -> StoreResult<Option<Ledger>> {
-        read::ledger(&self.client().await?, code).await
+        self.halt.watch(read::ledger(&self.client().await?, code).await)
     }
 
     async fn ledgers(&self, page: PageRequest) -> StoreResult<Page<Ledger>> {
-        read::ledgers(&self.client().await?, page).await
+        self.halt.watch(read::ledgers(&self.client().await?, page).await)
     }
 
     async fn account(&self, id: AccountId) -> StoreResult<Option<Account>> {
-        read::account(&self.client().await?, id).await
+        self.halt.watch(read::account(&self.client().await?, id).await)
     }
 
     async fn accounts(&self, filter: AccountFilter, page: PageRequest) -> StoreResult<Page<Account>> {
-        read::accounts(&self.client().await?, filter, page).await
+        self.halt.watch(read::accounts(&self.client().await?, filter, page).await)
     }
 
     async fn transfer(&self, id: TransferId) -> StoreResult<Option<Transfer>> {
-        read::transfer(&self.client().await?, id).await
+        self.halt.watch(read::transfer(&self.client().await?, id).await)
     }
 
     async fn transfers(&self, filter: TransferFilter, page: PageRequest) -> StoreResult<Page<Transfer>> {
-        read::transfers(&self.client().await?, filter, page).await
+        self.halt.watch(read::transfers(&self.client().await?, filter, page).await)
     }
 
     async fn create_key(&self, key: NewApiKey) -> StoreResult<ApiKey> {
@@ -381,7 +375,7 @@ impl Store for PgStore {
     }
 
     async fn events_after(&self, position: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
-        read::events_after(&self.client().await?, position, limit).await
+        self.halt.watch(read::events_after(&self.client().await?, position, limit).await)
     }
 
     async fn last_event_position(&self) -> StoreResult<i64> {
@@ -396,16 +390,23 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
+        if let Some(cause) = self.halt.cause() {
+            return Err(cause);
+        }
         if !self.sequencer.is_open() {
-            return Err(StoreError::Unavailable("the store's writer is stopped".into()));
+            return Err(StoreError::unavailable("the store's writer is stopped"));
         }
         // Only a primary can take writes: a replica still connected to a demoted node is not ready.
         let row =
             self.client().await?.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(pg_error)?;
         if row.get::<_, bool>(0) {
-            return Err(StoreError::Unavailable("the database is a read-only standby".into()));
+            return Err(StoreError::unavailable("the database is a read-only standby"));
         }
         Ok(())
+    }
+
+    fn halt(&self) -> &Halt {
+        &self.halt
     }
 
     async fn shutdown(&self) {

@@ -334,7 +334,7 @@ pub(crate) async fn migrate(client: &mut Client) -> StoreResult<i64> {
             .map_err(pg_error)?
             .get(0);
         if current > SCHEMA_VERSION {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::unavailable(format!(
                 "the database is at schema version {current}, newer than this binary's {SCHEMA_VERSION}"
             )));
         }

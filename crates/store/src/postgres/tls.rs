@@ -43,7 +43,7 @@ pub struct Tls {
 }
 
 fn invalid(why: String) -> StoreError {
-    StoreError::Unavailable(format!("invalid database URL: {why}"))
+    StoreError::unavailable(format!("invalid database URL: {why}"))
 }
 
 /// Takes `sslmode` and `sslrootcert` out of `url` and makes the connector they ask for.

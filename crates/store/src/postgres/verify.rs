@@ -25,7 +25,7 @@ pub async fn verify(url: &str, progress: &dyn Progress) -> StoreResult<Report> {
         .get(0);
     let version = version.unwrap_or(0);
     if version < schema::SCHEMA_VERSION {
-        return Err(StoreError::Unavailable(format!(
+        return Err(StoreError::unavailable(format!(
             "the database is at schema version {version}, older than this binary's {}: run `coffer migrate` first",
             schema::SCHEMA_VERSION
         )));

@@ -25,7 +25,7 @@ pub fn migrate(dir: &Path) -> StoreResult<u32> {
 pub fn create_key(dir: &Path, key: NewApiKey, by: &AuditContext) -> StoreResult<ApiKey> {
     let mut conn = schema::open_writer(dir)?;
     let done = audit::administer_alone(&mut conn, &AdminChange::CreateKey(key), by).map_err(db_error)?;
-    done.effect.made_key().ok_or_else(|| StoreError::Unavailable("a key create made no key".into()))
+    done.effect.made_key().ok_or_else(|| StoreError::unavailable("a key create made no key"))
 }
 
 pub fn list_keys(dir: &Path) -> StoreResult<Vec<ApiKey>> {

@@ -21,6 +21,7 @@ use super::codec::{self, ACCOUNT_COLUMNS, LEDGER_COLUMNS, TRANSFER_COLUMNS};
 use super::db_error;
 use super::postings::Postings;
 use super::write::write_changes;
+use crate::ledger::Core;
 use crate::sequencer::Backend;
 use crate::{StoreError, StoreResult};
 
@@ -63,6 +64,7 @@ pub(crate) fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
 /// Runs batches on the write connection, off the async runtime.
 pub(crate) struct SqliteBackend {
     pub writer: SharedWriter,
+    pub core: Core,
 }
 
 #[async_trait]
@@ -72,12 +74,12 @@ impl Backend for SqliteBackend {
         submissions: Arc<[Submission]>,
         now: Timestamp,
     ) -> StoreResult<Vec<Vec<Outcome>>> {
-        let writer = self.writer.clone();
-        match tokio::task::spawn_blocking(move || lock(&writer).apply(&submissions, now)).await {
+        let (writer, core) = (self.writer.clone(), self.core);
+        match tokio::task::spawn_blocking(move || lock(&writer).apply(&submissions, now, core)).await {
             Ok(result) => result,
             // A panic in the core is a broken invariant: let it stop the writer rather than go on.
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(StoreError::Unavailable(format!("batch cancelled: {e}"))),
+            Err(e) => Err(StoreError::unavailable("batch cancelled").because(e)),
         }
     }
 }
@@ -102,14 +104,19 @@ enum Lookup {
 }
 
 impl Writer {
-    fn apply(&mut self, submissions: &[Submission], now: Timestamp) -> StoreResult<Vec<Vec<Outcome>>> {
-        if let Some(outcomes) = self.attempt(submissions, now, Lookup::Resolved)? {
+    fn apply(
+        &mut self,
+        submissions: &[Submission],
+        now: Timestamp,
+        core: Core,
+    ) -> StoreResult<Vec<Vec<Outcome>>> {
+        if let Some(outcomes) = self.attempt(submissions, now, Lookup::Resolved, core)? {
             return Ok(outcomes);
         }
         // A command reused an existing id (a client retrying): redo the batch the careful way.
         metrics::counter!("coffer_store_batch_retries_total").increment(1);
-        self.attempt(submissions, now, Lookup::All)?
-            .ok_or_else(|| StoreError::Unavailable("a batch found a taken id after looking all up".into()))
+        self.attempt(submissions, now, Lookup::All, core)?
+            .ok_or_else(|| StoreError::unavailable("a batch found a taken id after looking all up"))
     }
 
     /// Runs the batch in one transaction; `None` when `Lookup::Resolved` met a taken id, and
@@ -119,6 +126,7 @@ impl Writer {
         submissions: &[Submission],
         now: Timestamp,
         lookup: Lookup,
+        core: Core,
     ) -> StoreResult<Option<Vec<Vec<Outcome>>>> {
         let started = Instant::now();
         let postings = match &mut self.postings {
@@ -133,7 +141,7 @@ impl Writer {
         load_accounts(&tx, &mut self.accounts, submissions, &mut state, &mut rows).map_err(db_error)?;
         let loaded = started.elapsed();
 
-        let outcomes = coffer_ledger::apply(&mut state, submissions, now);
+        let outcomes = core.apply(&mut state, submissions, now)?;
         // A refused command never reaches the insert that would reveal its id as taken, and the
         // core answers a taken id before any refusal: check those ids now.
         if lookup == Lookup::Resolved && refused_ids_taken(&tx, submissions, &outcomes).map_err(db_error)? {
@@ -152,7 +160,7 @@ impl Writer {
         if let Err(e) = tx.commit() {
             self.postings = None;
             self.accounts.clear();
-            return Err(StoreError::OutcomeUnknown(format!("commit failed: {e}")));
+            return Err(StoreError::outcome_unknown("commit failed").because(e));
         }
         postings.committed(staged);
         for account in changes.accounts_created.iter().chain(&changes.balances) {

@@ -32,7 +32,7 @@ pub(crate) fn offload(writer: &mut Connection, dir: &Path) -> StoreResult<()> {
     std::thread::Builder::new()
         .name("coffer-checkpoint".into())
         .spawn(move || run(checkpointer, nudges))
-        .map_err(|e| crate::StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
+        .map_err(|e| crate::StoreError::unavailable(format!("cannot start the checkpointer: {e}")))?;
     let hook = move |wal: &mut Wal, pages: c_int| {
         if pages >= WRITER_PAGES {
             // Busy only if the background checkpoint is running right now; it then does the work.

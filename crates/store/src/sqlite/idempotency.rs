@@ -125,15 +125,15 @@ impl Idempotency {
     /// Stores the answer durably, then frees the key.
     pub async fn complete(&self, scope: &IdempotencyScope, response: StoredResponse) -> StoreResult<()> {
         let Some((fingerprint, token)) = self.marks().get(scope).map(|m| (m.fingerprint, m.token)) else {
-            return Err(StoreError::Unavailable("no request with this Idempotency-Key is in flight".into()));
+            return Err(StoreError::unavailable("no request with this Idempotency-Key is in flight"));
         };
         let (reply, stored) = oneshot::channel();
         let completion = Completion { scope: scope.clone(), fingerprint, response, reply };
         let result = match self.completions.send(completion).await {
-            Ok(()) => stored
-                .await
-                .unwrap_or_else(|_| Err(StoreError::OutcomeUnknown("the answer writer stopped".into()))),
-            Err(_) => Err(StoreError::Unavailable("the store is shut down".into())),
+            Ok(()) => {
+                stored.await.unwrap_or_else(|_| Err(StoreError::outcome_unknown("the answer writer stopped")))
+            }
+            Err(_) => Err(StoreError::unavailable("the store is shut down")),
         };
         // Stored or not, the request is over: a retry now replays the answer or proceeds afresh.
         self.release(scope, token);
@@ -176,7 +176,7 @@ async fn store_answers(writer: SharedWriter, mut queue: mpsc::Receiver<Completio
         let now = Timestamp::now();
         let result = tokio::task::spawn_blocking(move || insert_answers(&mut lock(&writer).conn, &rows, now))
             .await
-            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("answer writer failed: {e}"))));
+            .unwrap_or_else(|e| Err(StoreError::unavailable("answer writer failed").because(e)));
         for reply in replies {
             let _ = reply.send(result.clone());
         }
@@ -209,7 +209,7 @@ fn insert_answers(conn: &mut Connection, rows: &[Answer], now: Timestamp) -> Sto
                 .map_err(db_error)?;
         }
     }
-    tx.commit().map_err(|e| StoreError::OutcomeUnknown(format!("commit failed: {e}")))
+    tx.commit().map_err(|e| StoreError::outcome_unknown("commit failed").because(e))
 }
 
 /// Deletes answers stored before `before`, a bounded number per transaction so the writer is

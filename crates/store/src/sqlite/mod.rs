@@ -37,34 +37,49 @@ use tokio::task::JoinHandle;
 use self::batch::{SharedWriter, SqliteBackend, Writer, lock};
 use self::idempotency::Idempotency;
 use self::read::ReadPool;
+use crate::ledger::Core;
 use crate::sequencer::{BatchLimits, Sequencer};
 use crate::{
-    AccountFilter, ApiKey, Fingerprint, IdempotencyBegin, IdempotencyScope, KeyDirectory, KeyId, NewApiKey,
-    OutboxEvent, Page, PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse, TokenHash,
-    TransferFilter,
+    AccountFilter, ApiKey, Fingerprint, Halt, IdempotencyBegin, IdempotencyScope, KeyDirectory, KeyId,
+    NewApiKey, OutboxEvent, Page, PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse,
+    TokenHash, TransferFilter,
 };
 
 /// A database error: the statement did not apply.
 pub(crate) fn db_error(e: rusqlite::Error) -> StoreError {
-    use rusqlite::ffi;
+    use rusqlite::{Error, ErrorCode, ffi};
+    // A value that does not decode into its record (the codec refused it, or it has the wrong
+    // type) or a file SQLite finds malformed is damage: fatal, never a "try again".
+    let damaged =
+        matches!(
+            e,
+            Error::FromSqlConversionFailure(..)
+                | Error::InvalidColumnType(..)
+                | Error::IntegralValueOutOfRange(..)
+                | Error::Utf8Error(..)
+        ) || matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase));
+    if damaged {
+        return StoreError::corrupt("a value read from the database does not decode").because(e);
+    }
     // Errors about the values a statement carried (a string or blob over SQLite's size limit, a
     // CHECK or NOT NULL constraint) are the request's fault; the rest are the database's state.
     let refuses_the_data = matches!(
         e.sqlite_error(),
-        Some(f) if f.code == rusqlite::ErrorCode::TooBig
+        Some(f) if f.code == ErrorCode::TooBig
             || f.extended_code == ffi::SQLITE_CONSTRAINT_CHECK
             || f.extended_code == ffi::SQLITE_CONSTRAINT_NOTNULL
     );
     if refuses_the_data {
-        StoreError::Invalid(format!("database error: {e}"))
+        StoreError::invalid(format!("database error: {e}")).because(e)
     } else {
-        StoreError::Unavailable(format!("database error: {e}"))
+        StoreError::unavailable("database error").because(e)
     }
 }
 
 /// The SQLite-backed [`Store`].
 pub struct SqliteStore {
     sequencer: Arc<Sequencer>,
+    halt: Halt,
     writer: SharedWriter,
     reads: Arc<ReadPool>,
     idempotency: Idempotency,
@@ -77,9 +92,9 @@ pub struct SqliteStore {
 /// no lock and writes nothing, so it runs beside the server that owns the dir.
 pub async fn key_directory(dir: &Path) -> StoreResult<Arc<dyn KeyDirectory>> {
     let dir = dir.to_owned();
-    let reads = tokio::task::spawn_blocking(move || ReadPool::open(&dir, 2))
+    let reads = tokio::task::spawn_blocking(move || ReadPool::open(&dir, 2, Halt::default()))
         .await
-        .map_err(|e| StoreError::Unavailable(format!("open failed: {e}")))??;
+        .map_err(|e| StoreError::unavailable("open failed").because(e))??;
     Ok(Arc::new(reads))
 }
 
@@ -112,17 +127,21 @@ impl SqliteStore {
     pub async fn open(dir: &Path, config: StoreConfig) -> StoreResult<Arc<SqliteStore>> {
         config.validate()?;
         let dir = dir.to_owned();
+        let halt = Halt::default();
         // Opening and migrating block on the file system: keep that off the async workers.
-        let (lock_file, writer, reads) = tokio::task::spawn_blocking(move || -> StoreResult<_> {
-            let lock_file = lock_data_dir(&dir)?;
-            let mut conn = schema::open_writer(&dir)?;
-            checkpoint::offload(&mut conn, &dir)?;
-            let writer = Writer::new(conn)?;
-            let reads = ReadPool::open(&dir, config.read_connections)?;
-            Ok((lock_file, writer, reads))
+        let (lock_file, writer, reads) = tokio::task::spawn_blocking({
+            let halt = halt.clone();
+            move || -> StoreResult<_> {
+                let lock_file = lock_data_dir(&dir)?;
+                let mut conn = schema::open_writer(&dir)?;
+                checkpoint::offload(&mut conn, &dir)?;
+                let writer = Writer::new(conn)?;
+                let reads = ReadPool::open(&dir, config.read_connections, halt)?;
+                Ok((lock_file, writer, reads))
+            }
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("open failed: {e}")))??;
+        .map_err(|e| StoreError::unavailable("open failed").because(e))??;
 
         let writer: SharedWriter = Arc::new(Mutex::new(writer));
         let limits = BatchLimits {
@@ -130,8 +149,8 @@ impl SqliteStore {
             wait: Duration::from_micros(config.batch_wait_us),
             in_flight: 1,
         };
-        let backend = SqliteBackend { writer: writer.clone() };
-        let sequencer = Arc::new(Sequencer::start(backend, limits, config.queue_capacity));
+        let backend = SqliteBackend { writer: writer.clone(), core: Core::new(&config) };
+        let sequencer = Arc::new(Sequencer::start(backend, limits, config.queue_capacity, halt.clone()));
         let (idempotency, answers) = Idempotency::start(writer.clone());
         let retention = Duration::from_secs(config.idempotency_retention_hours.saturating_mul(3600));
         let tasks = vec![
@@ -146,6 +165,7 @@ impl SqliteStore {
         ];
         Ok(Arc::new(SqliteStore {
             sequencer,
+            halt,
             writer,
             reads,
             idempotency,
@@ -163,7 +183,7 @@ impl SqliteStore {
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || write(&lock(&writer).conn))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("write failed: {e}")))?
+            .map_err(|e| StoreError::unavailable("write failed").because(e))?
             .map_err(db_error)
     }
 
@@ -175,23 +195,24 @@ impl SqliteStore {
 }
 
 fn lock_data_dir(dir: &Path) -> StoreResult<File> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StoreError::unavailable(format!("cannot create data dir {}", dir.display())).because(e)
+    })?;
     let path = dir.join("coffer.lock");
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::unavailable(format!("cannot open {}", path.display())).because(e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+        Err(TryLockError::WouldBlock) => Err(StoreError::unavailable(format!(
             "data dir {} is in use by another coffer process",
             dir.display()
         ))),
         Err(TryLockError::Error(e)) => {
-            Err(StoreError::Unavailable(format!("cannot lock {}: {e}", path.display())))
+            Err(StoreError::unavailable(format!("cannot lock {}", path.display())).because(e))
         }
     }
 }
@@ -291,10 +312,17 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
+        if let Some(cause) = self.halt.cause() {
+            return Err(cause);
+        }
         if !self.sequencer.is_open() {
-            return Err(StoreError::Unavailable("the store's writer is stopped".into()));
+            return Err(StoreError::unavailable("the store's writer is stopped"));
         }
         self.reads.run(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    fn halt(&self) -> &Halt {
+        &self.halt
     }
 
     async fn shutdown(&self) {

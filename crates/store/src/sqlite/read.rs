@@ -13,19 +13,23 @@ use tokio::sync::Semaphore;
 use super::codec::{self, ACCOUNT_COLUMNS, LEDGER_COLUMNS, OUTBOX_COLUMNS, TRANSFER_COLUMNS};
 use super::{db_error, postings, schema};
 use crate::chain::{ChainLink, OutboxChain};
-use crate::{AccountFilter, Cursor, OutboxEvent, Page, PageRequest, StoreError, StoreResult, TransferFilter};
+use crate::{
+    AccountFilter, Cursor, Halt, OutboxEvent, Page, PageRequest, StoreError, StoreResult, TransferFilter,
+};
 
 /// Read-only connections, each used by one blocking task at a time.
 pub(crate) struct ReadPool {
     idle: Mutex<Vec<Connection>>,
     /// One permit per connection: a reader waits here (asynchronously) for a free connection.
     permits: Semaphore,
+    /// Tripped by a read that meets a damaged row.
+    halt: Halt,
 }
 
 impl ReadPool {
-    pub fn open(dir: &Path, size: usize) -> StoreResult<Arc<Self>> {
+    pub fn open(dir: &Path, size: usize, halt: Halt) -> StoreResult<Arc<Self>> {
         let conns = (0..size).map(|_| schema::open_reader(dir)).collect::<StoreResult<Vec<_>>>()?;
-        Ok(Arc::new(Self { idle: Mutex::new(conns), permits: Semaphore::new(size) }))
+        Ok(Arc::new(Self { idle: Mutex::new(conns), permits: Semaphore::new(size), halt }))
     }
 
     /// Runs `read` on a pooled connection in a blocking task.
@@ -34,15 +38,19 @@ impl ReadPool {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let permit = self.permits.acquire().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| StoreError::unavailable("no read connection").because(e))?;
         let pool = Arc::clone(self);
         let task = tokio::task::spawn_blocking(move || {
             let lease = Lease::take(&pool);
             read(lease.conn())
         });
-        let result = task.await.map_err(|e| StoreError::Unavailable(format!("read failed: {e}")))?;
+        let result = task.await.map_err(|e| StoreError::unavailable("read failed").because(e))?;
         drop(permit);
-        result.map_err(db_error)
+        self.halt.watch(result.map_err(db_error))
     }
 }
 

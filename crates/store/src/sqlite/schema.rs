@@ -27,7 +27,7 @@ const STATEMENT_CACHE: usize = 64;
 /// Opens the read-write connection, creating the file and the directory, and migrates.
 pub(crate) fn open_writer(dir: &Path) -> StoreResult<Connection> {
     std::fs::create_dir_all(dir)
-        .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display())))?;
+        .map_err(|e| StoreError::unavailable(format!("cannot create data dir {}: {e}", dir.display())))?;
     let mut conn = Connection::open(db_path(dir)).map_err(db_error)?;
     configure(&conn).map_err(db_error)?;
     // WAL lets readers run beside the writer; it is a property of the file, kept once set.
@@ -329,7 +329,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<u32> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_error)?;
     let current: u32 = tx.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(db_error)?;
     if current > SCHEMA_VERSION {
-        return Err(StoreError::Unavailable(format!(
+        return Err(StoreError::unavailable(format!(
             "the database is at schema version {current}, newer than this binary's {SCHEMA_VERSION}"
         )));
     }

@@ -13,12 +13,12 @@ use crate::{StoreError, StoreResult};
 /// Verifies the store in `dir` (see [`crate::verify`]).
 pub fn verify(dir: &Path, progress: &dyn Progress) -> StoreResult<Report> {
     if !super::admin::exists(dir) {
-        return Err(StoreError::Unavailable(format!("no store in {}", dir.display())));
+        return Err(StoreError::unavailable(format!("no store in {}", dir.display())));
     }
     let mut conn = schema::open_reader(dir)?;
     let version: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(db_error)?;
     if version < schema::SCHEMA_VERSION {
-        return Err(StoreError::Unavailable(format!(
+        return Err(StoreError::unavailable(format!(
             "the store is at schema version {version}, older than this binary's {}: run `coffer migrate` first",
             schema::SCHEMA_VERSION
         )));

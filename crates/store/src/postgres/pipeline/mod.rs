@@ -23,7 +23,7 @@ pub(super) fn commit_error(e: tokio_postgres::Error) -> StoreError {
     if e.as_db_error().is_some() {
         return pg_error(e);
     }
-    StoreError::OutcomeUnknown(format!("commit lost: {e}"))
+    StoreError::outcome_unknown("commit lost").because(e)
 }
 
 /// A `LIMIT` parameter: PostgreSQL counts rows in BIGINT.

@@ -34,12 +34,12 @@ impl SqliteStore {
             let tx =
                 Transaction::new_unchecked(&writer.conn, TransactionBehavior::Immediate).map_err(db_error)?;
             let value = work(&tx).map_err(db_error)?;
-            tx.commit().map_err(|e| StoreError::OutcomeUnknown(format!("commit failed: {e}")))?;
+            tx.commit().map_err(|e| StoreError::outcome_unknown("commit failed").because(e))?;
             Ok(value)
         };
         tokio::task::spawn_blocking(run)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("write failed: {e}")))?
+            .map_err(|e| StoreError::unavailable("write failed").because(e))?
     }
 }
 
