@@ -66,6 +66,32 @@ struct CloudEvent<'a> {
     kind: &'a str,
 }
 
+impl<'a> CloudEvent<'a> {
+    /// A new event of Coffer's, before it has a position or a link: what a writer hashes.
+    fn fresh(
+        data: &'a RawValue,
+        id: Uuid,
+        kind: &'a str,
+        subject: Uuid,
+        time: &'a str,
+        traceparent: Option<&'a str>,
+    ) -> Self {
+        CloudEvent {
+            chainhash: None,
+            data,
+            datacontenttype: "application/json",
+            id,
+            sequence: "",
+            source: "coffer",
+            specversion: "1.0",
+            subject,
+            time,
+            traceparent,
+            kind,
+        }
+    }
+}
+
 impl OutboxEvent {
     /// The CloudEvent the relay publishes, `chainhash` included. Fails only if `data` is not
     /// JSON, which the store never writes.
@@ -186,19 +212,14 @@ impl<'a> Envelopes<'a> {
             let chain_start = json.len();
             let split = write_chain_bytes(
                 &mut json,
-                CloudEvent {
-                    chainhash: None,
-                    data: &raw,
-                    datacontenttype: "application/json",
+                CloudEvent::fresh(
+                    &raw,
                     id,
-                    sequence: "",
-                    source: "coffer",
-                    specversion: "1.0",
-                    subject: emitted.event.subject(),
-                    time: &time,
-                    traceparent: emitted.trace.as_ref().map(TraceParent::as_str),
-                    kind: emitted.event.kind().cloud_event_type(),
-                },
+                    emitted.event.kind().cloud_event_type(),
+                    emitted.event.subject(),
+                    &time,
+                    emitted.trace.as_ref().map(TraceParent::as_str),
+                ),
             );
             rows.push(Row { id, data, chain: chain_start..json.len(), split });
         }
@@ -252,22 +273,7 @@ impl LoneEvent {
         let raw = RawValue::from_string(data.clone())?;
         let mut chain = Vec::with_capacity(data.len() + 300);
         let time = time.to_rfc3339();
-        let split = write_chain_bytes(
-            &mut chain,
-            CloudEvent {
-                chainhash: None,
-                data: &raw,
-                datacontenttype: "application/json",
-                id,
-                sequence: "",
-                source: "coffer",
-                specversion: "1.0",
-                subject,
-                time: &time,
-                traceparent: None,
-                kind,
-            },
-        );
+        let split = write_chain_bytes(&mut chain, CloudEvent::fresh(&raw, id, kind, subject, &time, None));
         Ok(LoneEvent { data, chain, split })
     }
 
