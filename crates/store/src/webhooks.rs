@@ -116,6 +116,44 @@ pub enum AttemptResult {
     Dead,
 }
 
+impl AttemptResult {
+    /// What the delivery becomes: its status, and when a delivery still pending is next due.
+    pub fn settles_as(self) -> (DeliveryStatus, Option<Timestamp>) {
+        match self {
+            Self::Succeeded => (DeliveryStatus::Succeeded, None),
+            Self::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+            Self::Dead => (DeliveryStatus::Dead, None),
+        }
+    }
+}
+
+/// A delivery the fan-out decided to make: the endpoint it goes to and the event it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NewDelivery<'a> {
+    /// A v7 UUID made in fan-out order, so deliveries sort by creation.
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub event: &'a WebhookEvent,
+}
+
+/// The fan-out, the same on every backend: one delivery per event, in event order, for each
+/// endpoint subscribed to its type, in the order `endpoints` lists them (oldest first).
+/// `endpoints` pairs each endpoint's id with its subscribed types.
+pub(crate) fn fan_out<'a>(
+    events: impl IntoIterator<Item = &'a WebhookEvent>,
+    endpoints: &[(Uuid, Vec<String>)],
+) -> Vec<NewDelivery<'a>> {
+    let mut deliveries = Vec::new();
+    for event in events {
+        for (webhook_id, subscribed) in endpoints {
+            if subscribed.contains(&event.kind) {
+                deliveries.push(NewDelivery { id: Uuid::now_v7(), webhook_id: *webhook_id, event });
+            }
+        }
+    }
+    deliveries
+}
+
 #[async_trait]
 pub trait Webhooks: Send + Sync {
     /// Registers `webhook`, or, when its id is taken, changes nothing and answers the endpoint
@@ -174,4 +212,36 @@ pub trait Webhooks: Send + Sync {
     /// Makes a delivery pending again, due at `now`, with its attempt count back at 0 (manual
     /// redelivery, typically of a dead one); answers false when there is no such delivery.
     async fn redeliver(&self, id: Uuid, now: Timestamp) -> StoreResult<bool>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str) -> WebhookEvent {
+        WebhookEvent { id: Uuid::now_v7(), kind: kind.into(), payload: "{}".into() }
+    }
+
+    #[test]
+    fn fan_out_makes_one_delivery_per_subscribed_endpoint_in_order() {
+        let (created, posted) = (event("coffer.transfer.created"), event("coffer.transfer.posted"));
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let endpoints = [
+            (a, vec!["coffer.transfer.created".to_owned()]),
+            (b, vec!["coffer.transfer.posted".to_owned(), "coffer.transfer.created".to_owned()]),
+        ];
+        let deliveries = fan_out([&created, &posted], &endpoints);
+        let made: Vec<(Uuid, Uuid)> = deliveries.iter().map(|d| (d.event.id, d.webhook_id)).collect();
+        assert_eq!(made, [(created.id, a), (created.id, b), (posted.id, b)]);
+        assert!(deliveries.windows(2).all(|w| w[0].id < w[1].id), "ids sort by creation");
+        assert!(fan_out([&event("coffer.account.created")], &endpoints).is_empty());
+    }
+
+    #[test]
+    fn an_attempt_settles_the_delivery() {
+        let at = Timestamp::from_micros(7);
+        assert_eq!(AttemptResult::Succeeded.settles_as(), (DeliveryStatus::Succeeded, None));
+        assert_eq!(AttemptResult::RetryAt(at).settles_as(), (DeliveryStatus::Pending, Some(at)));
+        assert_eq!(AttemptResult::Dead.settles_as(), (DeliveryStatus::Dead, None));
+    }
 }

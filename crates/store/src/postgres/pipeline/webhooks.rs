@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use super::super::{PgStore, codec, pg_error};
 use super::{commit_error, count_u32, first_of_each, row_limit};
+use crate::webhooks::fan_out;
 use crate::{
-    AttemptResult, Delivery, DeliveryAttempt, DeliveryStatus, StoreResult, Webhook, WebhookEvent,
-    WebhookSecrets, Webhooks,
+    Delivery, DeliveryAttempt, DeliveryStatus, StoreResult, Webhook, WebhookEvent, WebhookSecrets, Webhooks,
 };
 
 /// Queries name deliveries `d` and endpoints `w`; the decoders below read columns in this order.
@@ -114,11 +114,8 @@ impl Webhooks for PgStore {
     }
 
     async fn record_attempt(&self, delivery_id: Uuid, attempt: DeliveryAttempt) -> StoreResult<()> {
-        let (status, next) = match attempt.next {
-            AttemptResult::Succeeded => (DeliveryStatus::Succeeded, None),
-            AttemptResult::RetryAt(at) => (DeliveryStatus::Pending, Some(at.as_micros())),
-            AttemptResult::Dead => (DeliveryStatus::Dead, None),
-        };
+        let (status, next) = attempt.next.settles_as();
+        let next = next.map(Timestamp::as_micros);
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
@@ -278,20 +275,12 @@ async fn insert_deliveries(
         .iter()
         .map(|row| Ok((codec::get::<Uuid>(row, 0)?, codec::get::<Vec<String>>(row, 1)?)))
         .collect::<StoreResult<Vec<_>>>()?;
-    let (mut ids, mut webhook_ids, mut event_ids, mut types, mut payloads) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for event in events {
-        for (webhook_id, subscribed) in &endpoints {
-            if !subscribed.contains(&event.kind) {
-                continue;
-            }
-            ids.push(Uuid::now_v7());
-            webhook_ids.push(*webhook_id);
-            event_ids.push(event.id);
-            types.push(event.kind.as_str());
-            payloads.push(event.payload.as_str());
-        }
-    }
+    let deliveries = fan_out(events.iter().copied(), &endpoints);
+    let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+    let webhook_ids: Vec<Uuid> = deliveries.iter().map(|d| d.webhook_id).collect();
+    let event_ids: Vec<Uuid> = deliveries.iter().map(|d| d.event.id).collect();
+    let types: Vec<&str> = deliveries.iter().map(|d| d.event.kind.as_str()).collect();
+    let payloads: Vec<&str> = deliveries.iter().map(|d| d.event.payload.as_str()).collect();
     if ids.is_empty() {
         return Ok(0);
     }

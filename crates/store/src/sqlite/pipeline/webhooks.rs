@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use super::{SqliteStore, count, mark_processed, sql_limit};
 use crate::sqlite::codec::{invalid, small, timestamp, uuid};
+use crate::webhooks::fan_out;
 use crate::{
-    AttemptResult, Delivery, DeliveryAttempt, DeliveryStatus, StoreResult, Webhook, WebhookEvent,
-    WebhookSecrets, Webhooks,
+    Delivery, DeliveryAttempt, DeliveryStatus, StoreResult, Webhook, WebhookEvent, WebhookSecrets, Webhooks,
 };
 
 const WEBHOOK_COLUMNS: &str =
@@ -172,7 +172,8 @@ fn enqueue(
     now: Timestamp,
 ) -> rusqlite::Result<usize> {
     // Endpoints are few and read once per call, not once per event.
-    let endpoints = endpoints(conn)?;
+    let endpoints: Vec<(Uuid, Vec<String>)> =
+        endpoints(conn)?.into_iter().map(|w| (w.id, w.event_types)).collect();
     let mut insert = conn.prepare_cached(
         "INSERT INTO webhook_deliveries \
              (id, webhook_id, event_id, event_type, payload, status, attempts, next_attempt_at, \
@@ -180,22 +181,22 @@ fn enqueue(
          VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6) \
          ON CONFLICT (webhook_id, event_id) DO NOTHING",
     )?;
-    let mut created = 0;
+    let mut fresh = Vec::with_capacity(events.len());
     for event in events {
-        if !mark_processed(conn, consumer, event.id)? {
-            continue;
+        if mark_processed(conn, consumer, event.id)? {
+            fresh.push(event);
         }
-        for endpoint in endpoints.iter().filter(|w| w.event_types.contains(&event.kind)) {
-            // v7 ids made in one process only grow, so deliveries sort by creation.
-            created += insert.execute(params![
-                Uuid::now_v7().as_bytes(),
-                endpoint.id.as_bytes(),
-                event.id.as_bytes(),
-                event.kind,
-                event.payload,
-                now.as_micros(),
-            ])?;
-        }
+    }
+    let mut created = 0;
+    for delivery in fan_out(fresh, &endpoints) {
+        created += insert.execute(params![
+            delivery.id.as_bytes(),
+            delivery.webhook_id.as_bytes(),
+            delivery.event.id.as_bytes(),
+            delivery.event.kind,
+            delivery.event.payload,
+            now.as_micros(),
+        ])?;
     }
     Ok(created)
 }
@@ -238,11 +239,7 @@ fn claim_sql() -> String {
 /// so a success clears an earlier error. A delivery deleted meanwhile (its endpoint went) is
 /// left gone.
 fn record_attempt(conn: &Connection, id: Uuid, attempt: &DeliveryAttempt) -> rusqlite::Result<()> {
-    let (status, next) = match attempt.next {
-        AttemptResult::Succeeded => (DeliveryStatus::Succeeded, None),
-        AttemptResult::RetryAt(at) => (DeliveryStatus::Pending, Some(at.as_micros())),
-        AttemptResult::Dead => (DeliveryStatus::Dead, None),
-    };
+    let (status, next) = attempt.next.settles_as();
     conn.prepare_cached(
         "UPDATE webhook_deliveries SET attempts = attempts + 1, status = ?2, next_attempt_at = ?3, \
          last_status_code = ?4, last_error = ?5, updated_at = ?6 WHERE id = ?1",
@@ -250,7 +247,7 @@ fn record_attempt(conn: &Connection, id: Uuid, attempt: &DeliveryAttempt) -> rus
     .execute(params![
         id.as_bytes(),
         status.as_str(),
-        next,
+        next.map(Timestamp::as_micros),
         attempt.status_code,
         attempt.error,
         attempt.at.as_micros()
