@@ -23,6 +23,7 @@ mod outbox;
 mod page;
 mod postgres;
 mod projection;
+mod record_json;
 mod sequencer;
 mod sqlite;
 pub mod verify;

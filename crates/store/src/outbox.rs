@@ -7,14 +7,13 @@
 //! the previous event's `chainhash` linked with them. A consumer checks continuity from the
 //! events alone: drop `chainhash`, canonicalize, hash after the previous one.
 
-use std::ops::Range;
-
-use coffer_ledger::{Emitted, Event, Timestamp, TraceParent};
+use coffer_ledger::{Emitted, Timestamp, TraceParent};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::chain::{ChainHash, write_canonical_json};
+use crate::record_json::{self, ChainBytes};
 
 /// An event as the outbox holds it: a CloudEvents envelope, its position and its chain link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,32 +63,6 @@ struct CloudEvent<'a> {
     traceparent: Option<&'a str>,
     #[serde(rename = "type")]
     kind: &'a str,
-}
-
-impl<'a> CloudEvent<'a> {
-    /// A new event of Coffer's, before it has a position or a link: what a writer hashes.
-    fn fresh(
-        data: &'a RawValue,
-        id: Uuid,
-        kind: &'a str,
-        subject: Uuid,
-        time: &'a str,
-        traceparent: Option<&'a str>,
-    ) -> Self {
-        CloudEvent {
-            chainhash: None,
-            data,
-            datacontenttype: "application/json",
-            id,
-            sequence: "",
-            source: "coffer",
-            specversion: "1.0",
-            subject,
-            time,
-            traceparent,
-            kind,
-        }
-    }
 }
 
 impl OutboxEvent {
@@ -156,11 +129,8 @@ pub(crate) struct Envelopes<'a> {
 
 struct Row {
     id: Uuid,
-    data: Range<usize>,
-    /// The event's chain bytes, less the 19 digits of its position, which go at `split`: a
-    /// batch's positions are known only once it holds the outbox's head.
-    chain: Range<usize>,
-    split: usize,
+    /// The event's chain bytes, less the 19 digits of its position, and its `data` within them.
+    bytes: ChainBytes,
 }
 
 /// One outbox row: the event's id, CloudEvents `type`, `subject`, `data` and `traceparent`,
@@ -182,10 +152,6 @@ impl Envelope<'_> {
     }
 }
 
-/// What precedes a canonical envelope's `sequence` value: the envelope's own key is the last
-/// one of that name, since `data` comes first.
-const SEQUENCE_KEY: &str = "\"sequence\":\"";
-
 impl<'a> Envelopes<'a> {
     /// Encodes a batch's events, all at time `now` and from source `coffer`.
     pub fn encode(events: &'a [Emitted], now: Timestamp) -> Self {
@@ -197,31 +163,21 @@ impl<'a> Envelopes<'a> {
         let first = Uuid::now_v7().as_u128();
         for (i, emitted) in events.iter().enumerate() {
             let id = event_id(first, i);
-            let start = json.len();
+            let envelope = record_json::Envelope {
+                id,
+                kind: emitted.event.kind().cloud_event_type(),
+                subject: emitted.event.subject(),
+                time: &time,
+                traceparent: emitted.trace.as_ref().map(TraceParent::as_str),
+            };
             // Records are plain data with string keys: serializing them into memory cannot fail.
-            match &emitted.event {
-                Event::Account(_, account) => write_canonical_json(&mut json, account),
-                Event::Transfer(_, transfer) => write_canonical_json(&mut json, transfer),
-            }
-            .expect("records always serialize");
-            let data = start..json.len();
-            let raw: Box<RawValue> = RawValue::from_string(
-                String::from_utf8(json[data.clone()].to_vec()).expect("serde_json writes UTF-8"),
-            )
-            .expect("a record is JSON");
-            let chain_start = json.len();
-            let split = write_chain_bytes(
+            let bytes = record_json::write_chain_bytes(
                 &mut json,
-                CloudEvent::fresh(
-                    &raw,
-                    id,
-                    emitted.event.kind().cloud_event_type(),
-                    emitted.event.subject(),
-                    &time,
-                    emitted.trace.as_ref().map(TraceParent::as_str),
-                ),
-            );
-            rows.push(Row { id, data, chain: chain_start..json.len(), split });
+                |out| record_json::write_record(out, &emitted.event),
+                &envelope,
+            )
+            .expect("records always serialize");
+            rows.push(Row { id, bytes });
         }
         let json = String::from_utf8(json).expect("serde_json writes UTF-8");
         Self { events, json, rows }
@@ -241,20 +197,11 @@ impl<'a> Envelopes<'a> {
             id: row.id,
             kind: event.kind().cloud_event_type(),
             subject: event.subject(),
-            data: &self.json[row.data.clone()],
+            data: &self.json[row.bytes.data.clone()],
             traceparent: trace.as_ref().map(TraceParent::as_str),
-            chain: (&bytes[row.chain.start..row.split], &bytes[row.split..row.chain.end]),
+            chain: (&bytes[row.bytes.all.start..row.bytes.split], &bytes[row.bytes.split..row.bytes.all.end]),
         })
     }
-}
-
-/// Appends an envelope's chain bytes, its `sequence` empty, to `out`; answers where in `out`
-/// the sequence's digits go.
-fn write_chain_bytes(out: &mut Vec<u8>, envelope: CloudEvent<'_>) -> usize {
-    let start = out.len();
-    serde_json::to_writer(&mut *out, &envelope).expect("an envelope always serializes");
-    let text = std::str::from_utf8(&out[start..]).expect("serde_json writes UTF-8");
-    start + text.rfind(SEQUENCE_KEY).expect("the envelope has a sequence") + SEQUENCE_KEY.len()
 }
 
 /// An event written on its own rather than by a batch (an audit record's): its canonical data
@@ -270,10 +217,14 @@ impl LoneEvent {
     pub fn new(id: Uuid, kind: &str, subject: Uuid, time: Timestamp, data: &str) -> serde_json::Result<Self> {
         let value: serde_json::Value = serde_json::from_str(data)?;
         let data = String::from_utf8(crate::chain::canonical_json(&value)?).expect("JSON is UTF-8");
-        let raw = RawValue::from_string(data.clone())?;
         let mut chain = Vec::with_capacity(data.len() + 300);
         let time = time.to_rfc3339();
-        let split = write_chain_bytes(&mut chain, CloudEvent::fresh(&raw, id, kind, subject, &time, None));
+        let envelope = record_json::Envelope { id, kind, subject, time: &time, traceparent: None };
+        let write_data = |out: &mut Vec<u8>| {
+            out.extend_from_slice(data.as_bytes());
+            Ok(())
+        };
+        let split = record_json::write_chain_bytes(&mut chain, write_data, &envelope)?.split;
         Ok(LoneEvent { data, chain, split })
     }
 
@@ -298,7 +249,7 @@ fn event_id(first: u128, i: usize) -> Uuid {
 
 #[cfg(test)]
 mod tests {
-    use coffer_ledger::Account;
+    use coffer_ledger::{Account, Event};
 
     use super::*;
 
