@@ -15,7 +15,9 @@ use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use coffer_store::{Fingerprint, IdempotencyBegin, IdempotencyScope, KeyId, Store, StoredResponse};
+use coffer_store::{
+    Fingerprint, IdempotencyBegin, IdempotencyRecords, IdempotencyScope, KeyId, StoredResponse,
+};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use sha2::{Digest, Sha256};
@@ -183,7 +185,7 @@ fn replay(stored: StoredResponse) -> Response {
 /// A key the store holds as in flight. Dropped without an answer (the client went away, the
 /// request timed out), it abandons the key in the background so retries are not refused forever.
 struct Pending {
-    store: Arc<dyn Store>,
+    store: Arc<dyn IdempotencyRecords>,
     scope: Option<IdempotencyScope>,
 }
 

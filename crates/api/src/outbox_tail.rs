@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use coffer_store::{OutboxEvent, Store, StoreResult};
+use coffer_store::{Outbox, OutboxEvent, StoreResult};
 use tokio::sync::broadcast;
 
 /// How often the reader looks for new events while it is caught up.
@@ -42,7 +42,7 @@ impl Page {
 }
 
 pub struct OutboxTail {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Outbox>,
     pages: broadcast::Sender<Arc<Page>>,
     /// Whether the reading task runs; taken with the subscription, so that a stream that
     /// subscribes as the task sees no listener left either finds it running or starts it.
@@ -50,12 +50,12 @@ pub struct OutboxTail {
 }
 
 impl OutboxTail {
-    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Outbox>) -> Arc<Self> {
         Self::with_buffer(store, BUFFERED_PAGES)
     }
 
     /// The same, keeping `buffered` pages for slow streams.
-    pub fn with_buffer(store: Arc<dyn Store>, buffered: usize) -> Arc<Self> {
+    pub fn with_buffer(store: Arc<dyn Outbox>, buffered: usize) -> Arc<Self> {
         let (pages, _) = broadcast::channel(buffered);
         Arc::new(Self { store, pages, running: Mutex::new(false) })
     }

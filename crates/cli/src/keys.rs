@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use coffer_store::{
-    AdminChange, ApiKey, AuditContext, AuditTrail, KeyId, NewApiKey, PgStore, Scope, Store, StoreError,
-    StoreResult, sqlite_admin,
+    AdminChange, ApiKey, AuditContext, AuditTrail, KeyAdmin, KeyId, NewApiKey, PgStore, Scope, Store,
+    StoreError, StoreResult, sqlite_admin,
 };
 
 use crate::config::Config;

@@ -12,7 +12,9 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use coffer_events::{OutboxSource, SignatureHeaders, SigningSecret, VOLUMES_CONSUMER, verify};
 use coffer_ledger::Timestamp;
-use coffer_store::{Coordination, DeadLetter, DeadLetters, PgStore, Store, StoreConfig, Webhooks as _};
+use coffer_store::{
+    Coordination, DeadLetter, DeadLetters, Outbox, PgStore, Store, StoreConfig, Webhooks as _,
+};
 use coffer_testkit::TestDatabase;
 use common::{Headless, Http, Server, TOKEN};
 use serde_json::{Value, json};

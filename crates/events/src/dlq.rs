@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_nats::jetstream::{self, Message, stream};
 use async_trait::async_trait;
 use coffer_ledger::Timestamp;
-use coffer_store::{AdminChange, AuditContext, OutboxEvent, Store};
+use coffer_store::{AdminChange, AuditContext, AuditTrail, DeadLetters, OutboxEvent, Store};
 
 use crate::consumer::unavailable_js as unavailable;
 use crate::{BusError, StreamSettings, decode};
@@ -91,8 +91,9 @@ pub async fn watch_depth(
     }
 }
 
-/// The in-process bus's dead letters, in the store.
-pub struct StoreDeadLetters(pub Arc<dyn Store>);
+/// The in-process bus's dead letters, in the store (any `Arc<dyn Store>`, or anything else
+/// that keeps dead letters and an audit trail).
+pub struct StoreDeadLetters<S: ?Sized = dyn Store>(pub Arc<S>);
 
 fn store_error(e: coffer_store::StoreError) -> BusError {
     BusError::Unavailable(format!("store: {e}"))
@@ -112,7 +113,7 @@ impl From<coffer_store::DeadLetter> for DeadLetterEntry {
 }
 
 #[async_trait]
-impl DeadLetterQueue for StoreDeadLetters {
+impl<S: DeadLetters + AuditTrail + ?Sized + 'static> DeadLetterQueue for StoreDeadLetters<S> {
     async fn list(
         &self,
         consumer: Option<&str>,
@@ -145,7 +146,7 @@ impl DeadLetterQueue for StoreDeadLetters {
     }
 }
 
-impl StoreDeadLetters {
+impl<S: DeadLetters + AuditTrail + ?Sized> StoreDeadLetters<S> {
     /// The change and its audit record, in one transaction of the store.
     async fn administer(&self, change: AdminChange, by: &AuditContext) -> Result<Handled, BusError> {
         let done = self.0.administer(change, by).await.map_err(store_error)?;

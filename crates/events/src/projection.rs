@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use coffer_ledger::{Timestamp, Transfer, TransferStatus};
-use coffer_store::{AdminChange, AuditContext, OutboxEvent, Store, StoreResult, VolumeEntry};
+use coffer_store::{
+    AdminChange, AuditContext, AuditTrail, Outbox, OutboxEvent, Projections, Store, StoreResult, VolumeEntry,
+};
 
 use crate::{Handler, HandlerError};
 
@@ -23,18 +25,17 @@ pub const VOLUMES_CONSUMER: &str = "ledger-volumes";
 /// The event type it reads.
 pub const VOLUMES_EVENT_TYPE: &str = "coffer.transfer.created";
 
-pub struct LedgerVolumes {
-    store: Arc<dyn Store>,
+/// Generic over the store so that it takes only the roles it uses; any `Arc<dyn Store>` is one.
+pub struct LedgerVolumes<S: ?Sized = dyn Store> {
+    store: Arc<S>,
     consumer: String,
 }
 
-impl LedgerVolumes {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+impl<S: Outbox + Projections + AuditTrail + ?Sized + 'static> LedgerVolumes<S> {
+    pub fn new(store: Arc<S>) -> Self {
         Self { store, consumer: VOLUMES_CONSUMER.into() }
     }
-}
 
-impl LedgerVolumes {
     /// Forgets the projection and applies every event of the outbox again (what retention has
     /// kept: see `events.outbox_retention_hours`); answers how many events it read. The reset
     /// is recorded in the audit trail as `by`'s, in its own transaction.
@@ -83,7 +84,7 @@ fn entry(event: &OutboxEvent) -> Result<Option<VolumeEntry>, HandlerError> {
 }
 
 #[async_trait]
-impl Handler for LedgerVolumes {
+impl<S: Outbox + Projections + AuditTrail + ?Sized + 'static> Handler for LedgerVolumes<S> {
     async fn handle(&self, events: &[OutboxEvent]) -> Result<(), HandlerError> {
         let mut entries = Vec::with_capacity(events.len());
         for event in events {

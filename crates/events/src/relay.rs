@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_store::Store;
+use coffer_store::{Coordination, Outbox, Store};
 
 use crate::bus::{Bus, BusError};
 
@@ -31,8 +31,10 @@ pub enum RelayError {
     Fenced,
 }
 
-pub struct Relay {
-    store: Arc<dyn Store>,
+/// Generic over the store so that it takes only the outbox and the coordination it uses; any
+/// `Arc<dyn Store>` is one.
+pub struct Relay<S: ?Sized = dyn Store> {
+    store: Arc<S>,
     bus: Arc<dyn Bus>,
     /// The name the position is saved under: one per bus the outbox is relayed to.
     name: String,
@@ -44,8 +46,8 @@ pub struct Relay {
     lease: Duration,
 }
 
-impl Relay {
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, name: impl Into<String>) -> Self {
+impl<S: Outbox + Coordination + ?Sized + 'static> Relay<S> {
+    pub fn new(store: Arc<S>, bus: Arc<dyn Bus>, name: impl Into<String>) -> Self {
         let holder = format!("relay-{}", uuid::Uuid::now_v7());
         Self { store, bus, name: name.into(), batch: 1000, holder, lease: Duration::from_secs(5) }
     }

@@ -12,7 +12,7 @@ use axum::extract::Request;
 use coffer_gateway::{
     AdminToken, Gateway, GatewayConfig, KeyDirectory, Limits, Resolve, UpstreamUrl, Upstreams, tls,
 };
-use coffer_store::{KeyId, NewApiKey, Scope, SqliteStore, Store, StoreConfig, TokenHash};
+use coffer_store::{KeyAdmin, KeyId, NewApiKey, Scope, SqliteStore, StoreConfig, TokenHash};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

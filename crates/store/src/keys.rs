@@ -152,6 +152,22 @@ pub trait KeyDirectory: Send + Sync + 'static {
     async fn bare_token_hashes(&self) -> StoreResult<Vec<TokenHash>>;
 }
 
+/// Key writes and the full key list. Administrative requests change keys through
+/// [`AuditTrail::administer`](crate::AuditTrail::administer), which records them in the same
+/// transaction; these are for bootstrapping, the CLI's offline paths and tests.
+#[async_trait]
+pub trait KeyAdmin: Send + Sync {
+    async fn create_key(&self, key: NewApiKey) -> StoreResult<ApiKey>;
+    /// Creates `key` only when the store holds no key at all; answers whether it did.
+    async fn bootstrap_key(&self, key: NewApiKey) -> StoreResult<bool>;
+    async fn keys(&self) -> StoreResult<Vec<ApiKey>>;
+    /// Revokes a key at once; answers false when there is no such key.
+    async fn revoke_key(&self, id: KeyId) -> StoreResult<bool>;
+    /// Makes a key expire at `at` (or sooner, if it already would): the end of a rotation's
+    /// overlap. Answers the key as it is now, `None` when there is no such key.
+    async fn expire_key(&self, id: KeyId, at: Timestamp) -> StoreResult<Option<ApiKey>>;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewApiKey {
     pub id: KeyId,

@@ -12,7 +12,7 @@ use coffer_store::audit::{AUDIT_EVENT_TYPE, canonical, link};
 use coffer_store::chain::ChainHash;
 use coffer_store::{
     AdminChange, AdminEffect, AuditAction, AuditContext, AuditFilter, AuditOutcome, AuditRecord, AuditTrail,
-    DeadLetter, KeyId, NewApiKey, OutboxEvent, Scope, Store, TokenHash, Webhook, WebhookSecrets,
+    DeadLetter, KeyAdmin, KeyId, NewApiKey, OutboxEvent, Scope, Store, TokenHash, Webhook, WebhookSecrets,
 };
 use common::*;
 use serde_json::{Value, json};

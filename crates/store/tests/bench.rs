@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_ledger::{AccountId, Command, Outcome, Submission, TransferId};
-use coffer_store::{SqliteStore, Store};
+use coffer_store::{Books, SqliteStore, Store};
 use common::*;
 
 fn log() {

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use coffer_ledger::{Outcome, RejectCode, TransferId, TransferStatus};
-use coffer_store::{Store, StoreConfig};
+use coffer_store::{Books, Store, StoreConfig};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coffer_ledger::{AccountId, Command, Outcome, Record, Submission, TransferId};
-use coffer_store::{PageRequest, SqliteStore, Store, StoreConfig, TransferFilter};
+use coffer_store::{Books, PageRequest, SqliteStore, Store, StoreConfig, TransferFilter};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

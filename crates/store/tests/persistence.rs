@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use coffer_ledger::{AccountId, Transfer, TransferId, TransferStatus};
 use coffer_store::{
-    AuditContext, AuditFilter, AuditTrail, KeyDirectory, KeyId, NewApiKey, Scope, Store, StoreError,
-    TokenHash, sqlite_admin,
+    AuditContext, AuditFilter, AuditTrail, Books, KeyAdmin, KeyDirectory, KeyId, NewApiKey, Scope, Store,
+    StoreError, TokenHash, sqlite_admin,
 };
 use common::*;
 

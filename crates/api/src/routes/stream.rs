@@ -17,7 +17,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use coffer_events::EVENT_TYPES;
 use coffer_store::audit::AUDIT_EVENT_TYPE;
-use coffer_store::{OutboxEvent, Scope, Store};
+use coffer_store::{Outbox, OutboxEvent, Scope};
 use futures::stream::{self, Stream, StreamExt};
 use http::HeaderMap;
 use serde::Deserialize;
@@ -88,7 +88,7 @@ fn parse_types(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
 }
 
 /// Where to start: after `Last-Event-ID`, else after `?after=`, else at the outbox's end.
-async fn start(store: &dyn Store, headers: &HeaderMap, after: Option<i64>) -> Result<i64, ApiError> {
+async fn start(store: &dyn Outbox, headers: &HeaderMap, after: Option<i64>) -> Result<i64, ApiError> {
     if let Some(value) = headers.get("last-event-id") {
         let position = value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).filter(|p| *p >= 0);
         return position
@@ -206,7 +206,7 @@ fn tail(
 /// continue where it is. `render` makes what the stream sends of an event.
 struct Follower<T> {
     pages: broadcast::Receiver<Arc<Page>>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Outbox>,
     filter: Filter,
     render: fn(&OutboxEvent) -> Option<T>,
     /// The last position handled.
@@ -219,7 +219,7 @@ impl<T> Follower<T> {
     /// Subscribes to the pages first, so that none is missed while the store is read.
     fn new(
         tail: &Arc<OutboxTail>,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Outbox>,
         filter: Filter,
         position: i64,
         render: fn(&OutboxEvent) -> Option<T>,
@@ -285,7 +285,7 @@ mod tests {
     use coffer_ledger::{
         AccountFlags, AccountId, Command, LedgerCode, NewAccount, NewLedger, Scale, Submission,
     };
-    use coffer_store::StoreConfig;
+    use coffer_store::{Books, StoreConfig};
     use coffer_testkit::{Backend, TestStore};
 
     use super::*;
@@ -294,7 +294,7 @@ mod tests {
         Filter { types: Vec::new(), account: None, audit: true }
     }
 
-    async fn new_account(store: &dyn Store) {
+    async fn new_account(store: &dyn Books) {
         let account = NewAccount {
             id: AccountId(Uuid::now_v7()),
             ledger: LedgerCode::try_from("USD").unwrap(),

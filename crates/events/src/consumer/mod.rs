@@ -176,16 +176,29 @@ impl<S: Source, H: Handler> Consumer<S, H> {
     }
 
     async fn failed(&mut self, delivery: Delivery<S::Token>, error: HandlerError) -> Result<(), BusError> {
-        let (consumer, event, attempt) = (&self.name, delivery.event.id, delivery.attempt);
-        if attempt >= self.retry.max_attempts {
-            tracing::error!(%consumer, %event, attempt, %error, "handler gave up; event dead-lettered");
-            metrics::counter!(DEAD_LETTERED, "consumer" => consumer.clone()).increment(1);
+        if delivery.attempt >= self.retry.max_attempts {
+            self.report_failure(&delivery, &error, None);
             return self.source.dead_letter(delivery, &error).await;
         }
-        let delay = self.retry.backoff(attempt);
-        tracing::warn!(%consumer, %event, attempt, ?delay, %error, "handler failed; retrying later");
-        metrics::counter!(REDELIVERIES, "consumer" => consumer.clone()).increment(1);
+        let delay = self.retry.backoff(delivery.attempt);
+        self.report_failure(&delivery, &error, Some(delay));
         self.source.retry(delivery, delay).await
+    }
+
+    /// Logs and counts a failed delivery, retried after `delay` or, without one, dead-lettered.
+    /// (Kept out of `failed`, whose future must not hold a borrow of the name across an await.)
+    fn report_failure(&self, delivery: &Delivery<S::Token>, error: &HandlerError, delay: Option<Duration>) {
+        let (consumer, event, attempt) = (&self.name, delivery.event.id, delivery.attempt);
+        match delay {
+            None => {
+                tracing::error!(%consumer, %event, attempt, %error, "handler gave up; event dead-lettered");
+                metrics::counter!(DEAD_LETTERED, "consumer" => consumer.clone()).increment(1);
+            }
+            Some(delay) => {
+                tracing::warn!(%consumer, %event, attempt, ?delay, %error, "handler failed; retrying later");
+                metrics::counter!(REDELIVERIES, "consumer" => consumer.clone()).increment(1);
+            }
+        }
     }
 }
 

@@ -37,9 +37,9 @@ use crate::expiry::DueHolds;
 use crate::ledger::Core;
 use crate::sequencer::{BatchLimits, Sequencer};
 use crate::{
-    AccountFilter, ApiKey, Fingerprint, Halt, IdempotencyBegin, IdempotencyScope, KeyDirectory, KeyId,
-    NewApiKey, Page, PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse, TokenHash,
-    TransferFilter,
+    AccountFilter, ApiKey, Books, Fingerprint, Halt, IdempotencyBegin, IdempotencyRecords, IdempotencyScope,
+    KeyAdmin, KeyDirectory, KeyId, NewApiKey, Outbox, Page, PageRequest, Store, StoreConfig, StoreError,
+    StoreResult, StoredResponse, TokenHash, TransferFilter,
 };
 
 /// A database error before any commit: the statement did not apply.
@@ -302,7 +302,7 @@ impl Drop for PgStore {
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl Books for PgStore {
     async fn submit(&self, submission: Submission) -> StoreResult<Vec<Outcome>> {
         self.sequencer.submit(submission).await
     }
@@ -333,7 +333,10 @@ impl Store for PgStore {
     async fn transfers(&self, filter: TransferFilter, page: PageRequest) -> StoreResult<Page<Transfer>> {
         self.halt.watch(read::transfers(&self.client().await?, filter, page).await)
     }
+}
 
+#[async_trait]
+impl KeyAdmin for PgStore {
     async fn create_key(&self, key: NewApiKey) -> StoreResult<ApiKey> {
         keys::create(&self.client().await?, key, Timestamp::now()).await
     }
@@ -353,7 +356,10 @@ impl Store for PgStore {
     async fn expire_key(&self, id: KeyId, at: Timestamp) -> StoreResult<Option<ApiKey>> {
         keys::expire(&self.client().await?, id, at).await
     }
+}
 
+#[async_trait]
+impl IdempotencyRecords for PgStore {
     async fn idempotency_begin(
         &self,
         scope: &IdempotencyScope,
@@ -373,7 +379,10 @@ impl Store for PgStore {
     async fn idempotency_abandon(&self, scope: &IdempotencyScope) -> StoreResult<()> {
         idempotency::abandon(&self.client().await?, scope).await
     }
+}
 
+#[async_trait]
+impl Outbox for PgStore {
     async fn events_after(&self, position: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
         self.halt.watch(read::events_after(&self.client().await?, position, limit).await)
     }
@@ -388,7 +397,10 @@ impl Store for PgStore {
     async fn outbox_chain(&self) -> StoreResult<crate::chain::OutboxChain> {
         read::outbox_chain(&self.client().await?).await
     }
+}
 
+#[async_trait]
+impl Store for PgStore {
     async fn ping(&self) -> StoreResult<()> {
         if let Some(cause) = self.halt.cause() {
             return Err(cause);

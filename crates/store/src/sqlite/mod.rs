@@ -40,9 +40,9 @@ use self::read::ReadPool;
 use crate::ledger::Core;
 use crate::sequencer::{BatchLimits, Sequencer};
 use crate::{
-    AccountFilter, ApiKey, Fingerprint, Halt, IdempotencyBegin, IdempotencyScope, KeyDirectory, KeyId,
-    NewApiKey, OutboxEvent, Page, PageRequest, Store, StoreConfig, StoreError, StoreResult, StoredResponse,
-    TokenHash, TransferFilter,
+    AccountFilter, ApiKey, Books, Fingerprint, Halt, IdempotencyBegin, IdempotencyRecords, IdempotencyScope,
+    KeyAdmin, KeyDirectory, KeyId, NewApiKey, Outbox, OutboxEvent, Page, PageRequest, Store, StoreConfig,
+    StoreError, StoreResult, StoredResponse, TokenHash, TransferFilter,
 };
 
 /// A database error: the statement did not apply.
@@ -227,7 +227,7 @@ impl Drop for SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Books for SqliteStore {
     async fn submit(&self, submission: Submission) -> StoreResult<Vec<Outcome>> {
         self.sequencer.submit(submission).await
     }
@@ -255,7 +255,10 @@ impl Store for SqliteStore {
     async fn transfers(&self, filter: TransferFilter, page: PageRequest) -> StoreResult<Page<Transfer>> {
         self.reads.run(move |c| read::transfers(c, filter, page)).await
     }
+}
 
+#[async_trait]
+impl KeyAdmin for SqliteStore {
     async fn create_key(&self, key: NewApiKey) -> StoreResult<ApiKey> {
         self.write(move |c| keys::create(c, key, Timestamp::now())).await
     }
@@ -275,7 +278,10 @@ impl Store for SqliteStore {
     async fn expire_key(&self, id: KeyId, at: Timestamp) -> StoreResult<Option<ApiKey>> {
         self.write(move |c| keys::expire(c, id, at)).await
     }
+}
 
+#[async_trait]
+impl IdempotencyRecords for SqliteStore {
     async fn idempotency_begin(
         &self,
         scope: &IdempotencyScope,
@@ -296,7 +302,10 @@ impl Store for SqliteStore {
         self.idempotency.abandon(scope);
         Ok(())
     }
+}
 
+#[async_trait]
+impl Outbox for SqliteStore {
     async fn events_after(&self, position: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
         self.reads.run(move |c| read::events_after(c, position, limit)).await
     }
@@ -310,7 +319,10 @@ impl Store for SqliteStore {
     async fn outbox_chain(&self) -> StoreResult<crate::chain::OutboxChain> {
         self.reads.run(read::outbox_chain).await
     }
+}
 
+#[async_trait]
+impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         if let Some(cause) = self.halt.cause() {
             return Err(cause);
