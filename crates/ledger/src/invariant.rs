@@ -7,6 +7,11 @@
 
 use std::collections::HashMap;
 
+/// The batch checks' maps. They run inside the writer on every batch, where SipHash was most of
+/// their cost; foldhash is seeded at random per process, so client-chosen ids still cannot be
+/// made to collide on purpose.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use crate::model::{Account, AccountFlags, Balance, Transfer, TransferStatus};
 use crate::scalar::{AccountId, Amount, LedgerCode};
 use crate::state::{Checkpoint, State, Undo};
@@ -79,7 +84,7 @@ impl Delta {
 /// what the double entry of each ledger adds up to.
 #[derive(Default)]
 struct Expected {
-    accounts: HashMap<AccountId, Delta>,
+    accounts: Map<AccountId, Delta>,
 }
 
 impl Expected {
@@ -100,7 +105,7 @@ impl Expected {
 ///   up to, and is sound;
 /// - per ledger, debits equal credits over the batch's changes, pending and posted apart.
 pub(crate) fn check_batch(state: &State, at: Checkpoint) -> Result<(), InvariantBroken> {
-    let mut before: HashMap<AccountId, Balance> = HashMap::new();
+    let mut before: Map<AccountId, Balance> = Map::default();
     let mut expected = Expected::default();
     for undo in state.journal_since(at) {
         match undo {
@@ -128,7 +133,7 @@ pub(crate) fn check_batch(state: &State, at: Checkpoint) -> Result<(), Invariant
 
     // Double entry first, from the balances alone: it holds whatever the transfers say.
     let mut moved: Vec<(AccountId, Delta)> = Vec::with_capacity(before.len());
-    let mut sums: HashMap<LedgerCode, Delta> = HashMap::new();
+    let mut sums: Map<LedgerCode, Delta> = Map::default();
     for (id, was) in &before {
         let account = state.account(id).ok_or_else(|| lost("account", id))?;
         sound_account(account)?;
