@@ -4,8 +4,17 @@
 
 mod common;
 
+use coffer_testkit::Backend;
 use common::{ADMIN, App, Resp, spawn, uuid};
 use serde_json::{Value, json};
+
+coffer_testkit::on_each_backend! {
+    #![tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    every_write_refuses_bad_bodies,
+    endpoint_specific_ranges_and_rules,
+    reads_refuse_bad_paths_queries_and_tokens,
+    unknown_routes_and_methods_are_problems,
+}
 
 /// A POST endpoint, a valid body for it, and which of its fields are required.
 struct Write {
@@ -102,9 +111,8 @@ fn set(body: &mut Value, path: &str, value: Value) {
     *at = value;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_write_refuses_bad_bodies() {
-    let Some(app) = spawn().await else { return };
+async fn every_write_refuses_bad_bodies(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (_, read_token) = app.key(&["read"], None).await;
     let (_, write_token) = app.key(&["write"], None).await;
     for w in writes(&app).await {
@@ -269,9 +277,8 @@ async fn big_post(app: &App, path: &str, total: usize, chunked: bool) -> String 
     reader.await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoint_specific_ranges_and_rules() {
-    let Some(app) = spawn().await else { return };
+async fn endpoint_specific_ranges_and_rules(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let transfer = json!({"debit_account_id": a, "credit_account_id": b, "amount": 5, "ledger": "USD"});
     let cases: Vec<(&str, Value, &str)> = vec![
@@ -378,9 +385,8 @@ async fn endpoint_specific_ranges_and_rules() {
         .assert_problem(422, "overflow");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_refuse_bad_paths_queries_and_tokens() {
-    let Some(app) = spawn().await else { return };
+async fn reads_refuse_bad_paths_queries_and_tokens(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (_, read_token) = app.key(&["read"], None).await;
     let id = uuid();
     let reads = [
@@ -459,9 +465,8 @@ async fn reads_refuse_bad_paths_queries_and_tokens() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_routes_and_methods_are_problems() {
-    let Some(app) = spawn().await else { return };
+async fn unknown_routes_and_methods_are_problems(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     app.get("/v1/nothing").await.assert_problem(404, "not_found");
     app.send("GET", "/", None, None, &[]).await.assert_problem(404, "not_found");
     let r = app.send("PUT", "/v1/transfers", Some(ADMIN), None, &[]).await;

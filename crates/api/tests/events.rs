@@ -11,9 +11,24 @@ use coffer_events::{
 };
 use coffer_ledger::Timestamp;
 use coffer_store::{DeadLetter, OutboxEvent};
+use coffer_testkit::Backend;
 use common::*;
 use futures::StreamExt;
 use serde_json::{Value, json};
+
+coffer_testkit::on_each_backend! {
+    the_stream_resumes_after_a_disconnect_without_a_gap_or_a_duplicate,
+    events_carry_the_traceparent_of_the_request_that_caused_them,
+    streams_opened_while_money_moves_each_get_every_event_once_in_order,
+    a_stream_without_a_position_starts_at_the_end,
+    bad_stream_requests_are_refused,
+    stats_count_posted_volume_per_day_and_code,
+    bad_stats_requests_are_refused,
+    dead_letters_are_listed_shown_replayed_and_discarded_by_admins,
+    bad_dead_letter_requests_are_refused,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_revoked_or_expired_keys_event_stream_closes,
+}
 
 /// One SSE event as received.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,9 +116,8 @@ async fn transfer(app: &App, from: &str, to: &str, amount: u64, code: u16) -> St
     r.body["id"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn the_stream_resumes_after_a_disconnect_without_a_gap_or_a_duplicate() {
-    let Some(app) = spawn().await else { return };
+async fn the_stream_resumes_after_a_disconnect_without_a_gap_or_a_duplicate(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let (c, d) = (app.account("USD", json!({})).await, app.account("USD", json!({})).await);
     let query = format!("?after=0&types=coffer.transfer.created&account={a}");
@@ -154,9 +168,8 @@ async fn post_traced(app: &App, path: &str, trace: &str, body: Value) -> Value {
     response.json().await.unwrap()
 }
 
-#[tokio::test]
-async fn events_carry_the_traceparent_of_the_request_that_caused_them() {
-    let Some(app) = spawn().await else { return };
+async fn events_carry_the_traceparent_of_the_request_that_caused_them(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let mut stream = Stream::open(&app, &format!("?after=0&account={a}"), None).await;
     let _ = stream.take(1).await; // a's own creation, sent untraced
@@ -201,9 +214,8 @@ async fn events_carry_the_traceparent_of_the_request_that_caused_them() {
     assert_eq!(traces, expected.map(|(kind, trace)| (kind.to_owned(), trace)));
 }
 
-#[tokio::test]
-async fn streams_opened_while_money_moves_each_get_every_event_once_in_order() {
-    let Some(app) = spawn().await else { return };
+async fn streams_opened_while_money_moves_each_get_every_event_once_in_order(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let query = "?types=coffer.transfer.created";
     let mut from_start = Vec::new();
@@ -251,9 +263,8 @@ async fn streams_opened_while_money_moves_each_get_every_event_once_in_order() {
     }
 }
 
-#[tokio::test]
-async fn a_stream_without_a_position_starts_at_the_end() {
-    let Some(app) = spawn().await else { return };
+async fn a_stream_without_a_position_starts_at_the_end(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (a, b) = app.two_accounts("USD").await;
     transfer(&app, &a, &b, 1, 1).await;
     let mut stream = Stream::open(&app, "?types=coffer.transfer.created", None).await;
@@ -262,9 +273,8 @@ async fn a_stream_without_a_position_starts_at_the_end() {
     assert_eq!(got[0].data["data"]["id"], new.as_str(), "older events are not replayed");
 }
 
-#[tokio::test]
-async fn bad_stream_requests_are_refused() {
-    let Some(app) = spawn().await else { return };
+async fn bad_stream_requests_are_refused(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     for query in ["?types=coffer.nope", "?types=", "?account=42", "?after=-1", "?after=x", "?colour=red"] {
         let r = app.get(&format!("/v1/events/stream{query}")).await;
         r.assert_problem(400, "invalid_request");
@@ -298,9 +308,8 @@ async fn projection_consumer(app: &App) {
     });
 }
 
-#[tokio::test]
-async fn stats_count_posted_volume_per_day_and_code() {
-    let Some(app) = spawn().await else { return };
+async fn stats_count_posted_volume_per_day_and_code(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     projection_consumer(&app).await;
     let (a, b) = app.two_accounts("USD").await;
     transfer(&app, &a, &b, 100, 1).await;
@@ -351,9 +360,8 @@ fn time_today() -> String {
     Timestamp::now().to_rfc3339()[..10].to_owned()
 }
 
-#[tokio::test]
-async fn bad_stats_requests_are_refused() {
-    let Some(app) = spawn().await else { return };
+async fn bad_stats_requests_are_refused(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     app.ledger("USD").await;
     for query in [
         "?from=2026-13-01",
@@ -391,9 +399,8 @@ fn letter(consumer: &str, position: i64) -> DeadLetter {
     }
 }
 
-#[tokio::test]
-async fn dead_letters_are_listed_shown_replayed_and_discarded_by_admins() {
-    let Some(app) = spawn().await else { return };
+async fn dead_letters_are_listed_shown_replayed_and_discarded_by_admins(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (one, two) = (letter("mailer", 11), letter("ledger-volumes", 12));
     app.store.add_dead_letter(one.clone()).await.unwrap();
     app.store.add_dead_letter(two.clone()).await.unwrap();
@@ -425,9 +432,8 @@ async fn dead_letters_are_listed_shown_replayed_and_discarded_by_admins() {
     r.assert_problem(404, "not_found");
 }
 
-#[tokio::test]
-async fn bad_dead_letter_requests_are_refused() {
-    let Some(app) = spawn().await else { return };
+async fn bad_dead_letter_requests_are_refused(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let missing = uuid::Uuid::now_v7();
     app.get(&format!("/v1/admin/dead-letters/{missing}")).await.assert_problem(404, "not_found");
     let r =
@@ -443,10 +449,9 @@ async fn bad_dead_letter_requests_are_refused() {
 
 /// DESIGN §5: revocation reaches everything. A stream whose key is revoked, by this process or by
 /// another one behind its key cache, ends within the cache's TTL; so does one whose key expires.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_or_expired_keys_event_stream_closes() {
+async fn a_revoked_or_expired_keys_event_stream_closes(backend: Backend) {
     let config = coffer_api::ApiConfig { key_cache_ttl_ms: 200, ..coffer_api::ApiConfig::default() };
-    let Some(app) = common::spawn_with(config).await else { return };
+    let Some(app) = common::spawn_with(backend, config).await else { return };
     let expires_at = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
     let expires_at = expires_at.format(&time::format_description::well_known::Rfc3339).unwrap();
     let mut tokens = Vec::new();

@@ -5,8 +5,15 @@
 mod common;
 
 use coffer_store::StoreError;
+use coffer_testkit::Backend;
 use common::{Resp, spawn};
 use serde_json::json;
+
+coffer_testkit::on_each_backend! {
+    #![tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_damaged_row_is_a_500_and_stops_writes_and_readiness_but_not_reads,
+    any_read_a_request_makes_stops_the_store_on_damage,
+}
 
 fn assert_internal(r: &Resp) {
     r.assert_problem(500, "internal");
@@ -14,9 +21,8 @@ fn assert_internal(r: &Resp) {
     assert!(!r.text.contains("not json") && !r.text.contains("column"), "internals stay in: {}", r.text);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_row_is_a_500_and_stops_writes_and_readiness_but_not_reads() {
-    let Some(app) = spawn().await else { return };
+async fn a_damaged_row_is_a_500_and_stops_writes_and_readiness_but_not_reads(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     app.ledger("USD").await;
     let sound = app.account("USD", json!({})).await;
     let r = app.post("/v1/accounts", json!({"ledger": "USD", "external_ref": "damaged"})).await;
@@ -39,9 +45,8 @@ async fn a_damaged_row_is_a_500_and_stops_writes_and_readiness_but_not_reads() {
 
 /// Reads the store does not watch itself (keys, webhooks, dead letters) stop it through the
 /// API's outermost layer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn any_read_a_request_makes_stops_the_store_on_damage() {
-    let Some(app) = spawn().await else { return };
+async fn any_read_a_request_makes_stops_the_store_on_damage(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let r = app.post("/v1/keys", json!({"name": "damaged", "scopes": ["read"]})).await;
     assert_eq!(r.status, 201, "{}", r.text);
     app.tamper("UPDATE api_keys SET scopes = 'nonsense' WHERE name = 'damaged'").await;

@@ -4,12 +4,21 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use coffer_testkit::Backend;
 use common::{spawn, uuid};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readme_walk_through() {
-    let Some(app) = spawn().await else { return };
+coffer_testkit::on_each_backend! {
+    #![tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    readme_walk_through,
+    holds_post_void_and_their_rules,
+    a_hold_expires_after_its_timeout,
+    batches_atomic_and_not,
+    lists_page_with_cursors_and_filters,
+}
+
+async fn readme_walk_through(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let r = app.post("/v1/ledgers", json!({"code": "USD", "scale": 2})).await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.body["code"], "USD");
@@ -90,9 +99,8 @@ async fn readme_walk_through() {
     app.get(&format!("/v1/transfers/{}", uuid())).await.assert_problem(404, "not_found");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holds_post_void_and_their_rules() {
-    let Some(app) = spawn().await else { return };
+async fn holds_post_void_and_their_rules(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let hold = |amount: u64| {
         json!({"debit_account_id": a, "credit_account_id": b, "amount": amount,
@@ -147,9 +155,8 @@ async fn holds_post_void_and_their_rules() {
     assert_eq!(balance["debits_posted"], 61);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hold_expires_after_its_timeout() {
-    let Some(app) = spawn().await else { return };
+async fn a_hold_expires_after_its_timeout(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let r = app
         .post(
@@ -177,9 +184,8 @@ async fn a_hold_expires_after_its_timeout() {
         .assert_problem(422, "pending_transfer_expired");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_atomic_and_not() {
-    let Some(app) = spawn().await else { return };
+async fn batches_atomic_and_not(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let guarded = app.account("USD", json!({"debits_must_not_exceed_credits": true})).await;
     let t = |from: &str, to: &str, amount: u64| {
@@ -237,9 +243,8 @@ async fn batches_atomic_and_not() {
     assert_eq!(app.post("/v1/transfers/batch", body).await.body["results"][0]["status"], "exists");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lists_page_with_cursors_and_filters() {
-    let Some(app) = spawn().await else { return };
+async fn lists_page_with_cursors_and_filters(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (a, b) = app.two_accounts("USD").await;
     app.ledger("EUR").await;
     let _other = app.account("EUR", json!({})).await;

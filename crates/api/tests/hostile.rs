@@ -1,17 +1,25 @@
 //! Hostile traffic (DESIGN §5, isolation): while honest clients move money, other clients send
 //! bodies, queries and paths built to break the store. Honest clients never see a 5xx, hostile
 //! ones get a 4xx (or a 2xx when what they sent happens to be valid), and the books balance.
-//! Runs on both stores (`hostile_postgres`), where U+0000 once failed whole group commits.
+//! Runs on both stores: on PostgreSQL, U+0000 once failed whole group commits.
 
 mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use coffer_testkit::Backend;
 use common::{ADMIN, App, spawn_with_services};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
+
+coffer_testkit::on_each_backend! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_nul_byte_fails_its_sender_alone,
+    #[test]
+    hostile_requests_never_fail_honest_clients_nor_answer_5xx,
+}
 
 /// An honest client: `count` transfers of 1 from `from` to `to` (or until `stop`), answering
 /// the status of each.
@@ -79,9 +87,13 @@ async fn books_balance(app: &App, ledger: &str) {
     assert_eq!(debits, credits, "the books of {ledger} do not balance");
 }
 
-async fn app() -> Option<Arc<App>> {
-    let app =
-        spawn_with_services(coffer_api::ApiConfig::default(), coffer_events::TargetPolicy::default()).await?;
+async fn app(backend: Backend) -> Option<Arc<App>> {
+    let app = spawn_with_services(
+        backend,
+        coffer_api::ApiConfig::default(),
+        coffer_events::TargetPolicy::default(),
+    )
+    .await?;
     app.ledger("USD").await;
     Some(Arc::new(app))
 }
@@ -89,9 +101,8 @@ async fn app() -> Option<Arc<App>> {
 /// The case found under attack: on PostgreSQL a transfer whose `external_ref` held U+0000 was
 /// answered 503, and so was every honest request of its group commit; other fields and query
 /// parameters holding it were 503 too. Now each is a 400 naming the field, and nobody else notices.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nul_byte_fails_its_sender_alone() {
-    let Some(app) = app().await else { return };
+async fn a_nul_byte_fails_its_sender_alone(backend: Backend) {
+    let Some(app) = app(backend).await else { return };
     let (h1, h2) = (app.account("USD", json!({})).await, app.account("USD", json!({})).await);
     let stop = Arc::new(AtomicBool::new(false));
     let clients = honest_clients(&app, 8, 25, &stop).await;
@@ -291,10 +302,9 @@ fn hostile_requests(h1: String, h2: String, pending: String) -> impl Strategy<Va
 
 /// The property of item 1 of the hostile-traffic work: generated hostile requests at every
 /// endpoint, while honest clients write. No 5xx for anyone; the books balance.
-#[test]
-fn hostile_requests_never_fail_honest_clients_nor_answer_5xx() {
+fn hostile_requests_never_fail_honest_clients_nor_answer_5xx(backend: Backend) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let Some(app) = runtime.block_on(app()) else { return };
+    let Some(app) = runtime.block_on(app(backend)) else { return };
     let (h1, h2, pending, clients, stop) = runtime.block_on(async {
         let (h1, h2) = (app.account("USD", json!({})).await, app.account("USD", json!({})).await);
         let hold = json!({"debit_account_id": h1, "credit_account_id": h2, "amount": 1000, "ledger": "USD", "pending": true});

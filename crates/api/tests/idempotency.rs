@@ -5,12 +5,20 @@ mod common;
 
 use std::sync::Arc;
 
+use coffer_testkit::Backend;
 use common::{ADMIN, App, spawn, uuid};
 use serde_json::{Value, json};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_id_applies_once_and_refuses_different_fields() {
-    let Some(app) = spawn().await else { return };
+coffer_testkit::on_each_backend! {
+    #![tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_client_id_applies_once_and_refuses_different_fields,
+    an_idempotency_key_replays_the_first_answer,
+    a_replayed_key_creation_never_shows_the_token,
+    sixty_four_concurrent_retries_move_the_money_once,
+}
+
+async fn a_client_id_applies_once_and_refuses_different_fields(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let id = uuid();
     let body =
@@ -35,9 +43,8 @@ async fn a_client_id_applies_once_and_refuses_different_fields() {
     app.post("/v1/accounts", changed).await.assert_problem(409, "exists_with_different_fields");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idempotency_key_replays_the_first_answer() {
-    let Some(app) = spawn().await else { return };
+async fn an_idempotency_key_replays_the_first_answer(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (a, b) = app.two_accounts("USD").await;
     let body = json!({"debit_account_id": a, "credit_account_id": b, "amount": 9, "ledger": "USD"});
 
@@ -81,9 +88,8 @@ async fn an_idempotency_key_replays_the_first_answer() {
     assert_ne!(theirs.body["id"], first.body["id"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replayed_key_creation_never_shows_the_token() {
-    let Some(app) = spawn().await else { return };
+async fn a_replayed_key_creation_never_shows_the_token(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let body = json!({"name": "ci", "scopes": ["write"]});
     let first = app.post_keyed("/v1/keys", "make-ci-key", body.clone()).await;
     assert_eq!(first.status, 201, "{}", first.text);
@@ -126,9 +132,8 @@ async fn concurrently(
     tasks.join_all().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixty_four_concurrent_retries_move_the_money_once() {
-    let Some(app) = spawn().await else { return };
+async fn sixty_four_concurrent_retries_move_the_money_once(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let app = Arc::new(app);
     let (a, b) = app.two_accounts("USD").await;
 

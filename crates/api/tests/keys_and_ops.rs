@@ -8,12 +8,25 @@ use std::sync::Arc;
 
 use coffer_api::ApiConfig;
 use coffer_store::{KeyDirectory, SqliteStore, StoreConfig};
+use coffer_testkit::Backend;
 use common::{ADMIN, spawn, spawn_with};
 use serde_json::{Value, json};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_scopes_and_revocation() {
-    let Some(app) = spawn().await else { return };
+coffer_testkit::on_each_backend! {
+    #![tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    keys_scopes_and_revocation,
+    a_key_over_its_rate_gets_429_with_retry_after,
+    the_default_rate_limit_comes_from_the_config,
+    operations_endpoints,
+    openapi_documents_every_route,
+    keys_expire_by_themselves,
+    a_rotated_key_overlaps_then_the_old_token_stops,
+    a_flood_of_bad_tokens_is_refused_and_throttled_without_failing_anyone,
+    only_the_operators_own_tokens_are_taken_without_the_prefix,
+}
+
+async fn keys_scopes_and_revocation(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     app.ledger("USD").await;
 
     let r = app.post("/v1/keys", json!({"name": "reporting", "scopes": ["read"]})).await;
@@ -56,9 +69,8 @@ async fn keys_scopes_and_revocation() {
     assert!(revoked["revoked_at"].is_string());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_over_its_rate_gets_429_with_retry_after() {
-    let Some(app) = spawn().await else { return };
+async fn a_key_over_its_rate_gets_429_with_retry_after(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (_, slow) = app.key(&["read"], Some(1)).await;
     let first = app.get_as(&slow, "/v1/ledgers").await;
     assert_eq!(first.status, 200, "{}", first.text);
@@ -79,11 +91,10 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
     assert_eq!(app.get("/v1/ledgers").await.status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_rate_limit_comes_from_the_config() {
+async fn the_default_rate_limit_comes_from_the_config(backend: Backend) {
     let (one, two) = (std::num::NonZeroU32::MIN, std::num::NonZeroU32::new(2).unwrap());
     let config = ApiConfig { rate_limit_per_second: one, rate_limit_burst: two, ..ApiConfig::default() };
-    let Some(app) = spawn_with(config).await else { return };
+    let Some(app) = spawn_with(backend, config).await else { return };
     let mut statuses = Vec::new();
     for _ in 0..10 {
         statuses.push(app.get("/v1/ledgers").await.status);
@@ -109,9 +120,8 @@ async fn bootstrap_makes_one_admin_key_only_when_there_is_none() {
     assert!(coffer_api::bootstrap(store.as_ref(), Some("has space")).await.is_err());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operations_endpoints() {
-    let Some(app) = spawn().await else { return };
+async fn operations_endpoints(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let r = app.send("GET", "/healthz", None, None, &[]).await;
     assert_eq!((r.status, r.body["status"].as_str()), (200, Some("ok")));
     let r = app.send("GET", "/readyz", None, None, &[]).await;
@@ -220,9 +230,8 @@ fn openapi_is_well_formed(doc: &Value) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openapi_documents_every_route() {
-    let Some(app) = spawn().await else { return };
+async fn openapi_documents_every_route(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let r = app.send("GET", "/openapi.json", None, None, &[]).await;
     assert_eq!(r.status, 200);
     let doc = r.body;
@@ -308,9 +317,8 @@ async fn refused_within(app: &common::App, token: &str, seconds: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_expire_by_themselves() {
-    let Some(app) = spawn().await else { return };
+async fn keys_expire_by_themselves(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     app.post("/v1/keys", json!({"scopes": ["read"], "expires_at": rfc3339_in(-1)}))
         .await
         .assert_problem(400, "invalid_request");
@@ -324,9 +332,8 @@ async fn keys_expire_by_themselves() {
 
 /// `POST /v1/keys/{id}/rotate`: a new token with the same powers at once, and the old one keeps
 /// working until the overlap ends (24 hours unless told), then stops by itself.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotated_key_overlaps_then_the_old_token_stops() {
-    let Some(app) = spawn().await else { return };
+async fn a_rotated_key_overlaps_then_the_old_token_stops(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (id, old) = app.key(&["write"], Some(500)).await;
     let r = app.send("POST", &format!("/v1/keys/{id}/rotate"), Some(ADMIN), None, &[]).await;
     assert_eq!(r.status, 201, "{}", r.text);
@@ -365,15 +372,14 @@ async fn a_rotated_key_overlaps_then_the_old_token_stops() {
 /// DESIGN §5: junk tokens are refused without a look-up, and a client address that keeps
 /// presenting unknown tokens is throttled (429 with Retry-After) while verified keys, even from
 /// the same address, go on working.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_bad_tokens_is_refused_and_throttled_without_failing_anyone() {
+async fn a_flood_of_bad_tokens_is_refused_and_throttled_without_failing_anyone(backend: Backend) {
     let burst = std::num::NonZeroU32::new(5).unwrap();
     let config = ApiConfig {
         auth_failures_per_second: std::num::NonZeroU32::MIN,
         auth_failure_burst: burst,
         ..ApiConfig::default()
     };
-    let Some(app) = spawn_with(config).await else { return };
+    let Some(app) = spawn_with(backend, config).await else { return };
     let (_, reader) = app.key(&["read"], None).await;
     assert_eq!(app.get_as(&reader, "/v1/ledgers").await.status, 200);
     // Coffer's prefix and shape, but not its checksum.
@@ -405,9 +411,8 @@ async fn a_flood_of_bad_tokens_is_refused_and_throttled_without_failing_anyone()
 
 /// Tokens without Coffer's prefix can only be an operator's bootstrap token: the store names
 /// those keys' hashes, and the server refuses any other such token without looking it up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_operators_own_tokens_are_taken_without_the_prefix() {
-    let Some(app) = spawn().await else { return };
+async fn only_the_operators_own_tokens_are_taken_without_the_prefix(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let admin_hash = coffer_store::TokenHash::of(ADMIN);
     assert_eq!(app.store.bare_token_hashes().await.unwrap(), vec![admin_hash]);
     let (_, issued) = app.key(&["admin"], None).await;

@@ -13,8 +13,28 @@ use coffer_api::{ApiConfig, derived_id};
 use coffer_events::{TargetPolicy, WEBHOOKS_CONSUMER};
 use coffer_ledger::Timestamp;
 use coffer_store::{AttemptResult, DeliveryAttempt, KeyId, Webhook, WebhookEvent};
+use coffer_testkit::Backend;
 use common::*;
 use serde_json::{Value, json};
+
+coffer_testkit::on_each_backend! {
+    a_keyed_create_whose_first_run_registered_the_endpoint_finds_it_on_retry,
+    the_secret_is_shown_at_creation_and_never_again,
+    endpoints_are_listed_oldest_first_and_their_event_types_deduplicated,
+    a_deleted_endpoint_is_gone,
+    an_idempotency_key_retry_replays_the_same_endpoint_without_its_secret,
+    bad_bodies_are_refused_naming_the_field,
+    urls_are_guarded_against_request_forgery,
+    a_literal_address_in_each_special_range_is_refused_at_creation,
+    plain_http_is_refused_unless_the_deployment_allows_it,
+    private_addresses_are_accepted_where_the_deployment_allows_them,
+    rotating_a_secret_answers_a_new_one_and_keeps_the_old_one_for_the_overlap,
+    an_oversized_body_is_413,
+    bad_paths_unknown_ids_and_bad_queries_are_refused,
+    only_admins_manage_webhooks,
+    deliveries_are_listed_newest_first_in_pages,
+    a_dead_delivery_is_redelivered_from_attempt_one,
+}
 
 const TRANSFER: &str = "coffer.transfer.created";
 const ACCOUNT: &str = "coffer.account.created";
@@ -54,9 +74,8 @@ async fn redeliver(app: &App, webhook: &str, delivery: &str) -> Resp {
     app.send("POST", &path, Some(ADMIN), None, &[]).await
 }
 
-#[tokio::test]
-async fn a_keyed_create_whose_first_run_registered_the_endpoint_finds_it_on_retry() {
-    let Some(app) = spawn().await else { return };
+async fn a_keyed_create_whose_first_run_registered_the_endpoint_finds_it_on_retry(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let keys = app.get("/v1/keys").await;
     let admin = KeyId(keys.body["data"][0]["id"].as_str().unwrap().parse().unwrap());
     // A first run under this key registered the endpoint, then lost its answer before storing it
@@ -89,9 +108,8 @@ async fn a_keyed_create_whose_first_run_registered_the_endpoint_finds_it_on_retr
         .assert_problem(409, "exists_with_different_fields");
 }
 
-#[tokio::test]
-async fn the_secret_is_shown_at_creation_and_never_again() {
-    let Some(app) = spawn().await else { return };
+async fn the_secret_is_shown_at_creation_and_never_again(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let created = create(&app, "https://example.com/hooks/coffer", &[TRANSFER]).await;
     let id = id_of(&created);
     assert!(uuid::Uuid::try_parse(&id).is_ok(), "{created}");
@@ -120,9 +138,8 @@ async fn the_secret_is_shown_at_creation_and_never_again() {
     assert_ne!(other["secret"], created["secret"], "every endpoint has its own secret");
 }
 
-#[tokio::test]
-async fn endpoints_are_listed_oldest_first_and_their_event_types_deduplicated() {
-    let Some(app) = spawn().await else { return };
+async fn endpoints_are_listed_oldest_first_and_their_event_types_deduplicated(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let first = create(&app, "https://a.example.com/", &[TRANSFER, ACCOUNT, TRANSFER, TRANSFER]).await;
     assert_eq!(first["event_types"], json!([TRANSFER, ACCOUNT]), "repeats collapse, order kept");
     let second = create(&app, "https://b.example.com/", &[ACCOUNT]).await;
@@ -137,9 +154,8 @@ async fn endpoints_are_listed_oldest_first_and_their_event_types_deduplicated() 
     assert_eq!(got.body["event_types"], json!([TRANSFER, ACCOUNT]), "stored without repeats");
 }
 
-#[tokio::test]
-async fn a_deleted_endpoint_is_gone() {
-    let Some(app) = spawn().await else { return };
+async fn a_deleted_endpoint_is_gone(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let (doomed, kept) = (
         id_of(&create(&app, "https://a.example.com/", &[TRANSFER]).await),
         create(&app, "https://b.example.com/", &[TRANSFER]).await,
@@ -156,9 +172,8 @@ async fn a_deleted_endpoint_is_gone() {
     assert_eq!(app.get("/v1/webhooks").await.body, json!({"data": [kept_view]}));
 }
 
-#[tokio::test]
-async fn an_idempotency_key_retry_replays_the_same_endpoint_without_its_secret() {
-    let Some(app) = spawn().await else { return };
+async fn an_idempotency_key_retry_replays_the_same_endpoint_without_its_secret(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let body = json!({"url": "https://example.com/hook", "event_types": [TRANSFER]});
     let first = app.post_keyed("/v1/webhooks", "create-hook-1", body.clone()).await;
     assert_eq!(first.status, 201, "{}", first.text);
@@ -183,9 +198,8 @@ async fn an_idempotency_key_retry_replays_the_same_endpoint_without_its_secret()
     assert_ne!(fresh.body["id"], first.body["id"], "a new key is a new endpoint");
 }
 
-#[tokio::test]
-async fn bad_bodies_are_refused_naming_the_field() {
-    let Some(app) = spawn().await else { return };
+async fn bad_bodies_are_refused_naming_the_field(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let raw = |body: &'static [u8]| app.send("POST", "/v1/webhooks", Some(ADMIN), Some(body.to_vec()), &[]);
     for (case, body) in [
         ("malformed", &br#"{"url": "https://example.com/","#[..]),
@@ -272,9 +286,8 @@ fn assert_target_refused(r: &Resp, why: &str, case: &str) {
 const ALLOW_PRIVATE: TargetPolicy = TargetPolicy { allow_private_networks: true, allow_insecure_http: false };
 const ALLOW_HTTP: TargetPolicy = TargetPolicy { allow_private_networks: false, allow_insecure_http: true };
 
-#[tokio::test]
-async fn urls_are_guarded_against_request_forgery() {
-    let Some(app) = spawn().await else { return };
+async fn urls_are_guarded_against_request_forgery(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     for url in always_refused() {
         let r = app.post("/v1/webhooks", json!({"url": url, "event_types": [TRANSFER]})).await;
         assert_names(&r, "url", &url);
@@ -298,9 +311,8 @@ async fn urls_are_guarded_against_request_forgery() {
 /// A literal address in any range of the refused table — every IANA special-purpose entry,
 /// multicast, and IPv6 outside 2000::/3 — is refused when the endpoint is registered, with a
 /// 422 naming the range. Nothing is connected to: the check is on the URL's text.
-#[tokio::test]
-async fn a_literal_address_in_each_special_range_is_refused_at_creation() {
-    let Some(app) = spawn().await else { return };
+async fn a_literal_address_in_each_special_range_is_refused_at_creation(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let mut tried = 0;
     for range in coffer_events::ranges() {
         // An address inside: the network's second address, or the network itself for a /32 or /128.
@@ -323,21 +335,19 @@ async fn a_literal_address_in_each_special_range_is_refused_at_creation() {
     assert_eq!(app.get("/v1/webhooks").await.body, json!({"data": []}), "nothing was created");
 }
 
-#[tokio::test]
-async fn plain_http_is_refused_unless_the_deployment_allows_it() {
-    let Some(app) = spawn().await else { return };
+async fn plain_http_is_refused_unless_the_deployment_allows_it(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let r =
         app.post("/v1/webhooks", json!({"url": "http://example.com/hook", "event_types": [TRANSFER]})).await;
     assert_target_refused(&r, "plain http", "http by default");
-    let Some(app) = spawn_with_services(ApiConfig::default(), ALLOW_HTTP).await else { return };
+    let Some(app) = spawn_with_services(backend, ApiConfig::default(), ALLOW_HTTP).await else { return };
     create(&app, "http://example.com/hook", &[TRANSFER]).await;
     let r = app.post("/v1/webhooks", json!({"url": "http://10.0.0.1/hook", "event_types": [TRANSFER]})).await;
     assert_target_refused(&r, "private-use", "http allowed, private networks not");
 }
 
-#[tokio::test]
-async fn private_addresses_are_accepted_where_the_deployment_allows_them() {
-    let Some(app) = spawn_with_services(ApiConfig::default(), ALLOW_PRIVATE).await else { return };
+async fn private_addresses_are_accepted_where_the_deployment_allows_them(backend: Backend) {
+    let Some(app) = spawn_with_services(backend, ApiConfig::default(), ALLOW_PRIVATE).await else { return };
     for url in PRIVATE {
         let r = app.post("/v1/webhooks", json!({"url": url, "event_types": [TRANSFER]})).await;
         assert_eq!(r.status, 201, "{url}: {}", r.text);
@@ -359,9 +369,8 @@ async fn rotate(app: &App, id: &str, body: Option<Value>) -> Resp {
 /// A rotation answers a new secret (shown only then); the old one is kept, sealed, for the
 /// overlap (24 h by default, 0 to drop it at once, at most 7 days), and no answer but the
 /// rotation's shows a secret.
-#[tokio::test]
-async fn rotating_a_secret_answers_a_new_one_and_keeps_the_old_one_for_the_overlap() {
-    let Some(app) = spawn().await else { return };
+async fn rotating_a_secret_answers_a_new_one_and_keeps_the_old_one_for_the_overlap(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let created = create(&app, "https://example.com/hook", &[TRANSFER]).await;
     let (id, first) = (id_of(&created), created["secret"].as_str().unwrap().to_owned());
 
@@ -453,9 +462,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-#[tokio::test]
-async fn an_oversized_body_is_413() {
-    let Some(app) = spawn().await else { return };
+async fn an_oversized_body_is_413(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     for chunked in [false, true] {
         let head = oversized_post(&app, "/v1/webhooks", 2 * 1024 * 1024, chunked).await;
         assert!(head.starts_with("HTTP/1.1 413 "), "chunked: {chunked}: {head}");
@@ -505,9 +513,8 @@ async fn oversized_post(app: &App, path: &str, total: usize, chunked: bool) -> S
     reader.await.unwrap()
 }
 
-#[tokio::test]
-async fn bad_paths_unknown_ids_and_bad_queries_are_refused() {
-    let Some(app) = spawn().await else { return };
+async fn bad_paths_unknown_ids_and_bad_queries_are_refused(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let hook = id_of(&create(&app, "https://example.com/", &[TRANSFER]).await);
     let missing = uuid();
     // A list that takes no parameters refuses them rather than ignoring them.
@@ -550,9 +557,8 @@ async fn bad_paths_unknown_ids_and_bad_queries_are_refused() {
     app.send("PUT", "/v1/webhooks", Some(ADMIN), None, &[]).await.assert_problem(405, "method_not_allowed");
 }
 
-#[tokio::test]
-async fn only_admins_manage_webhooks() {
-    let Some(app) = spawn().await else { return };
+async fn only_admins_manage_webhooks(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let hook = id_of(&create(&app, "https://example.com/", &[TRANSFER]).await);
     let (_, reader) = app.key(&["read"], None).await;
     let (_, writer) = app.key(&["write"], None).await;
@@ -590,9 +596,8 @@ fn events(kind: &str, n: usize) -> Vec<WebhookEvent> {
         .collect()
 }
 
-#[tokio::test]
-async fn deliveries_are_listed_newest_first_in_pages() {
-    let Some(app) = spawn().await else { return };
+async fn deliveries_are_listed_newest_first_in_pages(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let hook = id_of(&create(&app, "https://example.com/", &[TRANSFER]).await);
     let other = id_of(&create(&app, "https://example.com/accounts", &[ACCOUNT]).await);
     let batch = events(TRANSFER, 5);
@@ -638,9 +643,8 @@ async fn deliveries_are_listed_newest_first_in_pages() {
     assert_eq!(other_list.body["data"], json!([]), "not subscribed to transfers");
 }
 
-#[tokio::test]
-async fn a_dead_delivery_is_redelivered_from_attempt_one() {
-    let Some(app) = spawn().await else { return };
+async fn a_dead_delivery_is_redelivered_from_attempt_one(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
     let hook = id_of(&create(&app, "https://example.com/", &[TRANSFER]).await);
     let other = id_of(&create(&app, "https://example.com/other", &[TRANSFER]).await);
     app.store.enqueue_deliveries(WEBHOOKS_CONSUMER, &events(TRANSFER, 1), Timestamp::now()).await.unwrap();

@@ -14,6 +14,12 @@ use coffer_testkit::{Backend, TestStore};
 use common::{ledger_with_accounts, local_jetstream, transfers, unique_stream};
 use tokio::sync::watch;
 
+coffer_testkit::on_each_backend! {
+    #![tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_standby_relay_takes_over_when_the_active_one_dies,
+    a_relay_that_stalled_past_its_lease_is_fenced_out,
+}
+
 const LEASE: Duration = Duration::from_millis(1000);
 
 async fn bus() -> Option<(JetStreamBus, StreamSettings)> {
@@ -39,12 +45,9 @@ async fn until_stored(bus: &JetStreamBus, settings: &StreamSettings, count: u64)
     started.elapsed()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_relay_takes_over_when_the_active_one_dies() {
+async fn a_standby_relay_takes_over_when_the_active_one_dies(backend: Backend) {
     let Some((bus, settings)) = bus().await else { return };
-    let Some(store) =
-        TestStore::open(Backend::of_test_target(env!("CARGO_CRATE_NAME")), StoreConfig::default()).await
-    else {
+    let Some(store) = TestStore::open(backend, StoreConfig::default()).await else {
         return;
     };
     let pair = ledger_with_accounts(store.as_ref(), 2).await;
@@ -80,12 +83,9 @@ async fn a_standby_relay_takes_over_when_the_active_one_dies() {
     let _ = bus.context().delete_stream(&settings.name).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_that_stalled_past_its_lease_is_fenced_out() {
+async fn a_relay_that_stalled_past_its_lease_is_fenced_out(backend: Backend) {
     let Some((bus, settings)) = bus().await else { return };
-    let Some(store) =
-        TestStore::open(Backend::of_test_target(env!("CARGO_CRATE_NAME")), StoreConfig::default()).await
-    else {
+    let Some(store) = TestStore::open(backend, StoreConfig::default()).await else {
         return;
     };
     let pair = ledger_with_accounts(store.as_ref(), 2).await;

@@ -25,10 +25,16 @@ use coffer_testkit::{Backend, TestStore, services_required};
 use receiver::Receiver;
 use uuid::Uuid;
 
+coffer_testkit::on_each_backend! {
+    #![tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    during_the_overlap_either_secret_alone_verifies_with_the_reference_library,
+    secrets_are_sealed_at_rest_and_stay_readable_across_a_key_rotation,
+}
+
 const ACCOUNT_CREATED: &str = "coffer.account.created";
 
-async fn open_store() -> Option<TestStore> {
-    TestStore::open(Backend::of_test_target(env!("CARGO_CRATE_NAME")), StoreConfig::default()).await
+async fn open_store(backend: Backend) -> Option<TestStore> {
+    TestStore::open(backend, StoreConfig::default()).await
 }
 
 /// Loopback receivers over plain http, quick retries.
@@ -147,9 +153,8 @@ fn free_port() -> u16 {
 /// During the overlap each delivery carries `v1,<new> v1,<old>`, and the reference library
 /// accepts it with the new secret alone and with the old one alone; after a rotation with no
 /// overlap only the newest secret signs, and the one before it no longer verifies.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn during_the_overlap_either_secret_alone_verifies_with_the_reference_library() {
-    let Some(store) = open_store().await else { return };
+async fn during_the_overlap_either_secret_alone_verifies_with_the_reference_library(backend: Backend) {
+    let Some(store) = open_store(backend).await else { return };
     let keys = Arc::new(SecretKeys::ephemeral());
     let by = AuditContext::cli("test");
     let port = free_port();
@@ -211,9 +216,8 @@ async fn stored_secret(store: &dyn Store, webhook: &Webhook) -> String {
     store.webhook(webhook.id).await.unwrap().unwrap().secret
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_are_sealed_at_rest_and_stay_readable_across_a_key_rotation() {
-    let Some(store) = open_store().await else { return };
+async fn secrets_are_sealed_at_rest_and_stay_readable_across_a_key_rotation(backend: Backend) {
+    let Some(store) = open_store(backend).await else { return };
     let (k1, k2) = (SecretKey::generate("k1").unwrap(), SecretKey::generate("k2").unwrap());
     let (legacy_secret, sealed_secret) = (new_secret(), new_secret());
     let (legacy_receiver, sealed_receiver) =

@@ -28,14 +28,24 @@ use receiver::{Mode, Receiver, spec_verify};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
+coffer_testkit::on_each_backend! {
+    #![tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    every_event_reaches_a_verifying_receiver_signed_and_intact,
+    an_endpoint_that_was_down_gets_every_event_once_per_delivery_after_it_returns,
+    a_delivery_dies_after_its_last_attempt_and_redelivery_sends_it_again,
+    endpoints_get_only_the_event_types_they_subscribed_to,
+    a_private_endpoint_is_never_contacted_without_the_flag,
+    a_name_that_resolves_to_this_machine_is_never_contacted,
+}
+
 const ACCOUNT_CREATED: &str = "coffer.account.created";
 const TRANSFER_CREATED: &str = "coffer.transfer.created";
 
 // ---------------------------------------------------------------------------------------------
 // The store side: events from real submissions, endpoints, and waiting for deliveries.
 
-async fn open_store() -> Option<TestStore> {
-    TestStore::open(Backend::of_test_target(env!("CARGO_CRATE_NAME")), StoreConfig::default()).await
+async fn open_store(backend: Backend) -> Option<TestStore> {
+    TestStore::open(backend, StoreConfig::default()).await
 }
 
 /// The trace the workload is sent in.
@@ -163,9 +173,8 @@ fn ids_of_type(events: &[OutboxEvent], kind: &str) -> BTreeSet<String> {
 
 /// The whole pipeline as a server wires it: the outbox consumer runs the fan-out, the
 /// dispatcher posts; a receiver that checks every signature on its own accepts them all.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_event_reaches_a_verifying_receiver_signed_and_intact() {
-    let Some(store) = open_store().await else { return };
+async fn every_event_reaches_a_verifying_receiver_signed_and_intact(backend: Backend) {
+    let Some(store) = open_store(backend).await else { return };
     let events = workload(store.as_ref(), 40).await;
     let secret = new_secret();
     let receiver = Receiver::start(secret.as_str()).await;
@@ -213,9 +222,8 @@ async fn every_event_reaches_a_verifying_receiver_signed_and_intact() {
 
 /// An endpoint that is down — connections refused, then 503s — gets every event once it is
 /// back, and accepts each delivery id exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endpoint_that_was_down_gets_every_event_once_per_delivery_after_it_returns() {
-    let Some(store) = open_store().await else { return };
+async fn an_endpoint_that_was_down_gets_every_event_once_per_delivery_after_it_returns(backend: Backend) {
+    let Some(store) = open_store(backend).await else { return };
     let events = workload(store.as_ref(), 20).await;
     let secret = new_secret();
     // A port that nothing listens on (yet): connections are refused.
@@ -268,9 +276,8 @@ async fn an_endpoint_that_was_down_gets_every_event_once_per_delivery_after_it_r
 }
 
 /// After its last attempt a delivery is dead and left alone; a redelivery sends it again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_dies_after_its_last_attempt_and_redelivery_sends_it_again() {
-    let Some(store) = open_store().await else { return };
+async fn a_delivery_dies_after_its_last_attempt_and_redelivery_sends_it_again(backend: Backend) {
+    let Some(store) = open_store(backend).await else { return };
     let events = workload(store.as_ref(), 0).await;
     let secret = new_secret();
     let receiver = Receiver::start(secret.as_str()).await;
@@ -308,9 +315,8 @@ async fn a_delivery_dies_after_its_last_attempt_and_redelivery_sends_it_again() 
 
 /// Each endpoint gets the types it subscribed to and nothing else; an event handled twice
 /// makes no second delivery.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoints_get_only_the_event_types_they_subscribed_to() {
-    let Some(store) = open_store().await else { return };
+async fn endpoints_get_only_the_event_types_they_subscribed_to(backend: Backend) {
+    let Some(store) = open_store(backend).await else { return };
     let events = workload(store.as_ref(), 10).await;
     let secret = new_secret();
     let (accounts, transfers) =
@@ -342,9 +348,8 @@ async fn endpoints_get_only_the_event_types_they_subscribed_to() {
 
 /// Without `allow_private_networks` the dispatcher never connects to a loopback endpoint: the
 /// attempt fails, naming why, and the receiver hears nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_private_endpoint_is_never_contacted_without_the_flag() {
-    let Some(store) = open_store().await else { return };
+async fn a_private_endpoint_is_never_contacted_without_the_flag(backend: Backend) {
+    let Some(store) = open_store(backend).await else { return };
     let events = workload(store.as_ref(), 0).await;
     let secret = new_secret();
     let receiver = Receiver::start(secret.as_str()).await;
@@ -422,9 +427,8 @@ async fn a_name_resolving_into_any_special_range_is_refused_at_delivery() {
 /// machine's own special-purpose addresses — loopback, "this network", IPv4-mapped loopback —
 /// are refused at delivery though the receiver is listening there and the URL passed when it
 /// was registered. The receiver hears nothing; each attempt's error names the range.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_that_resolves_to_this_machine_is_never_contacted() {
-    let Some(store) = open_store().await else { return };
+async fn a_name_that_resolves_to_this_machine_is_never_contacted(backend: Backend) {
+    let Some(store) = open_store(backend).await else { return };
     let secret = new_secret();
     let receiver = Receiver::start(secret.as_str()).await;
     let port = receiver.url().rsplit(':').next().unwrap().split('/').next().unwrap().to_owned();

@@ -14,9 +14,18 @@ use coffer_store::{
     AdminChange, AdminEffect, AuditAction, AuditContext, AuditFilter, AuditOutcome, AuditRecord, AuditTrail,
     DeadLetter, KeyAdmin, KeyId, NewApiKey, OutboxEvent, Scope, Store, TokenHash, Webhook, WebhookSecrets,
 };
+use coffer_testkit::Backend;
 use common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+coffer_testkit::on_each_backend! {
+    #![tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    every_administrative_change_is_recorded_with_it_and_chained,
+    a_change_that_fails_leaves_no_record,
+    listings_filter_and_page_in_position_order,
+    concurrent_appends_take_turns_on_the_head,
+}
 
 fn new_key(hash: u8) -> NewApiKey {
     NewApiKey {
@@ -88,9 +97,8 @@ async fn assert_chained(store: &dyn Store) -> Vec<AuditRecord> {
     records
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_administrative_change_is_recorded_with_it_and_chained() {
-    let Some(store) = fresh().await else { return };
+async fn every_administrative_change_is_recorded_with_it_and_chained(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let by = admin();
     let bootstrap = new_key(1);
     let done =
@@ -206,9 +214,8 @@ async fn every_administrative_change_is_recorded_with_it_and_chained() {
     store.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_that_fails_leaves_no_record() {
-    let Some(store) = fresh().await else { return };
+async fn a_change_that_fails_leaves_no_record(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let by = admin();
     store.administer(AdminChange::CreateKey(new_key(7)), &by).await.unwrap();
     // The same token hash again: the insert fails, and neither key nor record stays.
@@ -222,9 +229,8 @@ async fn a_change_that_fails_leaves_no_record() {
     store.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listings_filter_and_page_in_position_order() {
-    let Some(store) = fresh().await else { return };
+async fn listings_filter_and_page_in_position_order(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let (alice, bob) = (admin(), AuditContext::cli("bob"));
     let start = Timestamp::now();
     for i in 0..5 {
@@ -271,9 +277,8 @@ async fn listings_filter_and_page_in_position_order() {
 
 /// Several writers (other replicas on PostgreSQL; one process on SQLite) append at once: the
 /// head row makes them take turns, so positions are 1..=N with no gap and the chain holds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_take_turns_on_the_head() {
-    let Some(store) = fresh().await else { return };
+async fn concurrent_appends_take_turns_on_the_head(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let mut writers = vec![store.store.clone()];
     for _ in 0..2 {
         writers.extend(store.another_writer(coffer_store::StoreConfig::default()).await);
@@ -332,9 +337,6 @@ fn the_canonical_form_of_a_record_is_pinned() {
 /// SQLite alone: the rows are reached with SQL from outside, as an intruder would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sqlite_edits_are_refused_and_a_forced_deletion_breaks_the_chain() {
-    if coffer_testkit::Backend::of_test_target(env!("CARGO_CRATE_NAME")) != coffer_testkit::Backend::Sqlite {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
     let by = admin();

@@ -6,11 +6,25 @@ use coffer_ledger::{
     AccountId, Command, ExternalRef, NewTransfer, Outcome, Record, RejectCode, Submission, TransferId,
 };
 use coffer_store::{StoreConfig, StoreError};
+use coffer_testkit::Backend;
 use common::*;
 
-#[tokio::test]
-async fn one_outcome_per_command_in_order_and_a_rejection_does_not_fail_the_batch() {
-    let Some(store) = fresh().await else { return };
+coffer_testkit::on_each_backend! {
+    one_outcome_per_command_in_order_and_a_rejection_does_not_fail_the_batch,
+    an_atomic_submission_that_fails_applies_nothing,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    concurrent_submissions_are_all_applied,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_full_queue_answers_overloaded_and_applies_the_rest,
+    a_batch_bigger_than_the_limit_still_applies_whole,
+    ledgers_are_created_once_and_listed,
+    a_reused_id_is_answered_as_existing_even_where_it_would_now_be_refused,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_command_the_store_cannot_hold_fails_alone_and_its_batch_applies,
+}
+
+async fn one_outcome_per_command_in_order_and_a_rejection_does_not_fail_the_batch(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let [a, b] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
     let (t1, t2) = (TransferId::generate(), TransferId::generate());
     let commands = vec![
@@ -37,9 +51,8 @@ async fn one_outcome_per_command_in_order_and_a_rejection_does_not_fail_the_batc
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_atomic_submission_that_fails_applies_nothing() {
-    let Some(store) = fresh().await else { return };
+async fn an_atomic_submission_that_fails_applies_nothing(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let [bank, shop] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
     let alice = AccountId::generate();
     created(store.as_ref(), wallet(alice, "USD")).await;
@@ -74,9 +87,8 @@ async fn an_atomic_submission_that_fails_applies_nothing() {
     store.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_submissions_are_all_applied() {
-    let Some(store) = fresh().await else { return };
+async fn concurrent_submissions_are_all_applied(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let accounts = setup(store.as_ref(), 2).await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..500 {
@@ -92,10 +104,9 @@ async fn concurrent_submissions_are_all_applied() {
     store.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_answers_overloaded_and_applies_the_rest() {
+async fn a_full_queue_answers_overloaded_and_applies_the_rest(backend: Backend) {
     let config = StoreConfig { queue_capacity: 1, batch_size_max: 1, ..StoreConfig::default() };
-    let Some(store) = fresh_with(config).await else { return };
+    let Some(store) = fresh_with(backend, config).await else { return };
     let accounts = setup(store.as_ref(), 2).await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..400 {
@@ -115,10 +126,9 @@ async fn a_full_queue_answers_overloaded_and_applies_the_rest() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_batch_bigger_than_the_limit_still_applies_whole() {
+async fn a_batch_bigger_than_the_limit_still_applies_whole(backend: Backend) {
     let config = StoreConfig { batch_size_max: 4, ..StoreConfig::default() };
-    let Some(store) = fresh_with(config).await else { return };
+    let Some(store) = fresh_with(backend, config).await else { return };
     let [a, b] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
     let commands = (0..10).map(|_| transfer(TransferId::generate(), a, b, 1, "USD")).collect();
     let outcomes = store.submit(Submission::new(commands, true)).await.unwrap();
@@ -126,9 +136,8 @@ async fn a_batch_bigger_than_the_limit_still_applies_whole() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn ledgers_are_created_once_and_listed() {
-    let Some(store) = fresh().await else { return };
+async fn ledgers_are_created_once_and_listed(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     created(store.as_ref(), ledger("USD")).await;
     assert!(matches!(one(store.as_ref(), ledger("USD")).await, Outcome::Exists(_)));
     created(store.as_ref(), ledger("EUR")).await;
@@ -149,9 +158,8 @@ async fn ledgers_are_created_once_and_listed() {
 
 /// The store looks transfer ids up only when it must (see `Lookup` in the SQLite backend); a
 /// reused id must still be answered as the core's rules say, whatever else the command meets.
-#[tokio::test]
-async fn a_reused_id_is_answered_as_existing_even_where_it_would_now_be_refused() {
-    let Some(store) = fresh().await else { return };
+async fn a_reused_id_is_answered_as_existing_even_where_it_would_now_be_refused(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let [bank, shop] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
     let alice = AccountId::generate();
     created(store.as_ref(), wallet(alice, "USD")).await;
@@ -187,11 +195,10 @@ async fn a_reused_id_is_answered_as_existing_even_where_it_would_now_be_refused(
 /// DESIGN §5, isolation: a command holding text the store cannot keep (PostgreSQL refuses
 /// U+0000) fails alone. The group commit it shared runs again in halves, so every other
 /// submission of the batch is applied, and an atomic submission holding it applies nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_the_store_cannot_hold_fails_alone_and_its_batch_applies() {
+async fn a_command_the_store_cannot_hold_fails_alone_and_its_batch_applies(backend: Backend) {
     // A long wait gathers every concurrent submission below into one group commit.
     let config = StoreConfig { batch_wait_us: 200_000, ..StoreConfig::default() };
-    let Some(store) = fresh_with(config).await else { return };
+    let Some(store) = fresh_with(backend, config).await else { return };
     let [a, b] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
     let poisoned = |id| match transfer(id, a, b, 1000, "USD") {
         Command::CreateTransfer(t) => {
@@ -221,7 +228,6 @@ async fn a_command_the_store_cannot_hold_fails_alone_and_its_batch_applies() {
         results.push(task.await.unwrap());
     }
 
-    let backend = coffer_testkit::Backend::of_test_target(env!("CARGO_CRATE_NAME"));
     for (i, result) in results.iter().enumerate() {
         let guilty = i == 4 || i == results.len() - 1;
         match result {
@@ -230,13 +236,13 @@ async fn a_command_the_store_cannot_hold_fails_alone_and_its_batch_applies() {
                 "submission {i}: {outcomes:?}"
             ),
             // SQLite keeps U+0000; PostgreSQL must refuse the guilty submissions and them alone.
-            Err(StoreError::Invalid { .. }) if guilty && backend == coffer_testkit::Backend::Postgres => {}
+            Err(StoreError::Invalid { .. }) if guilty && backend == Backend::Postgres => {}
             Err(e) => panic!("submission {i} (guilty: {guilty}): {e}"),
         }
     }
     let expected = match backend {
-        coffer_testkit::Backend::Postgres => 9,
-        coffer_testkit::Backend::Sqlite => 9 + 1000 + 100 + 1000,
+        Backend::Postgres => 9,
+        Backend::Sqlite => 9 + 1000 + 100 + 1000,
     };
     assert_eq!(balance_of(store.as_ref(), b).await.credits_posted, expected);
     for id in &honest {

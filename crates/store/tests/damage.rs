@@ -6,7 +6,16 @@ mod common;
 
 use coffer_ledger::{AccountId, Submission, TransferId};
 use coffer_store::{Store, StoreConfig, StoreError};
+use coffer_testkit::Backend;
 use common::*;
+
+coffer_testkit::on_each_backend! {
+    #![tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_row_that_does_not_decode_stops_the_store_at_its_first_read,
+    a_row_a_batch_loads_that_does_not_decode_stops_the_writer,
+    an_account_past_its_limit_stops_the_writer_with_a_broken_invariant,
+    a_damaged_event_stops_the_store_from_the_event_reader,
+}
 
 /// Asserts the store is stopped by a fatal error that `is_kind` accepts.
 async fn assert_stopped(store: &dyn Store, is_kind: fn(&StoreError) -> bool) {
@@ -37,9 +46,8 @@ async fn two_accounts(store: &dyn Store) -> (AccountId, AccountId) {
 
 const DAMAGE_METADATA: &str = "UPDATE accounts SET metadata = 'not json' WHERE external_ref = 'damaged'";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_that_does_not_decode_stops_the_store_at_its_first_read() {
-    let Some(store) = fresh().await else { return };
+async fn a_row_that_does_not_decode_stops_the_store_at_its_first_read(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let (damaged, sound) = two_accounts(&**store).await;
     store.tamper(DAMAGE_METADATA).await;
 
@@ -53,9 +61,8 @@ async fn a_row_that_does_not_decode_stops_the_store_at_its_first_read() {
     assert!(store.account(sound).await.is_ok(), "reads of intact rows go on");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_a_batch_loads_that_does_not_decode_stops_the_writer() {
-    let Some(store) = fresh().await else { return };
+async fn a_row_a_batch_loads_that_does_not_decode_stops_the_writer(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let (damaged, sound) = two_accounts(&**store).await;
     store.tamper(DAMAGE_METADATA).await;
     // A restart: SQLite's writer would otherwise still hold the row as it wrote it.
@@ -68,9 +75,8 @@ async fn a_row_a_batch_loads_that_does_not_decode_stops_the_writer() {
     assert_eq!(balance_of(&**store, sound).await.credits_posted, 0, "nothing of the batch applied");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_account_past_its_limit_stops_the_writer_with_a_broken_invariant() {
-    let Some(store) = fresh().await else { return };
+async fn an_account_past_its_limit_stops_the_writer_with_a_broken_invariant(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     created(&**store, ledger("USD")).await;
     let (overdrawn, payer) = (AccountId::generate(), AccountId::generate());
     created(&**store, wallet(overdrawn, "USD")).await;
@@ -89,9 +95,8 @@ async fn an_account_past_its_limit_stops_the_writer_with_a_broken_invariant() {
     assert_eq!(balance_of(&**store, payer).await.debits_posted, 0, "nothing of the batch applied");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_event_stops_the_store_from_the_event_reader() {
-    let Some(store) = fresh().await else { return };
+async fn a_damaged_event_stops_the_store_from_the_event_reader(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     two_accounts(&**store).await;
     store.tamper("UPDATE outbox SET traceparent = 'not a traceparent'").await;
     let events = store.events_after(0, 10).await;

@@ -7,7 +7,14 @@ use std::sync::Arc;
 use coffer_store::{
     Fingerprint, IdempotencyBegin, IdempotencyScope, KeyId, Store, StoreError, StoredResponse,
 };
+use coffer_testkit::Backend;
 use common::*;
+
+coffer_testkit::on_each_backend! {
+    begin_complete_replay_and_mismatch,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    of_64_concurrent_begins_exactly_one_proceeds,
+}
 
 fn scope(key: &str) -> IdempotencyScope {
     IdempotencyScope { principal: KeyId(uuid::Uuid::from_u128(42)), key: key.to_owned() }
@@ -20,9 +27,8 @@ fn response(status: u16) -> StoredResponse {
 const FP: Fingerprint = Fingerprint([1; 32]);
 const OTHER: Fingerprint = Fingerprint([2; 32]);
 
-#[tokio::test]
-async fn begin_complete_replay_and_mismatch() {
-    let Some(store) = fresh().await else { return };
+async fn begin_complete_replay_and_mismatch(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let k = scope("order-1");
     assert_eq!(store.idempotency_begin(&k, FP).await.unwrap(), IdempotencyBegin::Proceed);
     assert_eq!(store.idempotency_begin(&k, FP).await.unwrap(), IdempotencyBegin::InFlight);
@@ -60,9 +66,8 @@ async fn begin_all(store: &Arc<dyn Store>, key: &IdempotencyScope, n: usize) -> 
     tasks.join_all().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn of_64_concurrent_begins_exactly_one_proceeds() {
-    let Some(store) = fresh().await else { return };
+async fn of_64_concurrent_begins_exactly_one_proceeds(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     for round in 0..5 {
         let key = scope(&format!("race-{round}"));
         let answers = begin_all(&store, &key, 64).await;

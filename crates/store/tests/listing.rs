@@ -6,7 +6,13 @@ use std::future::Future;
 
 use coffer_ledger::{Account, AccountId, Command, Submission, Transfer, TransferId};
 use coffer_store::{AccountFilter, Cursor, Page, PageRequest, StoreResult, TransferFilter};
+use coffer_testkit::Backend;
 use common::*;
+
+coffer_testkit::on_each_backend! {
+    accounts_page_through_each_filter,
+    transfers_page_by_account_on_both_sides_and_by_ledger,
+}
 
 /// Reads every page of `limit` items, checking that only a full page points further.
 async fn all_pages<T, F, Fut>(limit: u32, mut read: F) -> Vec<T>
@@ -38,9 +44,8 @@ fn transfer_ids(transfers: &[Transfer]) -> Vec<TransferId> {
     transfers.iter().map(|t| t.id).collect()
 }
 
-#[tokio::test]
-async fn accounts_page_through_each_filter() {
-    let Some(store) = fresh().await else { return };
+async fn accounts_page_through_each_filter(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     created(store.as_ref(), ledger("USD")).await;
     created(store.as_ref(), ledger("EUR")).await;
     let mut usd = Vec::new();
@@ -86,9 +91,8 @@ async fn accounts_page_through_each_filter() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn transfers_page_by_account_on_both_sides_and_by_ledger() {
-    let Some(store) = fresh().await else { return };
+async fn transfers_page_by_account_on_both_sides_and_by_ledger(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let accounts = setup(store.as_ref(), 4).await;
     created(store.as_ref(), ledger("EUR")).await;
     let (e1, e2) = (AccountId::generate(), AccountId::generate());

@@ -11,8 +11,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use coffer_ledger::{AccountId, TransferId};
 use coffer_store::{OutboxEvent, PageRequest, Store, StoreConfig, TransferFilter};
+use coffer_testkit::Backend;
 use common::*;
 use serde_json::Value;
+
+coffer_testkit::on_each_backend! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    a_tailing_reader_sees_every_event_once_in_commit_order,
+    relay_positions_start_at_zero_and_only_move_forward,
+}
 
 const WORKERS: usize = 8;
 const PER_WORKER: usize = 150;
@@ -32,9 +39,8 @@ async fn drain(store: &dyn Store, position: &mut i64, into: &mut Vec<OutboxEvent
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_tailing_reader_sees_every_event_once_in_commit_order() {
-    let Some(store) = fresh().await else { return };
+async fn a_tailing_reader_sees_every_event_once_in_commit_order(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     // Several writers on PostgreSQL; on SQLite the one store, with all the concurrency in its queue.
     let mut writers: Vec<Arc<dyn Store>> = vec![store.store.clone()];
     for _ in 0..2 {
@@ -138,9 +144,8 @@ async fn a_tailing_reader_sees_every_event_once_in_commit_order() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn relay_positions_start_at_zero_and_only_move_forward() {
-    let Some(store) = fresh().await else { return };
+async fn relay_positions_start_at_zero_and_only_move_forward(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     assert_eq!(store.position("jetstream").await.unwrap(), 0);
     store.save_position("jetstream", 10, None).await.unwrap();
     store.save_position("jetstream", 7, None).await.unwrap();

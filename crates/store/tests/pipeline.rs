@@ -1,6 +1,6 @@
 //! The event pipeline's storage as its users rely on it: leases and fenced positions for the
 //! relays, outbox pruning, the volume projection, dead letters and webhook deliveries. Run on
-//! SQLite, and on PostgreSQL as `pipeline_postgres`.
+//! SQLite (`sqlite::…`) and on PostgreSQL (`postgres::…`).
 
 mod common;
 
@@ -11,8 +11,34 @@ use coffer_store::{
     AttemptResult, DeadLetter, Delivery, DeliveryAttempt, DeliveryStatus, OutboxEvent, VolumeEntry,
     VolumeRow, Webhook, WebhookEvent, WebhookSecrets,
 };
+use coffer_testkit::Backend;
 use common::*;
 use uuid::Uuid;
+
+coffer_testkit::on_each_backend! {
+    a_live_lease_refuses_other_holders_and_renewing_keeps_the_token,
+    an_expired_lease_goes_to_the_next_holder_with_a_larger_token,
+    a_released_lease_is_free_at_once_and_tokens_keep_growing,
+    a_position_saved_with_a_stale_token_is_refused_and_does_not_move,
+    pruning_deletes_only_old_events_at_or_below_the_position,
+    events_carry_the_trace_of_the_submission_that_caused_them,
+    each_event_counts_once_even_when_delivered_again,
+    volumes_beyond_u64_add_exactly,
+    volume_rows_are_one_ledgers_days_ordered_by_day_then_code,
+    a_reset_forgets_the_projection_and_the_consumers_processed_events,
+    rebuilds_running_at_once_still_count_each_event_once,
+    dead_letters_are_listed_in_id_order_filtered_and_paged,
+    replays_are_requested_per_letter_and_letters_are_removed,
+    a_second_letter_for_the_same_event_replaces_the_first,
+    creating_a_webhook_under_a_taken_id_answers_the_first_and_changes_nothing,
+    webhook_secrets_are_replaced_by_compare_and_set,
+    webhooks_are_created_listed_fetched_and_deleted,
+    deliveries_are_enqueued_once_per_subscribed_endpoint_and_event,
+    only_due_pending_deliveries_are_claimed_and_a_claim_runs_out,
+    claims_take_the_oldest_due_first,
+    attempts_end_in_success_a_retry_or_a_dead_delivery_that_can_be_redelivered,
+    deliveries_are_listed_newest_first_and_paged_backwards,
+}
 
 /// Long enough never to run out during a test.
 const LONG: Duration = Duration::from_secs(60);
@@ -29,9 +55,8 @@ fn at(seconds: i64) -> Timestamp {
 
 // ---- leases and positions ----
 
-#[tokio::test]
-async fn a_live_lease_refuses_other_holders_and_renewing_keeps_the_token() {
-    let Some(store) = fresh().await else { return };
+async fn a_live_lease_refuses_other_holders_and_renewing_keeps_the_token(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let token = store.acquire_lease("relay", "a", LONG).await.unwrap().expect("a free lease is taken");
     assert_eq!(store.acquire_lease("relay", "b", LONG).await.unwrap(), None, "a live lease is a's");
     assert_eq!(
@@ -46,9 +71,8 @@ async fn a_live_lease_refuses_other_holders_and_renewing_keeps_the_token() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_expired_lease_goes_to_the_next_holder_with_a_larger_token() {
-    let Some(store) = fresh().await else { return };
+async fn an_expired_lease_goes_to_the_next_holder_with_a_larger_token(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let first = store.acquire_lease("relay", "a", SHORT).await.unwrap().unwrap();
     wait_out(SHORT).await;
     // Taking an expired lease is not a renewal, even for its last holder: whatever a did under
@@ -62,9 +86,8 @@ async fn an_expired_lease_goes_to_the_next_holder_with_a_larger_token() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_released_lease_is_free_at_once_and_tokens_keep_growing() {
-    let Some(store) = fresh().await else { return };
+async fn a_released_lease_is_free_at_once_and_tokens_keep_growing(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let first = store.acquire_lease("relay", "a", LONG).await.unwrap().unwrap();
     store.release_lease("relay", "a").await.unwrap();
     let second = store.acquire_lease("relay", "b", LONG).await.unwrap().expect("released: free at once");
@@ -75,9 +98,8 @@ async fn a_released_lease_is_free_at_once_and_tokens_keep_growing() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_position_saved_with_a_stale_token_is_refused_and_does_not_move() {
-    let Some(store) = fresh().await else { return };
+async fn a_position_saved_with_a_stale_token_is_refused_and_does_not_move(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let old = store.acquire_lease("relay", "a", SHORT).await.unwrap().unwrap();
     assert!(store.save_position("relay", 4, Some(old)).await.unwrap());
     wait_out(SHORT).await;
@@ -111,9 +133,8 @@ async fn events(store: &dyn coffer_store::Store, n: usize) -> Vec<OutboxEvent> {
     events
 }
 
-#[tokio::test]
-async fn pruning_deletes_only_old_events_at_or_below_the_position() {
-    let Some(store) = fresh().await else { return };
+async fn pruning_deletes_only_old_events_at_or_below_the_position(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let all = events(store.as_ref(), 6).await;
     let positions = |events: &[OutboxEvent]| events.iter().map(|e| e.position).collect::<Vec<_>>();
 
@@ -150,9 +171,8 @@ fn trace(n: u8) -> TraceParent {
     TraceParent::try_from(format!("00-{n:032x}-{n:016x}-01").as_str()).unwrap()
 }
 
-#[tokio::test]
-async fn events_carry_the_trace_of_the_submission_that_caused_them() {
-    let Some(store) = fresh().await else { return };
+async fn events_carry_the_trace_of_the_submission_that_caused_them(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let (a, b) = (AccountId::generate(), AccountId::generate());
     created(store.as_ref(), ledger("USD")).await;
     let (traced, untraced, failed) = (TransferId::generate(), TransferId::generate(), TransferId::generate());
@@ -202,9 +222,8 @@ fn row(day: i32, code: u16, count: u64, volume: u128) -> VolumeRow {
     VolumeRow { day, code, count, volume }
 }
 
-#[tokio::test]
-async fn each_event_counts_once_even_when_delivered_again() {
-    let Some(store) = fresh().await else { return };
+async fn each_event_counts_once_even_when_delivered_again(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let (a, b) = (entry("USD", 100, 1, 10), entry("USD", 100, 1, 5));
     let applied = store.record_volumes("volumes", &[a.clone(), a.clone(), b.clone()]).await.unwrap();
     assert_eq!(applied, 2, "a repeat inside one call counts once");
@@ -215,9 +234,8 @@ async fn each_event_counts_once_even_when_delivered_again() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn volumes_beyond_u64_add_exactly() {
-    let Some(store) = fresh().await else { return };
+async fn volumes_beyond_u64_add_exactly(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let big = || entry("USD", 100, 1, u64::MAX);
     assert_eq!(store.record_volumes("volumes", &[big(), big()]).await.unwrap(), 2);
     assert_eq!(store.record_volumes("volumes", &[big(), entry("USD", 100, 1, 3)]).await.unwrap(), 2);
@@ -226,9 +244,8 @@ async fn volumes_beyond_u64_add_exactly() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn volume_rows_are_one_ledgers_days_ordered_by_day_then_code() {
-    let Some(store) = fresh().await else { return };
+async fn volume_rows_are_one_ledgers_days_ordered_by_day_then_code(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let entries = [
         entry("USD", 101, 1, 1),
         entry("USD", 100, 2, 2),
@@ -245,9 +262,8 @@ async fn volume_rows_are_one_ledgers_days_ordered_by_day_then_code() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_reset_forgets_the_projection_and_the_consumers_processed_events() {
-    let Some(store) = fresh().await else { return };
+async fn a_reset_forgets_the_projection_and_the_consumers_processed_events(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let (a, b) = (entry("USD", 100, 1, 10), entry("EUR", 100, 1, 20));
     store.record_volumes("volumes", &[a.clone(), b.clone()]).await.unwrap();
     store.record_volumes("other", std::slice::from_ref(&a)).await.unwrap();
@@ -261,9 +277,8 @@ async fn a_reset_forgets_the_projection_and_the_consumers_processed_events() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn rebuilds_running_at_once_still_count_each_event_once() {
-    let Some(store) = fresh().await else { return };
+async fn rebuilds_running_at_once_still_count_each_event_once(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let entries: Vec<VolumeEntry> = (0..40).map(|_| entry("USD", 100, 1, 1)).collect();
     // A rebuild: a reset, then the events again in small pages, so two of them interleave.
     let rebuild = |store: std::sync::Arc<dyn coffer_store::Store>, entries: Vec<VolumeEntry>| async move {
@@ -309,9 +324,8 @@ fn letter(consumer: &str, event_id: Uuid) -> DeadLetter {
     }
 }
 
-#[tokio::test]
-async fn dead_letters_are_listed_in_id_order_filtered_and_paged() {
-    let Some(store) = fresh().await else { return };
+async fn dead_letters_are_listed_in_id_order_filtered_and_paged(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let letters: Vec<DeadLetter> = ["volumes", "webhooks", "volumes", "volumes", "webhooks"]
         .iter()
         .map(|consumer| letter(consumer, Uuid::now_v7()))
@@ -331,9 +345,8 @@ async fn dead_letters_are_listed_in_id_order_filtered_and_paged() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn replays_are_requested_per_letter_and_letters_are_removed() {
-    let Some(store) = fresh().await else { return };
+async fn replays_are_requested_per_letter_and_letters_are_removed(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let (first, second, other) = (
         letter("volumes", Uuid::now_v7()),
         letter("volumes", Uuid::now_v7()),
@@ -362,9 +375,8 @@ async fn replays_are_requested_per_letter_and_letters_are_removed() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_second_letter_for_the_same_event_replaces_the_first() {
-    let Some(store) = fresh().await else { return };
+async fn a_second_letter_for_the_same_event_replaces_the_first(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let event_id = Uuid::now_v7();
     let first = letter("volumes", event_id);
     store.add_dead_letter(first.clone()).await.unwrap();
@@ -429,9 +441,8 @@ async fn only_delivery(store: &dyn coffer_store::Store, webhook: Uuid) -> Delive
     all.pop().unwrap()
 }
 
-#[tokio::test]
-async fn creating_a_webhook_under_a_taken_id_answers_the_first_and_changes_nothing() {
-    let Some(store) = fresh().await else { return };
+async fn creating_a_webhook_under_a_taken_id_answers_the_first_and_changes_nothing(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let first = endpoint(&[TRANSFER], at(1));
     assert_eq!(store.create_webhook(first.clone()).await.unwrap(), first);
     // A retry of the same create (a new secret, a later time) and a different endpoint, same id.
@@ -447,9 +458,8 @@ async fn creating_a_webhook_under_a_taken_id_answers_the_first_and_changes_nothi
 
 /// Secrets are replaced only while the current one is what the caller read: of two racing
 /// rotations (or a rotation and a re-sealing) one loses rather than undoing the other.
-#[tokio::test]
-async fn webhook_secrets_are_replaced_by_compare_and_set() {
-    let Some(store) = fresh().await else { return };
+async fn webhook_secrets_are_replaced_by_compare_and_set(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let webhook = endpoint(&[TRANSFER], at(1));
     store.create_webhook(webhook.clone()).await.unwrap();
     let rotated = WebhookSecrets {
@@ -471,9 +481,8 @@ async fn webhook_secrets_are_replaced_by_compare_and_set() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn webhooks_are_created_listed_fetched_and_deleted() {
-    let Some(store) = fresh().await else { return };
+async fn webhooks_are_created_listed_fetched_and_deleted(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let (older, newer) = (endpoint(&[TRANSFER, ACCOUNT], at(1)), endpoint(&[ACCOUNT], at(2)));
     assert_eq!(store.create_webhook(newer.clone()).await.unwrap(), newer);
     assert_eq!(store.create_webhook(older.clone()).await.unwrap(), older);
@@ -492,9 +501,8 @@ async fn webhooks_are_created_listed_fetched_and_deleted() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn deliveries_are_enqueued_once_per_subscribed_endpoint_and_event() {
-    let Some(store) = fresh().await else { return };
+async fn deliveries_are_enqueued_once_per_subscribed_endpoint_and_event(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let transfers = endpoint(&[TRANSFER], at(0));
     let both = endpoint(&[TRANSFER, ACCOUNT], at(0));
     let accounts = endpoint(&[ACCOUNT], at(0));
@@ -534,9 +542,8 @@ async fn deliveries_are_enqueued_once_per_subscribed_endpoint_and_event() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn only_due_pending_deliveries_are_claimed_and_a_claim_runs_out() {
-    let Some(store) = fresh().await else { return };
+async fn only_due_pending_deliveries_are_claimed_and_a_claim_runs_out(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let hook = endpoint(&[TRANSFER], at(0));
     store.create_webhook(hook.clone()).await.unwrap();
     store.enqueue_deliveries("webhooks", &[event(TRANSFER)], at(10)).await.unwrap();
@@ -561,9 +568,8 @@ async fn only_due_pending_deliveries_are_claimed_and_a_claim_runs_out() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn claims_take_the_oldest_due_first() {
-    let Some(store) = fresh().await else { return };
+async fn claims_take_the_oldest_due_first(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let hook = endpoint(&[TRANSFER], at(0));
     store.create_webhook(hook.clone()).await.unwrap();
     for t in [30, 10, 20] {
@@ -575,9 +581,8 @@ async fn claims_take_the_oldest_due_first() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn attempts_end_in_success_a_retry_or_a_dead_delivery_that_can_be_redelivered() {
-    let Some(store) = fresh().await else { return };
+async fn attempts_end_in_success_a_retry_or_a_dead_delivery_that_can_be_redelivered(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let hook = endpoint(&[TRANSFER], at(0));
     store.create_webhook(hook.clone()).await.unwrap();
     store.enqueue_deliveries("webhooks", &[event(TRANSFER)], at(1)).await.unwrap();
@@ -638,9 +643,8 @@ async fn attempts_end_in_success_a_retry_or_a_dead_delivery_that_can_be_redelive
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn deliveries_are_listed_newest_first_and_paged_backwards() {
-    let Some(store) = fresh().await else { return };
+async fn deliveries_are_listed_newest_first_and_paged_backwards(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
     let hook = endpoint(&[TRANSFER], at(0));
     store.create_webhook(hook.clone()).await.unwrap();
     for t in 1..=4 {

@@ -1,5 +1,7 @@
 //! Test support shared by the crates' integration tests: a fresh, empty store on either backend,
-//! so one conformance suite runs the same test code against SQLite and PostgreSQL.
+//! so one conformance suite runs the same test code against SQLite and PostgreSQL. A test is
+//! written once, taking the [`Backend`] as its argument, and [`on_each_backend!`] runs it on
+//! each: as `sqlite::<test>` and `postgres::<test>`.
 //!
 //! PostgreSQL tests connect to `COFFER_TEST_DATABASE_URL` (default: the local server,
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database of their own, dropped
@@ -20,12 +22,76 @@ pub enum Backend {
     Postgres,
 }
 
-impl Backend {
-    /// The backend a test binary runs on: test targets whose name ends in `_postgres` (the
-    /// conformance suite compiled a second time) use PostgreSQL, all others SQLite.
-    pub fn of_test_target(crate_name: &str) -> Backend {
-        if crate_name.ends_with("_postgres") { Backend::Postgres } else { Backend::Sqlite }
-    }
+/// Runs each listed test on both backends. A test is a function of the same name written once,
+/// beside the invocation, taking the backend: `async fn name(backend: Backend)` or, for a
+/// `#[test]`, `fn name(backend: Backend)`. The macro adds two modules whose tests call it, one
+/// per backend, so the test names are `sqlite::name` and `postgres::name`, and a filter runs one
+/// backend (`cargo test -p coffer-api postgres::`).
+///
+/// Each entry is a test's name after its attributes. The first may say how the test runs,
+/// `#[test]` or `#[tokio::test(…)]`; any others (`#[ignore = "…"]`, …) go on both copies. A test
+/// that does not say runs as the list's first line says, `#![test]` or `#![tokio::test(…)]`,
+/// and without that line as a plain `#[tokio::test]`.
+///
+/// ```text
+/// coffer_testkit::on_each_backend! {
+///     #![tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///     some_test,
+///     #[tokio::test]
+///     other_test,
+///     #[test]
+///     sync_test,
+/// }
+/// ```
+///
+/// The macro opens no store: the test opens its own with [`TestStore::open`]`(backend, …)` (or a
+/// helper over it), whose `None` when PostgreSQL is missing makes the test return, skipped —
+/// unless `COFFER_TEST_REQUIRE_SERVICES=1` makes that a failure. A function left out of the list
+/// is dead code, which the lints refuse.
+#[macro_export]
+macro_rules! on_each_backend {
+    (#!$run:tt $($(#$attr:tt)* $test:ident),* $(,)?) => {
+        mod sqlite {
+            $($crate::__backend_test!(Sqlite, $run, [$(#$attr)*], $test);)*
+        }
+
+        mod postgres {
+            $($crate::__backend_test!(Postgres, $run, [$(#$attr)*], $test);)*
+        }
+    };
+    ($($(#$attr:tt)* $test:ident),* $(,)?) => {
+        $crate::on_each_backend!(#![tokio::test] $($(#$attr)* $test),*);
+    };
+}
+
+/// One test of [`on_each_backend!`] on one backend: `$run` is how it runs unless its own first
+/// attribute says otherwise.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __backend_test {
+    ($backend:ident, $run:tt, [#[test] $(#$attr:tt)*], $test:ident) => {
+        $crate::__backend_test!($backend, [test], [$(#$attr)*], $test);
+    };
+    ($backend:ident, $run:tt, [#[tokio::test $($args:tt)?] $(#$attr:tt)*], $test:ident) => {
+        $crate::__backend_test!($backend, [tokio::test $($args)?], [$(#$attr)*], $test);
+    };
+    ($backend:ident, [test], [$(#$attr:tt)*], $test:ident) => {
+        #[test]
+        $(#$attr)*
+        pub(super) fn $test() {
+            super::$test($crate::Backend::$backend)
+        }
+    };
+    ($backend:ident, [tokio::test $($args:tt)?], [$(#$attr:tt)*], $test:ident) => {
+        #[tokio::test $($args)?]
+        $(#$attr)*
+        pub(super) async fn $test() {
+            super::$test($crate::Backend::$backend).await
+        }
+    };
+    ($backend:ident, $run:tt, $attrs:tt, $test:ident) => {
+        compile_error!("on_each_backend!: a test runs as #[test] or #[tokio::test(…)]");
+    };
 }
 
 /// A store that lives as long as this value: its temp dir or its database goes with it.
@@ -268,11 +334,76 @@ impl Drop for RedisServer {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
 
     #[test]
     fn database_names_are_replaced_in_urls() {
         assert_eq!(with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
         assert_eq!(with_database("postgres://u@h1:1,h2:2?a=b", "x"), "postgres://u@h1:1,h2:2/x?a=b");
+    }
+
+    thread_local! {
+        /// The backend the last test below ran with, on this thread, and how it ran.
+        static RAN: Cell<Option<(Backend, &'static str)>> = const { Cell::new(None) };
+    }
+
+    fn record(backend: Backend) {
+        let how = match tokio::runtime::Handle::try_current() {
+            Err(_) => "sync",
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                "multi_thread"
+            }
+            Ok(_) => "current_thread",
+        };
+        RAN.set(Some((backend, how)));
+    }
+
+    fn sync_test(backend: Backend) {
+        record(backend);
+    }
+
+    async fn by_default(backend: Backend) {
+        record(backend);
+    }
+
+    async fn on_its_own(backend: Backend) {
+        record(backend);
+    }
+
+    async fn ignored_test(backend: Backend) {
+        record(backend);
+    }
+
+    on_each_backend! {
+        #![tokio::test(flavor = "multi_thread", worker_threads = 1)]
+        by_default,
+        #[tokio::test]
+        on_its_own,
+        #[test]
+        sync_test,
+        #[ignore = "run by the test below"]
+        ignored_test,
+    }
+
+    #[test]
+    fn each_listed_test_runs_once_per_backend_as_its_attributes_say() {
+        let cases: [(fn(), Backend, &str); 8] = [
+            (sqlite::by_default, Backend::Sqlite, "multi_thread"),
+            (postgres::by_default, Backend::Postgres, "multi_thread"),
+            (sqlite::on_its_own, Backend::Sqlite, "current_thread"),
+            (postgres::on_its_own, Backend::Postgres, "current_thread"),
+            (sqlite::sync_test, Backend::Sqlite, "sync"),
+            (postgres::sync_test, Backend::Postgres, "sync"),
+            (sqlite::ignored_test, Backend::Sqlite, "multi_thread"),
+            (postgres::ignored_test, Backend::Postgres, "multi_thread"),
+        ];
+        // Each runs on this thread, where it leaves its record.
+        for (test, backend, how) in cases {
+            RAN.set(None);
+            test();
+            assert_eq!(RAN.get(), Some((backend, how)));
+        }
     }
 }

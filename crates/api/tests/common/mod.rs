@@ -1,8 +1,9 @@
 //! The HTTP test harness: the real router on 127.0.0.1:0 over a fresh, empty store, with a
 //! bootstrap admin token, and a small reqwest client around it.
 //!
-//! This is the conformance suite of the API contract: every test file here is compiled twice
-//! (see Cargo.toml), and the `*_postgres` build runs the same tests on PostgreSQL.
+//! This is the conformance suite of the API contract: each test takes the backend it runs on and
+//! is listed in its file's `coffer_testkit::on_each_backend!`, which runs it on SQLite
+//! (`sqlite::<test>`) and on PostgreSQL (`postgres::<test>`).
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 use std::sync::Arc;
@@ -51,15 +52,13 @@ impl Resp {
     }
 }
 
-/// The app on this test binary's backend; `None` when its database is missing and the test is
-/// skipped.
-pub async fn spawn() -> Option<App> {
-    spawn_with(ApiConfig::default()).await
+/// The app on `backend`; `None` when its database is missing and the test is skipped.
+pub async fn spawn(backend: Backend) -> Option<App> {
+    spawn_with(backend, ApiConfig::default()).await
 }
 
-pub async fn spawn_with(config: ApiConfig) -> Option<App> {
+pub async fn spawn_with(backend: Backend, config: ApiConfig) -> Option<App> {
     let store_config = StoreConfig { expiry_interval_ms: 100, ..StoreConfig::default() };
-    let backend = Backend::of_test_target(env!("CARGO_CRATE_NAME"));
     let test_store = TestStore::open(backend, store_config).await?;
     let store = test_store.store.clone();
     assert_eq!(coffer_api::bootstrap(store.as_ref(), Some(ADMIN)).await.unwrap(), None);
@@ -73,9 +72,8 @@ pub async fn spawn_with(config: ApiConfig) -> Option<App> {
 
 /// The app with these services: `targets` may let webhook URLs point at loopback and private
 /// addresses, or be plain http. The default [`spawn`] refuses both, like `coffer_api::router`.
-pub async fn spawn_with_services(config: ApiConfig, targets: TargetPolicy) -> Option<App> {
+pub async fn spawn_with_services(backend: Backend, config: ApiConfig, targets: TargetPolicy) -> Option<App> {
     let store_config = StoreConfig { expiry_interval_ms: 100, ..StoreConfig::default() };
-    let backend = Backend::of_test_target(env!("CARGO_CRATE_NAME"));
     let test_store = TestStore::open(backend, store_config).await?;
     let store = test_store.store.clone();
     Some(serve_with(store, config, targets, Some(test_store)).await)

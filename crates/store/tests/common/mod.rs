@@ -19,14 +19,14 @@ pub async fn open_with(dir: &Path, config: StoreConfig) -> Arc<SqliteStore> {
     SqliteStore::open(dir, config).await.expect("open the store")
 }
 
-/// A fresh store on this test binary's backend (the `*_postgres` targets run on PostgreSQL);
-/// `None` when that backend's service is missing and the test is skipped.
-pub async fn fresh() -> Option<TestStore> {
-    fresh_with(StoreConfig::default()).await
+/// A fresh store on `backend`; `None` when that backend's service is missing and the test is
+/// skipped.
+pub async fn fresh(backend: Backend) -> Option<TestStore> {
+    fresh_with(backend, StoreConfig::default()).await
 }
 
-pub async fn fresh_with(config: StoreConfig) -> Option<TestStore> {
-    TestStore::open(Backend::of_test_target(env!("CARGO_CRATE_NAME")), config).await
+pub async fn fresh_with(backend: Backend, config: StoreConfig) -> Option<TestStore> {
+    TestStore::open(backend, config).await
 }
 
 pub fn code(s: &str) -> LedgerCode {
