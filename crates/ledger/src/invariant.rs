@@ -5,12 +5,7 @@
 //! record damaged at rest, so nothing of the batch may be persisted and the writer must stop
 //! (DESIGN §4.3, §5): [`crate::apply`] answers [`InvariantBroken`] instead of outcomes.
 
-use std::collections::HashMap;
-
-/// The batch checks' maps. They run inside the writer on every batch, where SipHash was most of
-/// their cost; foldhash is seeded at random per process, so client-chosen ids still cannot be
-/// made to collide on purpose.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use crate::Map;
 
 use crate::model::{Account, AccountFlags, Balance, Transfer, TransferStatus};
 use crate::scalar::{AccountId, Amount, LedgerCode};

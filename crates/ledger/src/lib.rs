@@ -14,6 +14,12 @@ mod model;
 mod scalar;
 mod state;
 
+/// The core's maps and sets, keyed by ids and codes. They are read and written for every command
+/// on the writer's path, where SipHash was a visible share of a batch; foldhash is seeded at
+/// random per process, so client-chosen ids still cannot be made to collide on purpose.
+pub(crate) type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type Set<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 pub use apply::apply;
 pub use command::{
     Command, NewAccount, NewLedger, NewTransfer, Outcome, Record, RejectCode, Resolution, Submission,

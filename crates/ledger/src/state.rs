@@ -1,19 +1,18 @@
 //! The records one batch may read and change, and the record of what it changed.
 
-use std::collections::{HashMap, HashSet};
-
 use crate::event::{Emitted, Event};
 use crate::invariant::{InvariantBroken, require, sound_balance};
 use crate::model::{Account, Balance, Ledger, Transfer, TransferStatus};
 use crate::scalar::{AccountId, LedgerCode, TraceParent, TransferId};
+use crate::{Map, Set};
 
 /// The slice of the ledger a batch works on: whatever the store loaded for it, plus what the batch
 /// creates. It journals every change so an atomic submission can be rolled back.
 #[derive(Debug, Default, Clone)]
 pub struct State {
-    ledgers: HashMap<LedgerCode, Ledger>,
-    accounts: HashMap<AccountId, Account>,
-    transfers: HashMap<TransferId, Transfer>,
+    ledgers: Map<LedgerCode, Ledger>,
+    accounts: Map<AccountId, Account>,
+    transfers: Map<TransferId, Transfer>,
     journal: Vec<Undo>,
     created_ledgers: Vec<LedgerCode>,
     created_accounts: Vec<AccountId>,
@@ -238,13 +237,13 @@ impl State {
 
     /// Hands over what the batch changed and forgets it, keeping the records.
     pub fn take_changes(&mut self) -> Changes {
-        let created_accounts: HashSet<AccountId> = self.created_accounts.iter().copied().collect();
-        let created_transfers: HashSet<TransferId> = self.created_transfers.iter().copied().collect();
+        let created_accounts: Set<AccountId> = self.created_accounts.iter().copied().collect();
+        let created_transfers: Set<TransferId> = self.created_transfers.iter().copied().collect();
 
         // The journal holds exactly the changes not rolled back; its first balance entry for an
         // account is the balance it had before them. One that came back to it (a hold voided in
         // the same batch) did not change.
-        let mut before: HashMap<AccountId, Balance> = HashMap::new();
+        let mut before: Map<AccountId, Balance> = Map::default();
         for undo in self.journal.drain(..) {
             if let Undo::Balance(id, balance) = undo {
                 before.entry(id).or_insert(balance);
