@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use coffer_ledger::{AccountId, TransferId};
+use coffer_ledger::{AccountId, Outcome, Submission, TransferId};
 use coffer_store::{OutboxEvent, PageRequest, Store, StoreConfig, TransferFilter};
 use coffer_testkit::Backend;
 use common::*;
@@ -19,6 +19,7 @@ coffer_testkit::on_each_backend! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     a_tailing_reader_sees_every_event_once_in_commit_order,
     relay_positions_start_at_zero_and_only_move_forward,
+    small_and_large_batches_link_into_one_chain,
 }
 
 const WORKERS: usize = 8;
@@ -154,5 +155,21 @@ async fn relay_positions_start_at_zero_and_only_move_forward(backend: Backend) {
     assert_eq!(store.position("other").await.unwrap(), 3);
     let store = store.reopen(StoreConfig::default()).await;
     assert_eq!(store.position("jetstream").await.unwrap(), 10, "positions are durable");
+    store.shutdown().await;
+}
+
+/// Small batches link their events on the writer's thread, large ones beside it (SQLite): the
+/// chain runs on unbroken across both, and holds every event once.
+async fn small_and_large_batches_link_into_one_chain(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
+    let [a, b] = setup(store.as_ref(), 2).await[..] else { unreachable!() };
+    for size in [3, 2_000, 1, 700, 5] {
+        let commands = (0..size).map(|i| transfer(TransferId::generate(), a, b, 1 + i % 7, "USD")).collect();
+        let outcomes = store.submit(Submission::new(commands, false)).await.unwrap();
+        assert!(outcomes.iter().all(|o| matches!(o, Outcome::Created(_))), "{size}: {outcomes:?}");
+    }
+    let chain = whole_chain(store.as_ref()).await;
+    let transfers = chain.iter().filter(|e| e.kind == "coffer.transfer.created").count();
+    assert_eq!(transfers, 3 + 2_000 + 1 + 700 + 5);
     store.shutdown().await;
 }

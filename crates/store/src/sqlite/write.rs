@@ -27,10 +27,28 @@ pub(super) fn write_changes(
     postings: &Postings,
     now: Timestamp,
 ) -> rusqlite::Result<Staged> {
-    let staged = write_records(tx, changes, rows, postings)?;
-    write_events(tx, &changes.events, now)?;
-    Ok(staged)
+    let head = outbox_head(tx)?;
+    let events = &changes.events;
+    if events.len() < LINK_ASIDE_FROM {
+        let staged = write_records(tx, changes, rows, postings)?;
+        write_events(tx, &Linked::new(events, now, head), now)?;
+        return Ok(staged);
+    }
+    // The writer's thread is the store's bottleneck, and the envelopes and their links are
+    // computation alone: a large batch makes them on a second thread while this one writes
+    // the records, so the chain costs the writer little more than the outbox's inserts.
+    std::thread::scope(|scope| {
+        let linking = scope.spawn(|| Linked::new(events, now, head));
+        let staged = write_records(tx, changes, rows, postings);
+        let linked = linking.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        write_events(tx, &linked, now)?;
+        staged
+    })
 }
+
+/// Batches with at least this many events link them on a thread of their own: below it, the
+/// thread would cost more than it saves.
+const LINK_ASIDE_FROM: usize = 512;
 
 fn write_records(
     tx: &Transaction<'_>,
@@ -174,24 +192,38 @@ pub(super) fn insert_rows<T>(
     Ok(())
 }
 
-/// Writes each event as a CloudEvents envelope (see [`Envelopes`]), numbered and linked after
-/// the outbox's head, and moves the head to the last of them.
-fn write_events(tx: &Transaction<'_>, events: &[Emitted], now: Timestamp) -> rusqlite::Result<()> {
-    let envelopes = Envelopes::encode(events, now);
-    if envelopes.is_empty() {
-        return Ok(());
+/// A batch's events as envelopes (see [`Envelopes`]), numbered and linked after the outbox's
+/// head as it stood when the batch began.
+struct Linked<'a> {
+    envelopes: Envelopes<'a>,
+    /// Each envelope's position and link, in order.
+    links: Vec<(i64, ChainHash)>,
+}
+
+impl<'a> Linked<'a> {
+    fn new(events: &'a [Emitted], now: Timestamp, (mut position, mut head): (i64, ChainHash)) -> Self {
+        let envelopes = Envelopes::encode(events, now);
+        let links = envelopes
+            .iter()
+            .map(|envelope| {
+                position += 1;
+                head = envelope.link(&head, position);
+                (position, head)
+            })
+            .collect();
+        Self { envelopes, links }
     }
-    let (mut position, mut head) = outbox_head(tx)?;
-    let mut rows: Vec<(i64, ChainHash, Envelope<'_>)> = Vec::with_capacity(envelopes.len());
-    for envelope in envelopes.iter() {
-        position += 1;
-        head = envelope.link(&head, position);
-        rows.push((position, head, envelope));
-    }
+}
+
+/// Writes the linked envelopes and moves the outbox's head to the last of them.
+fn write_events(tx: &Transaction<'_>, linked: &Linked<'_>, now: Timestamp) -> rusqlite::Result<()> {
+    let Some((position, head)) = linked.links.last() else { return Ok(()) };
     tx.prepare_cached("UPDATE outbox_head SET position = ?1, hash = ?2")?
         .execute(params![position, &head.0[..]])?;
+    let rows: Vec<(&(i64, ChainHash), Envelope<'_>)> =
+        linked.links.iter().zip(linked.envelopes.iter()).collect();
     let insert = "INSERT INTO outbox (seq, id, type, subject, time, data, traceparent, hash) VALUES ";
-    insert_rows(tx, insert, 8, &rows, |s, o, (position, hash, e)| {
+    insert_rows(tx, insert, 8, &rows, |s, o, ((position, hash), e)| {
         s.raw_bind_parameter(o + 1, position)?;
         s.raw_bind_parameter(o + 2, e.id.as_bytes())?;
         s.raw_bind_parameter(o + 3, e.kind)?;
