@@ -5,6 +5,7 @@
 #
 #   BASE_BIN=/path/to/previous/coffer scripts/bench-ab.sh       # NEW_BIN: this tree's release build
 #   ROUNDS=5 BENCH_SECONDS=10 BASE_BIN=… NEW_BIN=… scripts/bench-ab.sh
+#   SCENARIOS='postgres --connections 64' …                     # only the scenarios matching a regex
 #
 # Scenarios: the embedded store with single transfers (64 connections, 10,000 accounts) and with
 # the batch endpoint (4 connections, batches of 8,000); PostgreSQL (BENCH_DATABASE_URL, default
@@ -51,6 +52,11 @@ scenarios=(
   "postgres --connections 64 --accounts 10000"
   "postgres --connections 4 --accounts 10000 --batch 8000"
 )
+
+if [ -n "${SCENARIOS:-}" ]; then
+  mapfile -t scenarios < <(printf '%s\n' "${scenarios[@]}" | grep -E -- "$SCENARIOS")
+  [ "${#scenarios[@]}" -gt 0 ] || { echo "no scenario matches $SCENARIOS" >&2; exit 2; }
+fi
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 echo "date:    $(date -u +%Y-%m-%dT%H:%MZ), $rounds rounds, $seconds s per run"
