@@ -202,3 +202,30 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A store from before the audit trail holds keys no record made: `coffer verify` names them
+/// until a server starts on it, which opens the trail with a record of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_before_the_audit_trail_are_adopted_when_a_server_starts() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().to_str().unwrap();
+    let migrated = std::process::Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["migrate", "--create", "--data-dir", dir])
+        .output()
+        .expect("coffer runs");
+    assert!(migrated.status.success(), "{}", text(&migrated));
+    let old = "0190aaaa-bbbb-7ccc-8ddd-000000000001";
+    let insert = format!(
+        "INSERT INTO api_keys (id, name, scopes, token_hash, created_at, revoked_at) \
+         VALUES (X'{}', 'old', 'admin', X'{}', 0, 5)",
+        old.replace('-', ""),
+        "cd".repeat(32)
+    );
+    rusqlite::Connection::open(base.path().join("coffer.db")).unwrap().execute_batch(&insert).unwrap();
+    assert_named("a key from before the trail", &verify(&["--data-dir", dir], &[]), &format!("key:{old}"));
+
+    let server = Server::start(base.path()).await;
+    drop(server);
+    let output = verify(&["--data-dir", dir], &[]);
+    assert!(output.status.success(), "after the adoption: {}", text(&output));
+}

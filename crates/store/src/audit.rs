@@ -37,6 +37,8 @@ pub enum AuditAction {
     KeyCreated,
     KeyRotated,
     KeyRevoked,
+    /// The keys a store already held when its audit trail began (a store older than the trail).
+    KeysAdopted,
     WebhookCreated,
     WebhookSecretRotated,
     WebhookDeleted,
@@ -53,10 +55,11 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 13] = [
+    pub const ALL: [AuditAction; 14] = [
         Self::KeyCreated,
         Self::KeyRotated,
         Self::KeyRevoked,
+        Self::KeysAdopted,
         Self::WebhookCreated,
         Self::WebhookSecretRotated,
         Self::WebhookDeleted,
@@ -74,6 +77,7 @@ impl AuditAction {
             Self::KeyCreated => "key.created",
             Self::KeyRotated => "key.rotated",
             Self::KeyRevoked => "key.revoked",
+            Self::KeysAdopted => "keys.adopted",
             Self::WebhookCreated => "webhook.created",
             Self::WebhookSecretRotated => "webhook.secret_rotated",
             Self::WebhookDeleted => "webhook.deleted",
@@ -425,6 +429,21 @@ impl AdminChange {
             _ => None,
         }
     }
+}
+
+/// The record that opens the trail of a store holding keys already: a store older than its
+/// audit trail has keys that no record made, and `coffer verify` would name them. Written in
+/// the transaction of the trail's first record, just before it; the actor is `bootstrap`, as
+/// for the first key of a new store.
+pub(crate) fn adoption(keys: &[ApiKey]) -> AuditEntry {
+    let keys: Vec<Value> =
+        keys.iter().map(|key| json!({"id": key.id.0, "revoked": key.revoked_at.is_some()})).collect();
+    AuditContext::bootstrap().entry(
+        AuditAction::KeysAdopted,
+        "keys".into(),
+        AuditOutcome::Succeeded,
+        json!({"keys": keys}),
+    )
 }
 
 /// `key:<uuid>`.

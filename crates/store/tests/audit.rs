@@ -25,6 +25,7 @@ coffer_testkit::on_each_backend! {
     a_change_that_fails_leaves_no_record,
     listings_filter_and_page_in_position_order,
     concurrent_appends_take_turns_on_the_head,
+    keys_older_than_the_trail_are_recorded_before_its_first_record,
 }
 
 fn new_key(hash: u8) -> NewApiKey {
@@ -367,4 +368,39 @@ async fn on_sqlite_edits_are_refused_and_a_forced_deletion_breaks_the_chain() {
     assert_eq!(link(&ChainHash::GENESIS, &records[0]), records[0].hash);
     assert_ne!(link(&records[0].hash, &records[1]), records[1].hash, "record 3 no longer links to record 1");
     store.shutdown().await;
+}
+
+/// A store upgraded from before the audit trail holds keys that no record made: the trail's
+/// first record names them (and which were revoked), once, before whatever opened it.
+async fn keys_older_than_the_trail_are_recorded_before_its_first_record(backend: Backend) {
+    let Some(store) = fresh(backend).await else { return };
+    // Written without records, as a version without the trail wrote keys.
+    let (kept, revoked) =
+        (store.create_key(new_key(1)).await.unwrap(), store.create_key(new_key(2)).await.unwrap());
+    assert!(store.revoke_key(revoked.id).await.unwrap());
+
+    let made = store.administer(AdminChange::CreateKey(new_key(3)), &admin()).await.unwrap();
+    let made = made.effect.made_key().unwrap();
+    store.administer(AdminChange::RevokeKey(made.id), &admin()).await.unwrap();
+    let records = assert_chained(store.as_ref()).await;
+    let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["keys.adopted", "key.created", "key.revoked"], "adopted once, first");
+    let adopted = &records[0];
+    assert_eq!((adopted.actor.as_str(), adopted.target.as_str()), ("bootstrap", "keys"));
+    let mut listed: Vec<(String, bool)> = adopted.details["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["id"].as_str().unwrap().to_owned(), k["revoked"].as_bool().unwrap()))
+        .collect();
+    listed.sort();
+    let mut expected = vec![(kept.id.0.to_string(), false), (revoked.id.0.to_string(), true)];
+    expected.sort();
+    assert_eq!(listed, expected, "the keys held before the trail, and only those");
+
+    // A store whose first key came through the trail adopts nothing.
+    let Some(fresh_store) = fresh(backend).await else { return };
+    fresh_store.administer(AdminChange::CreateKey(new_key(4)), &admin()).await.unwrap();
+    let first: Vec<String> = all(fresh_store.as_ref()).await.into_iter().map(|r| r.action).collect();
+    assert_eq!(first, ["key.created"]);
 }

@@ -34,6 +34,7 @@ impl AuditTrail for PgStore {
     async fn record_audit(&self, entry: AuditEntry) -> StoreResult<AuditRecord> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
+        open_trail(&tx).await?;
         let record = append(&tx, entry).await?;
         tx.commit().await.map_err(commit_error)?;
         Ok(record)
@@ -94,6 +95,7 @@ pub(super) async fn administer(
     by: &AuditContext,
     now: Timestamp,
 ) -> StoreResult<Administered> {
+    open_trail(tx).await?;
     let mut letter = None;
     let effect = match change {
         AdminChange::CreateKey(key) => AdminEffect::Key(keys::create(tx, key.clone(), now).await?),
@@ -144,6 +146,26 @@ pub(super) async fn administer(
         None => None,
     };
     Ok(Administered { effect, record })
+}
+
+/// Before a store's first audit record, records the keys it already holds (see
+/// [`crate::audit::adoption`]); does nothing once the trail has begun. Only then does it lock
+/// the head before the change's own locks: replicas starting together adopt the keys once.
+async fn open_trail(tx: &impl GenericClient) -> StoreResult<()> {
+    const POSITION: &str = "SELECT position FROM audit_head WHERE single";
+    let started = |row: Row| codec::get::<i64>(&row, 0).map(|position| position > 0);
+    if started(tx.query_one(POSITION, &[]).await.map_err(pg_error)?)? {
+        return Ok(());
+    }
+    let locked = tx.query_one(&format!("{POSITION} FOR UPDATE"), &[]).await.map_err(pg_error)?;
+    if started(locked)? {
+        return Ok(());
+    }
+    let keys = keys::list(tx).await?;
+    if !keys.is_empty() {
+        append(tx, crate::audit::adoption(&keys)).await?;
+    }
+    Ok(())
 }
 
 /// Appends `entry` after the head (locked until the caller's transaction ends), moves the head,

@@ -28,7 +28,11 @@ impl AuditTrail for SqliteStore {
     }
 
     async fn record_audit(&self, entry: AuditEntry) -> StoreResult<AuditRecord> {
-        self.write_tx(move |c| append(c, entry)).await
+        self.write_tx(move |c| {
+            open_trail(c)?;
+            append(c, entry)
+        })
+        .await
     }
 
     async fn audit_records(
@@ -53,6 +57,7 @@ pub(crate) fn administer(
     by: &AuditContext,
     now: Timestamp,
 ) -> rusqlite::Result<Administered> {
+    open_trail(conn)?;
     let mut letter = None;
     let effect = match change {
         AdminChange::CreateKey(key) => AdminEffect::Key(keys::create(conn, key.clone(), now)?),
@@ -99,6 +104,18 @@ pub(crate) fn administer(
     let letter = letter.as_ref().map(|(consumer, event): &(String, Uuid)| (consumer.as_str(), *event));
     let record = change.entry(&effect, by, letter).map(|entry| append(conn, entry)).transpose()?;
     Ok(Administered { effect, record })
+}
+
+/// Before a store's first audit record, records the keys it already holds (see
+/// [`crate::audit::adoption`]); does nothing once the trail has begun.
+fn open_trail(conn: &Connection) -> rusqlite::Result<()> {
+    if head(conn)?.position == 0 {
+        let keys = keys::list(conn)?;
+        if !keys.is_empty() {
+            append(conn, crate::audit::adoption(&keys))?;
+        }
+    }
+    Ok(())
 }
 
 /// Appends `entry` after the head, moves the head, and writes the record's event, in the

@@ -387,6 +387,17 @@ impl Verifier {
                 "key.revoked" => {
                     self.keys_revoked.insert(record.target.clone());
                 }
+                // The keys a store held when its trail began: made (and revoked) before it.
+                "keys.adopted" => {
+                    let adopted = record.details.get("keys").and_then(|v| v.as_array()).into_iter().flatten();
+                    for key in adopted {
+                        let Some(id) = key.get("id").and_then(|v| v.as_str()) else { continue };
+                        self.keys_made.insert(format!("key:{id}"));
+                        if key.get("revoked").and_then(|v| v.as_bool()) == Some(true) {
+                            self.keys_revoked.insert(format!("key:{id}"));
+                        }
+                    }
+                }
                 _ => {}
             }
         }
