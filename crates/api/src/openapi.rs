@@ -423,7 +423,7 @@ mod tests {
         let action = &doc["paths"]["/v1/audit"]["get"]["parameters"][0];
         assert_eq!(
             (&action["name"], action["schema"]["enum"].as_array().map(Vec::len)),
-            (&json!("action"), Some(13))
+            (&json!("action"), Some(14))
         );
         for pattern in [NO_CONTROL_PATTERN, IDEMPOTENCY_KEY_PATTERN, DEAD_LETTER_ID_PATTERN] {
             Regex::new(pattern).unwrap();
