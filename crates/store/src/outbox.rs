@@ -163,7 +163,7 @@ impl<'a> Envelopes<'a> {
         let first = Uuid::now_v7().as_u128();
         for (i, emitted) in events.iter().enumerate() {
             let id = event_id(first, i);
-            let envelope = record_json::Envelope {
+            let attributes = record_json::Attributes {
                 id,
                 kind: emitted.event.kind().cloud_event_type(),
                 subject: emitted.event.subject(),
@@ -174,7 +174,7 @@ impl<'a> Envelopes<'a> {
             let bytes = record_json::write_chain_bytes(
                 &mut json,
                 |out| record_json::write_record(out, &emitted.event),
-                &envelope,
+                &attributes,
             )
             .expect("records always serialize");
             rows.push(Row { id, bytes });
@@ -219,12 +219,12 @@ impl LoneEvent {
         let data = String::from_utf8(crate::chain::canonical_json(&value)?).expect("JSON is UTF-8");
         let mut chain = Vec::with_capacity(data.len() + 300);
         let time = time.to_rfc3339();
-        let envelope = record_json::Envelope { id, kind, subject, time: &time, traceparent: None };
+        let attributes = record_json::Attributes { id, kind, subject, time: &time, traceparent: None };
         let write_data = |out: &mut Vec<u8>| {
             out.extend_from_slice(data.as_bytes());
             Ok(())
         };
-        let split = record_json::write_chain_bytes(&mut chain, write_data, &envelope)?.split;
+        let split = record_json::write_chain_bytes(&mut chain, write_data, &attributes)?.split;
         Ok(LoneEvent { data, chain, split })
     }
 

@@ -25,8 +25,8 @@ pub(crate) fn write_record(out: &mut Vec<u8>, event: &Event) -> serde_json::Resu
     }
 }
 
-/// A fresh event's envelope fields, other than its `data`, `sequence` and `chainhash`.
-pub(crate) struct Envelope<'a> {
+/// A fresh event's CloudEvents attributes, other than its `data`, `sequence` and `chainhash`.
+pub(crate) struct Attributes<'a> {
     pub id: uuid::Uuid,
     pub kind: &'a str,
     pub subject: uuid::Uuid,
@@ -52,7 +52,7 @@ pub(crate) struct ChainBytes {
 pub(crate) fn write_chain_bytes(
     out: &mut Vec<u8>,
     write_data: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
-    envelope: &Envelope<'_>,
+    attributes: &Attributes<'_>,
 ) -> serde_json::Result<ChainBytes> {
     let start = out.len();
     let mut members = Members::open(out);
@@ -64,17 +64,17 @@ pub(crate) fn write_chain_bytes(
         Ok(())
     })?;
     members.member("datacontenttype", "application/json")?;
-    members.member("id", &envelope.id)?;
+    members.member("id", &attributes.id)?;
     members.member("sequence", "")?;
     let split = members.out.len() - 1;
     members.member("source", "coffer")?;
     members.member("specversion", "1.0")?;
-    members.member("subject", &envelope.subject)?;
-    members.member("time", envelope.time)?;
-    if let Some(traceparent) = envelope.traceparent {
+    members.member("subject", &attributes.subject)?;
+    members.member("time", attributes.time)?;
+    if let Some(traceparent) = attributes.traceparent {
         members.member("traceparent", traceparent)?;
     }
-    members.member("type", envelope.kind)?;
+    members.member("type", attributes.kind)?;
     members.close();
     Ok(ChainBytes { all: start..out.len(), data, split })
 }
